@@ -1,0 +1,36 @@
+# headline-signal: `make demo` and `make test` work on a fresh machine with Python and make.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup tools test demo lint bench clean
+
+setup:  ## the .venv (reused when it already matches requirements.lock)
+	@bash scripts/setup_venv.sh
+
+tools:  ## promtool and friends from Debian's packages, unpacked under .tools/ (no service started)
+	@bash scripts/setup_tools.sh
+
+test: setup tools  ## the whole suite: SQLite and PostgreSQL, real vLLM, Ray Serve, promtool
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup  ## the whole pipeline on the bundled real data with the tiny local model
+	$(PY) -m services.demo
+
+lint: setup
+	$(PY) -m ruff check services tests bench
+	$(PY) -m ruff format --check services tests bench
+
+bench: setup  ## every benchmark in bench/; figures go to docs/benchmarks.md
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

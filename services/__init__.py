@@ -1,0 +1,1 @@
+"""headline-signal: ingest, trainer, inference and backtest services sharing ``services.common``."""

@@ -1,0 +1,1 @@
+"""The backtest service."""

@@ -1,0 +1,7 @@
+"""`hsig backtest ...` commands."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="The backtest service.", no_args_is_help=True)

@@ -1,0 +1,1 @@
+"""What every service shares: settings, database, schemas, prompts, errors, logging, metrics, auth."""

@@ -1,0 +1,226 @@
+"""Typed SQLAlchemy 2 models: the one schema every service reads and writes.
+
+Kept apart from the API schemas (``services/common/schemas.py``): these describe storage,
+those describe what crosses HTTP. Every timestamp is stored and returned as aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on SQLite (which keeps no zone) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: every stored time must be aware UTC")
+        value = value.astimezone(UTC)
+        # SQLite keeps the text it is given: store it without an offset so ordering is textual.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+class Headline(Base):
+    """One news item, stored once: per (source, guid) and, across sources, per (title, time)."""
+
+    __tablename__ = "headlines"
+    __table_args__ = (
+        UniqueConstraint("source", "guid", name="uq_headlines_source_guid"),
+        UniqueConstraint("title_key", "published_at", name="uq_headlines_title_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(128))
+    guid: Mapped[str] = mapped_column(String(512))
+    title: Mapped[str] = mapped_column(Text)
+    title_key: Mapped[str] = mapped_column(String(512))
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    link: Mapped[str | None] = mapped_column(Text, default=None)
+    summary: Mapped[str | None] = mapped_column(Text, default=None)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Candle(Base):
+    """One closed OHLCV candle, stamped with its open time (ccxt's convention)."""
+
+    __tablename__ = "candles"
+
+    exchange: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    timeframe: Mapped[str] = mapped_column(String(8), primary_key=True)
+    open_time: Mapped[datetime] = mapped_column(primary_key=True)
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+
+
+class CandleGap(Base):
+    """A run of missing candles, recorded and never filled by interpolation."""
+
+    __tablename__ = "candle_gaps"
+    __table_args__ = (
+        UniqueConstraint("exchange", "symbol", "timeframe", "gap_start", name="uq_candle_gaps_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    exchange: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    gap_start: Mapped[datetime] = mapped_column()  # open time of the first missing candle
+    gap_end: Mapped[datetime] = mapped_column()  # open time of the last missing candle
+    missing: Mapped[int] = mapped_column(Integer)
+    detected_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelledRow(Base):
+    """A headline joined to the price move after it, with the candles it used (auditable)."""
+
+    __tablename__ = "labelled_rows"
+    __table_args__ = (
+        UniqueConstraint(
+            "headline_id", "exchange", "symbol", "timeframe", "horizon", name="uq_labelled_rows_key"
+        ),
+        Index("ix_labelled_rows_time", "symbol", "horizon", "headline_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    headline_id: Mapped[int] = mapped_column(ForeignKey("headlines.id", ondelete="CASCADE"))
+    exchange: Mapped[str] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    horizon: Mapped[str] = mapped_column(String(8))
+    headline_time: Mapped[datetime] = mapped_column()
+    entry_time: Mapped[datetime] = mapped_column()  # open time of the entry candle (>= headline_time)
+    exit_time: Mapped[datetime] = mapped_column()  # close time of the exit candle (entry + horizon)
+    entry_price: Mapped[float] = mapped_column(Float)
+    exit_price: Mapped[float] = mapped_column(Float)
+    return_: Mapped[float] = mapped_column("return", Float)
+    label: Mapped[str] = mapped_column(String(16), index=True)
+    market_situation: Mapped[str] = mapped_column(Text)
+    situation_candles: Mapped[list[Any]] = mapped_column(default=list)  # open times, ISO 8601
+    labelled_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SourceState(Base):
+    """Per-source polling state: conditional-GET validators and the last outcome."""
+
+    __tablename__ = "source_state"
+
+    source: Mapped[str] = mapped_column(String(256), primary_key=True)
+    etag: Mapped[str | None] = mapped_column(String(512), default=None)
+    last_modified: Mapped[str | None] = mapped_column(String(128), default=None)
+    cursor: Mapped[datetime | None] = mapped_column(default=None)  # candles: next `since`
+    last_success_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_error_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- trainer ------------------------------------------------------------------------------
+
+
+class Adapter(Base):
+    """A published adapter (or full model) on the adapter volume, with its manifest."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_adapters_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    base_model: Mapped[str] = mapped_column(String(512))
+    method: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # ready | deleted
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingJob(Base):
+    """A queued fine-tuning job; workers claim them (SKIP LOCKED on PostgreSQL)."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    adapter_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float, default=None)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text, default=None)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- backtest -----------------------------------------------------------------------------
+
+
+class BacktestRun(Base):
+    """One backtest: its configuration, outcome and report files."""
+
+    __tablename__ = "backtest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    trigger: Mapped[str] = mapped_column(String(16), default="manual")  # manual | schedule | cli
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    json_path: Mapped[str | None] = mapped_column(Text, default=None)
+    html_path: Mapped[str | None] = mapped_column(Text, default=None)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,0 +1,43 @@
+"""Logging set-up shared by services and the CLI, plus ``log_once`` for noisy polls."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_seen: set[tuple[str, str]] = set()
+_seen_lock = threading.Lock()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_hsig", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler._hsig = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_once(logger: logging.Logger, level: int, key: str, message: str, *args: object) -> bool:
+    """Log ``message`` the first time ``key`` is seen for this logger; later calls are silent.
+
+    A source that fails every poll is logged when it starts failing, not every minute; call
+    ``forget(key)`` when it recovers so the next failure is logged again.
+    """
+    marker = (logger.name, key)
+    with _seen_lock:
+        if marker in _seen:
+            return False
+        _seen.add(marker)
+    logger.log(level, message, *args)
+    return True
+
+
+def forget(logger: logging.Logger, key: str) -> None:
+    with _seen_lock:
+        _seen.discard((logger.name, key))

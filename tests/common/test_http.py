@@ -1,0 +1,77 @@
+"""The app every service is built from: health, readiness, auth, one error shape."""
+
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from services.common.auth import Authorized
+from services.common.errors import InvalidInput, Overloaded
+from services.common.http import create_app
+from services.common.settings import CommonSettings
+
+
+class Body(BaseModel):
+    count: int
+
+
+def _app(db_url: str) -> TestClient:
+    router = APIRouter()
+
+    @router.post("/v1/things", dependencies=[Authorized])
+    def make_thing(body: Body) -> dict[str, int]:
+        if body.count < 0:
+            raise InvalidInput("count must be >= 0", param="count")
+        if body.count > 100:
+            raise Overloaded("too busy", retry_after=2.4)
+        return {"count": body.count}
+
+    settings = CommonSettings(database_url=db_url, api_token="s3cret")
+    return TestClient(create_app("demo", settings, [router]))
+
+
+def test_health_ready_metrics(db_url: str) -> None:
+    with _app(db_url) as client:
+        assert client.get("/healthz").json() == {"status": "ok", "service": "demo"}
+        assert client.get("/readyz").status_code == 200
+        client.get("/healthz")
+        body = client.get("/metrics").text
+        assert 'hsig_http_requests_total{method="GET",route="/healthz",service="demo",status="200"}' in body
+
+
+def test_readyz_reports_unreachable_database() -> None:
+    settings = CommonSettings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none", api_token="x")
+    with TestClient(create_app("demo", settings)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert "database_ready" in response.json()["failures"][0]
+
+
+def test_auth_required_and_checked(db_url: str) -> None:
+    with _app(db_url) as client:
+        assert client.post("/v1/things", json={"count": 1}).status_code == 401
+        wrong = client.post("/v1/things", json={"count": 1}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        assert wrong.json()["error"]["message"] == "invalid bearer token"
+        ok = client.post("/v1/things", json={"count": 1}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.json() == {"count": 1}
+
+
+def test_errors_share_one_shape(db_url: str) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    with _app(db_url) as client:
+        bad = client.post("/v1/things", json={"count": -1}, headers=auth)
+        assert bad.status_code == 400
+        assert bad.json() == {
+            "error": {
+                "message": "count must be >= 0",
+                "type": "invalid_request_error",
+                "param": "count",
+                "code": 400,
+            }
+        }
+        malformed = client.post("/v1/things", json={"count": "many"}, headers=auth)
+        assert malformed.status_code == 422
+        assert malformed.json()["error"]["param"] == "count"
+        busy = client.post("/v1/things", json={"count": 101}, headers=auth)
+        assert busy.status_code == 503
+        assert busy.headers["Retry-After"] == "2"

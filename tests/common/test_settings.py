@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import CommonSettings
+
+
+def test_defaults_put_sqlite_under_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("HSIG_DATA_DIR", "/tmp/hsig-x")
+    settings = CommonSettings()
+    assert settings.resolved_database_url == "sqlite:////tmp/hsig-x/headline-signal.db"
+    assert settings.adapters_path == Path("/tmp/hsig-x/adapters")
+
+
+def test_plain_database_url_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db/x")
+    assert CommonSettings().resolved_database_url == "postgresql://u@db/x"
+
+
+def test_horizons_from_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSIG_HORIZONS", "1h, 4h")
+    assert CommonSettings().horizons == ["1h", "4h"]
+
+
+def test_production_refuses_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSIG_ENVIRONMENT", "production")
+    monkeypatch.setenv("HSIG_API_TOKEN", "changeme")
+    with pytest.raises(ValidationError, match="HSIG_API_TOKEN"):
+        CommonSettings()
+    monkeypatch.setenv("HSIG_API_TOKEN", "a-real-secret-value")
+    assert CommonSettings().api_token == "a-real-secret-value"
