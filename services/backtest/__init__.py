@@ -1,1 +1,1 @@
-"""The backtest service."""
+"""The backtest service: scores predictors on out-of-time labelled rows and reports honestly."""

@@ -1,0 +1,32 @@
+"""Backtest settings: the common ones plus where predictions come from and the schedule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+
+class BacktestSettings(CommonSettings):
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    port: int = Field(8003, description="Port of the HTTP API.")
+    inference_url: str = Field("http://127.0.0.1:8000", description="Base URL of the inference service.")
+    predict_batch_size: int = Field(64, ge=1, le=1024, description="Items per POST /v1/predict.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Timeout of one inference request.")
+    request_retries: int = Field(5, ge=0, description="Retries of a 503 / timeout before giving up.")
+    fees_bps: float = Field(10.0, ge=0, description="Fee per unit of notional traded, in basis points.")
+    decrease_position: Literal["short", "flat"] = Field(
+        "short", description="What the strategy does on a Decrease prediction."
+    )
+    bootstrap_reps: int = Field(1000, ge=0, description="Block-bootstrap resamples (0 disables).")
+    schedule_cron: str = Field(
+        "0 6 * * *",
+        description="Crontab (UTC) of the rolling-window backtest of every adapter; empty or 'off' disables.",
+    )
+    rolling_window_days: float = Field(
+        30.0, gt=0, description="Scheduled runs score the last N days of labelled rows."
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts of a scheduled run before it stays failed.")
+    retry_delay_s: float = Field(300.0, ge=0, description="Wait before retrying a failed scheduled run.")
