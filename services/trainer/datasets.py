@@ -1,0 +1,334 @@
+"""Training examples for the three tasks, as prompt/answer pairs from the shared prompt module.
+
+- btc-trend: labelled rows (database or an exported file), split into time windows
+  (``services/trainer/windows.py``); Flat rows are left out.
+- chat: a parquet or JSON-lines ``text`` corpus in the Llama-2 ``<s>[INST] ... [/INST] ...</s>``
+  format (guanaco-llama2-1k); a malformed line is an error naming the line.
+- implicit-hate: a TSV of ``post`` and ``class``; classes map to Yes / No / Unsure.
+
+Chat and implicit-hate have no time, so they split in file order (the last share validates).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from services.common.db import session_scope
+from services.common.db.models import Headline, LabelledRow
+from services.common.errors import InvalidInput
+from services.common.prompts import (
+    TREND_LABELS,
+    btc_trend_prompt,
+    chat_prompt,
+    implicit_hate_prompt,
+    parse_chat_text,
+)
+from services.common.schemas import LabelledRowOut
+from services.trainer.config import DataConfig, TrainConfig
+from services.trainer.windows import (
+    WindowPlan,
+    check_plan,
+    longest_label_span_seconds,
+    plan_by_fraction,
+    split_rows,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt and the answer the model learns; ``key`` identifies its source row or line."""
+
+    prompt: str
+    answer: str
+    key: str
+    time: datetime | None = None
+
+
+@dataclass
+class DatasetSplit:
+    """What a job trains and evaluates on, with the facts the manifest records."""
+
+    task: str
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example] = field(default_factory=list)
+    labels: tuple[str, ...] = ()
+    embargo_seconds: float = 0.0
+    first_row_time: datetime | None = None
+    last_row_time: datetime | None = None
+    class_balance: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+
+    def sha256(self) -> str:
+        """Hash of every example in order: the same data gives the same hash on any machine."""
+        digest = hashlib.sha256()
+        for name, examples in (("train", self.train), ("validation", self.validation), ("test", self.test)):
+            for example in examples:
+                digest.update(json.dumps([name, example.key, example.prompt, example.answer]).encode())
+        return digest.hexdigest()
+
+    def summary(self) -> str:
+        parts = [f"{name}: {len(getattr(self, name))}" for name in ("train", "validation", "test")]
+        balance = "; ".join(
+            f"{name} " + ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))
+            for name, counts in self.class_balance.items()
+        )
+        return f"{self.task} examples, {', '.join(parts)}" + (
+            f"; class balance: {balance}" if balance else ""
+        )
+
+
+# --- btc-trend rows ------------------------------------------------------------------------
+
+
+def load_rows_from_database(
+    database_url: str, symbol: str, horizon: str, exchange: str | None = None
+) -> list[LabelledRowOut]:
+    query = (
+        select(LabelledRow, Headline.title)
+        .join(Headline, Headline.id == LabelledRow.headline_id)
+        .where(LabelledRow.symbol == symbol, LabelledRow.horizon == horizon)
+        .order_by(LabelledRow.headline_time, LabelledRow.id)
+    )
+    if exchange:
+        query = query.where(LabelledRow.exchange == exchange)
+    with session_scope(database_url) as session:
+        return [_row_out(row, title) for row, title in session.execute(query)]
+
+
+def _row_out(row: LabelledRow, title: str) -> LabelledRowOut:
+    fields = {column: getattr(row, column) for column in LabelledRowOut.model_fields if hasattr(row, column)}
+    return LabelledRowOut.model_validate({**fields, "headline": title, "return": row.return_})
+
+
+def load_rows_from_file(path: Path) -> list[LabelledRowOut]:
+    """Rows exported in the LabelledRowOut shape: .jsonl, .json (a list), .csv or .parquet."""
+    records = _read_records(path)
+    rows = []
+    for number, record in enumerate(records, start=1):
+        if isinstance(record.get("situation_candles"), str):  # CSV/parquet keep lists as JSON text
+            record["situation_candles"] = json.loads(record["situation_candles"] or "[]")
+        try:
+            rows.append(LabelledRowOut.model_validate(record))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InvalidInput(f"{path}: row {number}: {where}: {first['msg']}", param="data.path") from exc
+    return sorted(rows, key=lambda row: (row.headline_time, row.id))
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist", param="data.path")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        loaded = _json_or_error(path.read_text(encoding="utf-8"), path, None)
+        if not isinstance(loaded, list) or not all(isinstance(item, dict) for item in loaded):
+            raise InvalidInput(f"{path}: expected a JSON list of objects", param="data.path")
+        return loaded
+    if suffix in (".csv", ".parquet"):
+        import pandas as pd
+
+        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+        return [
+            {key: (None if _is_missing(value) else value) for key, value in record.items()}
+            for record in frame.to_dict(orient="records")
+        ]
+    raise InvalidInput(
+        f"{path}: unsupported file type {suffix!r} (.jsonl, .json, .csv, .parquet)", param="data.path"
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    return isinstance(value, float) and value != value  # NaN from pandas
+
+
+def _json_or_error(text: str, path: Path, line: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {line}" if line is not None else "content"
+        raise InvalidInput(f"{path}: {where} is not valid JSON: {exc.msg}", param="data.path") from exc
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            record = _json_or_error(line, path, number)
+            if not isinstance(record, dict):
+                raise InvalidInput(f"{path}: line {number} is not a JSON object", param="data.path")
+            records.append(record)
+    return records
+
+
+def trend_split(rows: list[LabelledRowOut], data: DataConfig) -> DatasetSplit:
+    """Time windows over btc-trend rows; refuses empty or single-class training windows."""
+    usable = [row for row in rows if row.label in TREND_LABELS]
+    if not usable:
+        raise InvalidInput(
+            "no Increase/Decrease rows to train on (check symbol, horizon and source)", param="data"
+        )
+    min_embargo = longest_label_span_seconds(usable)
+    embargo = data.embargo_seconds if data.embargo_seconds is not None else min_embargo
+    if data.train or data.validation or data.test:
+        if not (data.train and data.validation):
+            raise InvalidInput("explicit windows need at least train and validation", param="data")
+        windows = {"train": data.train, "validation": data.validation}
+        if data.test:
+            windows["test"] = data.test
+        plan = WindowPlan(windows=windows, embargo_seconds=embargo)
+    else:
+        plan = plan_by_fraction(usable, data.validation_fraction, data.test_fraction, embargo)
+    check_plan(plan, min_embargo)
+    split = split_rows(usable, plan)
+    _check_windows(split.rows)
+    examples = {name: [_trend_example(row) for row in found] for name, found in split.rows.items()}
+    train_rows = split.rows["train"]
+    return DatasetSplit(
+        task="btc-trend",
+        train=examples["train"],
+        validation=examples.get("validation", []),
+        test=examples.get("test", []),
+        labels=TREND_LABELS,
+        embargo_seconds=embargo,
+        first_row_time=train_rows[0].headline_time,
+        last_row_time=train_rows[-1].headline_time,
+        class_balance={name: dict(Counter(row.label for row in found)) for name, found in split.rows.items()},
+        notes={
+            "flat_or_other_dropped": len(rows) - len(usable),
+            "dropped_in_gaps": split.dropped_in_gaps,
+            "purged": split.purged,
+        },
+    )
+
+
+def _check_windows(rows: dict[str, list[LabelledRowOut]]) -> None:
+    for name, found in rows.items():
+        if not found:
+            raise InvalidInput(f"the {name} window holds no rows", param=f"data.{name}")
+    train_labels = {row.label for row in rows["train"]}
+    if len(train_labels) < 2:
+        raise InvalidInput(
+            f"the train window holds one class only ({', '.join(sorted(train_labels))}): nothing to learn",
+            param="data.train",
+        )
+
+
+def _trend_example(row: LabelledRowOut) -> Example:
+    prompt = btc_trend_prompt(row.headline, row.headline_time, row.market_situation)
+    return Example(prompt=prompt, answer=row.label, key=f"row:{row.id}", time=row.headline_time)
+
+
+# --- chat and implicit-hate corpora ------------------------------------------------------
+
+
+def load_chat_corpus(path: Path, max_examples: int | None = None) -> list[Example]:
+    """guanaco-llama2 style ``text`` column from .parquet or .jsonl."""
+    if path.suffix.lower() not in (".parquet", ".jsonl"):
+        raise InvalidInput(f"{path}: a chat corpus is .parquet or .jsonl", param="data.path")
+    records = _read_records(path)
+    examples = []
+    for number, record in enumerate(records, start=1):
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise InvalidInput(f"{path}: line {number} has no string 'text' field", param="data.path")
+        try:
+            parsed = parse_chat_text(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{path}: line {number}: {exc}", param="data.path") from exc
+        examples.append(Example(chat_prompt(parsed.instruction), parsed.answer, key=f"line:{number}"))
+        if max_examples and len(examples) >= max_examples:
+            break
+    return examples
+
+
+def load_hate_tsv(path: Path, data: DataConfig) -> list[Example]:
+    """A TSV with ``post`` and ``class`` columns; classes map through data.hate_labels."""
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist", param="data.path")
+    examples = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        missing = {"post", "class"} - set(reader.fieldnames or [])
+        if missing:
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(sorted(missing))}", param="data.path")
+        for number, record in enumerate(reader, start=2):  # line 1 is the header
+            if None in record or any(value is None for value in record.values()):
+                raise InvalidInput(
+                    f"{path}: line {number} does not have one field per column", param="data.path"
+                )
+            post, klass = record["post"].strip(), record["class"].strip()
+            if not post:
+                raise InvalidInput(f"{path}: line {number} has an empty post", param="data.path")
+            answer = data.hate_labels[klass] if klass in data.hate_labels else data.hate_other
+            if answer is None:
+                continue
+            examples.append(Example(implicit_hate_prompt(post), answer, key=f"line:{number}"))
+            if data.max_examples and len(examples) >= data.max_examples:
+                break
+    return examples
+
+
+def ordered_split(task: str, examples: list[Example], validation_fraction: float) -> DatasetSplit:
+    if len(examples) < 2:
+        raise InvalidInput(f"{task}: {len(examples)} usable example(s); need at least 2", param="data.path")
+    validation_count = max(1, round(len(examples) * validation_fraction))
+    train, validation = examples[:-validation_count], examples[-validation_count:]
+    balance = {}
+    labels: tuple[str, ...] = ()
+    if task == "implicit-hate":
+        balance = {
+            "train": dict(Counter(e.answer for e in train)),
+            "validation": dict(Counter(e.answer for e in validation)),
+        }
+        labels = tuple(sorted({e.answer for e in examples}, key=("Yes", "No", "Unsure").index))
+        if len(balance["train"]) < 2:
+            raise InvalidInput("implicit-hate: the training part holds one class only", param="data.path")
+    return DatasetSplit(task=task, train=train, validation=validation, labels=labels, class_balance=balance)
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def build_dataset(
+    config: TrainConfig, database_url: str, default_symbol: str, default_horizon: str
+) -> DatasetSplit:
+    """The split a job trains on; raises InvalidInput for anything that cannot be trained."""
+    data = config.data
+    if config.task == "btc-trend":
+        if data.source == "file":
+            assert data.path is not None  # checked by TrainConfig
+            rows = load_rows_from_file(data.path)
+        else:
+            rows = load_rows_from_database(
+                database_url, data.symbol or default_symbol, data.horizon or default_horizon, data.exchange
+            )
+        split = trend_split(rows, data)
+    elif config.task == "chat":
+        assert data.path is not None
+        split = ordered_split(
+            "chat", load_chat_corpus(data.path, data.max_examples), data.validation_fraction
+        )
+    else:
+        assert data.path is not None
+        split = ordered_split("implicit-hate", load_hate_tsv(data.path, data), data.validation_fraction)
+    log.info("%s", split.summary())
+    return split

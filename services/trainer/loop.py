@@ -1,0 +1,284 @@
+"""The training loop: answer-only loss, seeded data order, checkpoints every N steps, resume.
+
+A plain PyTorch loop rather than ``transformers.Trainer``: the job needs to report every step
+to the queue, stop on a cancel between steps, and resume bit-for-bit from a checkpoint that
+holds only what trains (LoRA weights or the full model), the optimizer, the scheduler, the
+RNG states and the step. The data order of epoch e is a permutation seeded by (seed, e), so a
+resumed run sees exactly the batches the killed one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.prompts import EncodedExample, bos_id_of, encode_prompt_answer
+from services.trainer.config import OptimConfig
+from services.trainer.datasets import Example
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # transformers' cross-entropy skips these positions: the prompt and padding
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def encode_examples(
+    tokenizer: Any, examples: Sequence[Example], max_length: int, with_eos: bool
+) -> tuple[list[EncodedExample], int]:
+    """Token ids through the shared prompt module; returns (encoded, how many had to be dropped)."""
+    bos = bos_id_of(tokenizer)
+    eos = tokenizer.eos_token_id if with_eos else None
+    encoded, dropped = [], 0
+    for example in examples:
+        item = encode_prompt_answer(tokenizer, example.prompt, example.answer, bos_id=bos, eos_id=eos)
+        if item.answer_start >= max_length:  # the prompt alone fills the budget: no answer to learn
+            dropped += 1
+            continue
+        encoded.append(EncodedExample(item.input_ids[:max_length], item.answer_start))
+    return encoded, dropped
+
+
+def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, Any]:
+    """Right-padded ids, attention mask, and labels that are IGNORE_INDEX except on answers."""
+    import torch
+
+    width = max(len(item.input_ids) for item in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(batch):
+        length = len(item.input_ids)
+        ids[row, :length] = torch.tensor(item.input_ids)
+        mask[row, :length] = 1
+        labels[row, item.answer_start : length] = ids[row, item.answer_start : length]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class StepReport:
+    step: int  # optimizer steps done
+    total_steps: int
+    loss: float
+    elapsed_seconds: float
+
+
+@dataclass
+class LoopHooks:
+    on_step: Callable[[StepReport], None] | None = None
+    should_stop: Callable[[], bool] | None = None  # polled after every step (cancel)
+    on_checkpoint: Callable[[int, Path], None] | None = None
+
+
+class Stopped(Exception):
+    """The loop stopped because should_stop said so; the last checkpoint is kept."""
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    total_steps: int
+    steps_per_epoch: int
+    train_seconds: float
+    tokens: int
+    losses: list[float] = field(default_factory=list)
+    resumed_from_step: int = 0
+
+    @property
+    def epochs(self) -> float:
+        return self.steps / self.steps_per_epoch
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.train_seconds / self.epochs if self.steps else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+def total_steps_for(optim: OptimConfig, train_size: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps)."""
+    steps_per_epoch = max(1, math.ceil(train_size / optim.batch_size))
+    total = optim.max_steps or max(1, math.ceil(optim.epochs * steps_per_epoch))
+    return steps_per_epoch, total
+
+
+def _schedule(optim: OptimConfig, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / (optim.warmup_steps + 1)
+        progress = (step - optim.warmup_steps) / max(1, total - optim.warmup_steps)
+        if optim.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if optim.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def _epoch_order(seed: int, epoch: int, size: int) -> list[int]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write aside and rename: a kill mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / CHECKPOINT_FILE
+    staging = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    torch.save(state, staging)
+    os.replace(staging, final)
+    return final
+
+
+def load_checkpoint(directory: Path | None, fingerprint: str) -> dict[str, Any] | None:
+    import torch
+
+    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
+        return None
+    state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("checkpoint in %s belongs to another configuration; starting afresh", directory)
+        return None
+    return state
+
+
+def run_loop(
+    model: Any,
+    train_set: Sequence[EncodedExample],
+    optim: OptimConfig,
+    pad_id: int,
+    checkpoint_dir: Path | None,
+    fingerprint: str,
+    hooks: LoopHooks | None = None,
+) -> LoopResult:
+    import torch
+
+    hooks = hooks or LoopHooks()
+    device = next(model.parameters()).device
+    steps_per_epoch, total = total_steps_for(optim, len(train_set))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(optim, total))
+    result = LoopResult(0, total, steps_per_epoch, 0.0, 0)
+    state = load_checkpoint(checkpoint_dir, fingerprint)
+    if state is not None:
+        _restore(model, optimizer, scheduler, state, result)
+        log.info("resumed from the checkpoint at step %d of %d", result.steps, total)
+    else:
+        torch.manual_seed(optim.seed)
+    model.train()
+    started = time.perf_counter() - result.train_seconds
+    while result.steps < total:
+        epoch, index = divmod(result.steps, steps_per_epoch)
+        order = _epoch_order(optim.seed, epoch, len(train_set))
+        batch = collate(
+            [train_set[i] for i in order[index * optim.batch_size : (index + 1) * optim.batch_size]], pad_id
+        )
+        batch = {key: value.to(device) for key, value in batch.items()}
+        loss = model(**batch).loss
+        loss.backward()
+        if optim.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps += 1
+        result.tokens += int(batch["attention_mask"].sum())
+        result.losses.append(float(loss.detach()))
+        result.train_seconds = time.perf_counter() - started
+        if hooks.on_step:
+            hooks.on_step(StepReport(result.steps, total, result.losses[-1], result.train_seconds))
+        if checkpoint_dir is not None and result.steps % optim.checkpoint_every == 0 and result.steps < total:
+            path = save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, result, fingerprint))
+            if hooks.on_checkpoint:
+                hooks.on_checkpoint(result.steps, path)
+        if hooks.should_stop and hooks.should_stop():
+            raise Stopped(f"stopped at step {result.steps} of {total}")
+    return result
+
+
+def _state(
+    model: Any, optimizer: Any, scheduler: Any, result: LoopResult, fingerprint: str
+) -> dict[str, Any]:
+    import torch
+
+    return {
+        "fingerprint": fingerprint,
+        "step": result.steps,
+        "tokens": result.tokens,
+        "train_seconds": result.train_seconds,
+        "losses": list(result.losses),
+        "trainable": _trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore(model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], result: LoopResult) -> None:
+    import torch
+
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            parameters[name].copy_(tensor.to(parameters[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    result.steps = int(state["step"])
+    result.tokens = int(state["tokens"])
+    result.train_seconds = float(state["train_seconds"])
+    result.losses = list(state["losses"])
+    result.resumed_from_step = result.steps
+
+
+def mean_answer_loss(
+    model: Any, examples: Sequence[EncodedExample], pad_id: int, batch_size: int = 16
+) -> float:
+    """Cross-entropy per answer token over a held-out set (the validation loss)."""
+    import torch
+
+    if not examples:
+        return float("nan")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = {
+                k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()
+            }
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+            targets = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total_loss += float(losses)
+            total_tokens += int((targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total_loss / max(1, total_tokens)

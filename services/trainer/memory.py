@@ -1,0 +1,37 @@
+"""Peak memory of a training job: CUDA max allocated on a GPU, peak RSS on a CPU."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak(device: str) -> None:
+    """Start measuring from now (several jobs can run, one after another, in one process)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass  # not Linux or not permitted: the peak then covers the whole process
+
+
+def read_peak(device: str) -> tuple[int, str]:
+    """(bytes, kind) with kind as AdapterManifest.peak_memory_kind names it."""
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "cpu_peak_rss"
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"

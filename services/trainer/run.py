@@ -1,0 +1,226 @@
+"""One training job end to end: validate, load, train, evaluate, publish, notify.
+
+``prepare`` does every check that needs no weights (base model reachable, rank, device,
+windows, classes, corpus lines) so a bad job fails before any training, with nothing
+written. ``train`` is what the CLI, the job runner and the demo call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import InvalidInput
+from services.common.prompts import EncodedExample, bos_id_of
+from services.common.schemas import AdapterManifest, TrainingWindow
+from services.common.scoring import best_label, score_with_transformers
+from services.common.settings import get_settings
+from services.trainer.config import TrainConfig
+from services.trainer.datasets import DatasetSplit, Example, build_dataset
+from services.trainer.loop import (
+    LoopHooks,
+    LoopResult,
+    encode_examples,
+    mean_answer_loss,
+    run_loop,
+    total_steps_for,
+)
+from services.trainer.memory import read_peak, reset_peak
+from services.trainer.modeling import (
+    BaseModelRef,
+    check_lora_rank,
+    count_parameters,
+    load_base_config,
+    load_for_training,
+    load_tokenizer,
+    pick_device,
+    resolve_base,
+)
+from services.trainer.publish import PublishedAdapter, notify_inference, publish, save_weights
+from services.trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A job that passed every check, with its data encoded and its size known."""
+
+    config: TrainConfig
+    base: BaseModelRef
+    device: str
+    dtype: str
+    dataset: DatasetSplit
+    tokenizer: Any
+    train_set: list[EncodedExample]
+    validation_set: list[EncodedExample]
+    total_steps: int
+    fingerprint: str
+
+
+def prepare(config: TrainConfig, settings: TrainerSettings | None = None) -> Prepared:
+    settings = settings or get_settings(TrainerSettings)
+    device, dtype = pick_device(config)  # QLoRA on a CPU host fails here, before anything else
+    base = resolve_base(config.base_model, settings.models_path)
+    model_config = load_base_config(base)
+    if config.method != "full":
+        check_lora_rank(model_config, config.lora.r)
+    dataset = build_dataset(
+        config,
+        settings.resolved_database_url,
+        settings.symbol,
+        settings.horizons[0] if settings.horizons else "1h",
+    )
+    tokenizer = load_tokenizer(base)
+    with_eos = config.task == "chat"
+    train_set, dropped = encode_examples(tokenizer, dataset.train, config.data.max_length, with_eos)
+    validation_set, _ = encode_examples(tokenizer, dataset.validation, config.data.max_length, with_eos)
+    if not train_set:
+        raise InvalidInput(
+            f"every training example is longer than max_length {config.data.max_length}",
+            param="data.max_length",
+        )
+    dataset.notes["too_long_dropped"] = dropped
+    _, total = total_steps_for(config.optim, len(train_set))
+    return Prepared(
+        config,
+        base,
+        device,
+        dtype,
+        dataset,
+        tokenizer,
+        train_set,
+        validation_set,
+        total,
+        _fingerprint(config, dataset),
+    )
+
+
+def _fingerprint(config: TrainConfig, dataset: DatasetSplit) -> str:
+    """Resume only into the same job: same settings (checkpoint cadence aside) and data."""
+    settings = config.model_dump(mode="json", exclude={"optim": {"checkpoint_every"}})
+    return hashlib.sha256(json.dumps([settings, dataset.sha256()], sort_keys=True).encode()).hexdigest()
+
+
+def train(
+    config: TrainConfig,
+    settings: TrainerSettings | None = None,
+    checkpoint_dir: Path | None = None,
+    hooks: LoopHooks | None = None,
+    prepared: Prepared | None = None,
+) -> PublishedAdapter:
+    """Train, evaluate and publish one adapter (or full model); returns where it was published.
+
+    With ``checkpoint_dir`` the run saves a checkpoint every ``optim.checkpoint_every`` steps
+    and resumes from one left there by a killed run of the same job.
+    """
+    settings = settings or get_settings(TrainerSettings)
+    job = prepared or prepare(config, settings)
+    reset_peak(job.device)
+    model = load_for_training(config, job.base, job.device, job.dtype)
+    trainable, total = count_parameters(model)
+    log.info(
+        "%s on %s (%s): %d of %d parameters train", config.method, job.device, job.dtype, trainable, total
+    )
+    pad_id = job.tokenizer.pad_token_id
+    loss_before = mean_answer_loss(model, job.validation_set, pad_id)
+    result = run_loop(model, job.train_set, config.optim, pad_id, checkpoint_dir, job.fingerprint, hooks)
+    loss_after = mean_answer_loss(model, job.validation_set, pad_id)
+    evaluation = evaluate_labels(model, job) if config.evaluate_accuracy and job.dataset.labels else None
+    peak_bytes, peak_kind = read_peak(job.device)
+    manifest = _manifest(job, result, trainable, total, peak_bytes, peak_kind)
+    manifest.extra.update(
+        {"validation_loss_before": loss_before, "validation_loss_after": loss_after, "evaluation": evaluation}
+    )
+    published = publish(
+        settings.resolved_database_url,
+        settings.adapters_path,
+        manifest,
+        lambda directory: save_weights(model, job.tokenizer, directory, full=config.method == "full"),
+        training_config=config.model_dump(mode="json"),
+    )
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the job is done: nothing to resume
+    notify_inference(
+        settings.inference_url, settings.api_token, published.name, settings.notify_timeout_seconds
+    )
+    return published
+
+
+def evaluate_labels(model: Any, job: Prepared) -> dict[str, Any]:
+    """Held-out accuracy by label scoring (services.common.scoring), with the majority baseline."""
+    window = "test" if job.dataset.test else "validation"
+    examples: list[Example] = (job.dataset.test or job.dataset.validation)[: job.config.max_eval_examples]
+    labels = list(job.dataset.labels)
+    probabilities = score_with_transformers(
+        model, job.tokenizer, [e.prompt for e in examples], labels, bos_id=bos_id_of(job.tokenizer)
+    )
+    predicted = [best_label(p) for p in probabilities]
+    truth = [e.answer for e in examples]
+    correct = sum(p == t for p, t in zip(predicted, truth, strict=True))
+    majority = Counter(truth).most_common(1)[0][1] if truth else 0
+    return {
+        "window": window,
+        "rows": len(examples),
+        "accuracy": correct / len(examples) if examples else None,
+        "majority_baseline": majority / len(examples) if examples else None,
+        "predicted_share": {label: predicted.count(label) / len(predicted) for label in labels}
+        if predicted
+        else {},
+    }
+
+
+def _manifest(
+    job: Prepared, result: LoopResult, trainable: int, total: int, peak_bytes: int, peak_kind: str
+) -> AdapterManifest:
+    import peft
+    import torch
+    import transformers
+
+    config, dataset = job.config, job.dataset
+    return AdapterManifest(
+        name=config.name,
+        base_model=job.base.name,
+        method=config.method,
+        task=config.task,
+        lora=None if config.method == "full" else config.lora,
+        training_window=TrainingWindow(
+            first_row_time=dataset.first_row_time,
+            last_row_time=dataset.last_row_time,
+            embargo_seconds=dataset.embargo_seconds,
+        ),
+        dataset_sha256=dataset.sha256(),
+        train_seconds=result.train_seconds,
+        seconds_per_epoch=result.seconds_per_epoch,
+        peak_memory_bytes=peak_bytes,
+        peak_memory_kind=peak_kind,  # type: ignore[arg-type]
+        trainable_parameters=trainable,
+        total_parameters=total,
+        tokens_per_second=result.tokens_per_second,
+        extra={
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "resumed_from_step": result.resumed_from_step,
+            "final_train_loss": result.losses[-1] if result.losses else None,
+            "device": job.device,
+            "dtype": job.dtype,
+            "examples": {
+                "train": len(dataset.train),
+                "validation": len(dataset.validation),
+                "test": len(dataset.test),
+            },
+            "class_balance": dataset.class_balance,
+            "notes": dataset.notes,
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+            },
+        },
+    )

@@ -1,0 +1,29 @@
+"""Trainer settings: the common ones plus the job queue, the worker and the inference hook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    host: str = Field("127.0.0.1", description="Address the trainer API binds to.")
+    port: int = Field(8002, description="Port of the trainer API.")
+    worker_enabled: bool = Field(True, description="Run a job worker inside the API process.")
+    worker_poll_seconds: float = Field(2.0, gt=0, description="How often an idle worker looks for jobs.")
+    heartbeat_seconds: float = Field(2.0, gt=0, description="How often a running job reports progress.")
+    stale_after_seconds: float = Field(
+        60.0, gt=0, description="A running job whose heartbeat is older than this is requeued."
+    )
+    max_attempts: int = Field(3, ge=1, description="Attempts (crashes included) before a job fails for good.")
+    inference_url: str = Field(
+        "", description="Inference service to tell about new adapters (POST /v1/adapters/{name}/load)."
+    )
+    notify_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of the inference notify call.")
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.data_dir / "checkpoints"

@@ -1,0 +1,150 @@
+"""Time-ordered train / validation / test windows with an embargo between them.
+
+No shuffling across time: every validation row is later than every training row, every
+test row later than every validation row, and a gap of at least the longest label span
+(``exit_time - headline_time``) separates them, so no training label was still being
+decided when the next window began. The backtest imports this module for its leakage guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Generic, Protocol, TypeVar
+
+from services.common.errors import InvalidInput
+from services.trainer.config import TimeWindow
+
+WINDOW_NAMES = ("train", "validation", "test")
+
+
+class TimedRow(Protocol):
+    @property
+    def headline_time(self) -> datetime: ...
+    @property
+    def exit_time(self) -> datetime: ...
+
+
+def longest_label_span_seconds(rows: Sequence[TimedRow]) -> float:
+    """The embargo every split needs at least: the longest time a label stays undecided."""
+    if not rows:
+        return 0.0
+    return float(math.ceil(max((row.exit_time - row.headline_time).total_seconds() for row in rows)))
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Named windows in time order and the embargo between consecutive ones."""
+
+    windows: dict[str, TimeWindow]
+    embargo_seconds: float
+
+    def ordered(self) -> list[tuple[str, TimeWindow]]:
+        return [(name, self.windows[name]) for name in WINDOW_NAMES if name in self.windows]
+
+
+RowT = TypeVar("RowT", bound=TimedRow)
+
+
+@dataclass
+class WindowSplit(Generic[RowT]):
+    rows: dict[str, list[RowT]]
+    plan: WindowPlan
+    dropped_in_gaps: int = 0  # rows in an embargo gap or outside every window
+    purged: int = 0  # rows whose label window ran into the next window
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def check_plan(plan: WindowPlan, min_embargo_seconds: float) -> None:
+    """Refuse overlapping windows, windows out of time order and embargoes that are too short."""
+    if plan.embargo_seconds < min_embargo_seconds:
+        raise InvalidInput(
+            f"embargo of {plan.embargo_seconds:g} s is shorter than the longest label span "
+            f"({min_embargo_seconds:g} s): a training label would overlap the next window",
+            param="data.embargo_seconds",
+        )
+    ordered = plan.ordered()
+    for (prev_name, prev), (next_name, nxt) in zip(ordered, ordered[1:], strict=False):
+        if prev.end is None or nxt.start is None:
+            raise InvalidInput(
+                f"windows {prev_name} and {next_name} overlap: {prev_name} needs an end and "
+                f"{next_name} a start",
+                param=f"data.{next_name}",
+            )
+        gap = (nxt.start - prev.end).total_seconds()
+        if gap < 0:
+            raise InvalidInput(
+                f"windows {prev_name} (ends {prev.end.isoformat()}) and {next_name} "
+                f"(starts {nxt.start.isoformat()}) overlap or are out of time order",
+                param=f"data.{next_name}",
+            )
+        if gap < plan.embargo_seconds:
+            raise InvalidInput(
+                f"{next_name} starts {gap:g} s after {prev_name} ends; the embargo needs "
+                f"{plan.embargo_seconds:g} s",
+                param=f"data.{next_name}",
+            )
+
+
+def plan_by_fraction(
+    rows: Sequence[TimedRow], validation_fraction: float, test_fraction: float, embargo_seconds: float
+) -> WindowPlan:
+    """Cut time-sorted rows at the validation and test shares; the embargo comes out of the
+    window before each cut, so the later window keeps its first rows."""
+    times = sorted(row.headline_time for row in rows)
+    if not times:
+        raise InvalidInput("no labelled rows to split", param="data")
+    embargo = timedelta(seconds=embargo_seconds)
+    count = len(times)
+    test_count = round(count * test_fraction)
+    validation_count = round(count * validation_fraction)
+    windows: dict[str, TimeWindow] = {}
+    end: datetime | None = None
+    if test_count:
+        test_start = times[count - test_count]
+        windows["test"] = TimeWindow(start=test_start, end=None)
+        end = test_start - embargo
+    if validation_count:
+        validation_start = times[count - test_count - validation_count]
+        if end is not None and validation_start >= end:
+            raise InvalidInput("too few rows before the test window for a validation window and its embargo")
+        windows["validation"] = TimeWindow(start=validation_start, end=end)
+        end = validation_start - embargo
+    if end is not None and end <= times[0]:
+        raise InvalidInput(
+            f"the embargo of {embargo_seconds:g} s leaves no training rows; give more rows or smaller shares",
+            param="data",
+        )
+    windows["train"] = TimeWindow(start=None, end=end)
+    return WindowPlan(windows=windows, embargo_seconds=embargo_seconds)
+
+
+def split_rows(rows: Sequence[RowT], plan: WindowPlan) -> WindowSplit[RowT]:
+    """Put each row in its window; drop rows in the gaps and purge labels that cross a cut."""
+    ordered = plan.ordered()
+    split: WindowSplit[RowT] = WindowSplit(rows={name: [] for name, _ in ordered}, plan=plan)
+    next_start = {name: nxt.start for (name, _), (_, nxt) in zip(ordered, ordered[1:], strict=False)}
+    for row in sorted(rows, key=lambda r: r.headline_time):
+        name = next((name for name, window in ordered if window.contains(row.headline_time)), None)
+        if name is None:
+            split.dropped_in_gaps += 1
+            continue
+        boundary = next_start.get(name)
+        if boundary is not None and row.exit_time > boundary:
+            split.purged += 1
+            continue
+        split.rows[name].append(row)
+    split.counts = {name: len(found) for name, found in split.rows.items()}
+    return split
+
+
+def assert_time_ordered(split: WindowSplit[RowT]) -> None:
+    """The no-look-ahead invariant, checked on the result (tests and the backtest call it)."""
+    ordered = [split.rows[name] for name in WINDOW_NAMES if name in split.rows and split.rows[name]]
+    for earlier, later in zip(ordered, ordered[1:], strict=False):
+        last_exit = max(row.exit_time for row in earlier)
+        first_start = min(row.headline_time for row in later)
+        if last_exit > first_start:
+            raise AssertionError(f"a label ends at {last_exit} after the next window starts at {first_start}")
