@@ -1,0 +1,53 @@
+"""Ingest settings: feeds, the exchange to pull candles from, polling intervals, the HTTP port."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from services.common.settings import CommonSettings
+
+CNBC_FEED = "https://www.cnbc.com/id/{}/device/rss/rss.html"
+DEFAULT_FEEDS = [CNBC_FEED.format(100003114), CNBC_FEED.format(10000664)]  # top news, finance
+
+
+class IngestSettings(CommonSettings):
+    """Everything ``HSIG_*`` the ingest service reads (the common fields included)."""
+
+    feed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS feeds to poll, comma-separated."
+    )
+    feed_interval_s: float = Field(300.0, gt=0, description="Seconds between polls of each feed.")
+    candle_interval_s: float = Field(600.0, gt=0, description="Seconds between candle pulls.")
+    label_interval_s: float = Field(600.0, gt=0, description="Seconds between labelling passes.")
+    http_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for feeds and exchanges.")
+    exchange: str = Field("coinbaseexchange", description="ccxt exchange id for candles.")
+    exchange_api_url: str | None = Field(
+        None, description="Replace every ccxt API base URL with this one (tests, replay server)."
+    )
+    candle_since: datetime = Field(
+        datetime(2017, 7, 1, tzinfo=UTC), description="First candle to fetch when nothing is stored."
+    )
+    candle_page_limit: int = Field(300, ge=1, le=5000, description="Candles per fetch_ohlcv page.")
+    candle_max_pages: int = Field(1000, ge=1, description="Most pages one pull may fetch (a cycle ends).")
+    small_move: float = Field(0.005, gt=0, description="Market situation: |move| below this is 'small'.")
+    sharp_range: float = Field(0.01, gt=0, description="Market situation: range at/above this is 'sharp'.")
+    situation_lookback: int = Field(2, ge=1, le=24, description="Closed candles described in words.")
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8001, description="HTTP port.")
+    scheduler_enabled: bool = Field(True, description="Poll on the intervals while the service runs.")
+
+    @field_validator("feed_urls", mode="before")
+    @classmethod
+    def _split_feeds(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("candle_since")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,140 @@
+"""Idempotent, atomic writes: headlines, candles, gaps, labelled rows, source state.
+
+Every insert is ``INSERT ... ON CONFLICT DO NOTHING`` (candles: ``DO UPDATE``) in the
+dialect at hand, inside one transaction per batch: a batch is stored whole or not at all, and
+storing it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
+from services.ingest.csv_import import CandleFrame
+from services.ingest.headlines import HeadlineRecord
+
+BATCH_ROWS = 5000  # rows per INSERT statement: bounded memory, few round trips
+
+
+def _insert(session: Session, table: Table):  # type: ignore[no-untyped-def]
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _batches(rows: Sequence[dict[str, Any]], size: int = BATCH_ROWS) -> Iterable[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def insert_headlines(session: Session, records: Iterable[HeadlineRecord]) -> int:
+    """Store new headlines; ones already stored (same source+guid, or title+time) are skipped.
+
+    Returns how many were new.
+    """
+    rows = [record.row() for record in records]
+    inserted = 0
+    for batch in _batches(rows):
+        statement = _insert(session, Headline.__table__).on_conflict_do_nothing().returning(Headline.id)
+        inserted += len(session.execute(statement, list(batch)).all())
+    return inserted
+
+
+def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str, candles: CandleFrame) -> int:
+    """Insert or refresh closed candles (the exchange's latest values win). Returns rows written."""
+    rows = [
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "open_time": datetime.fromtimestamp(int(t), tz=UTC),
+            "open": float(o),
+            "high": float(h),
+            "low": float(lo),
+            "close": float(c),
+            "volume": float(v),
+        }
+        for t, o, h, lo, c, v in zip(
+            candles.open_time,
+            candles.open,
+            candles.high,
+            candles.low,
+            candles.close,
+            candles.volume,
+            strict=True,
+        )
+    ]
+    for batch in _batches(rows):
+        statement = _insert(session, Candle.__table__)
+        statement = statement.on_conflict_do_update(
+            index_elements=["exchange", "symbol", "timeframe", "open_time"],
+            set_={name: statement.excluded[name] for name in ("open", "high", "low", "close", "volume")},
+        )
+        session.execute(statement, list(batch))
+    return len(rows)
+
+
+def insert_gaps(
+    session: Session, exchange: str, symbol: str, timeframe: str, gaps: Sequence[tuple[int, int, int]]
+) -> int:
+    """Record gaps as (first missing open time, last missing open time, count). Returns new ones."""
+    rows = [
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "gap_start": datetime.fromtimestamp(start, tz=UTC),
+            "gap_end": datetime.fromtimestamp(end, tz=UTC),
+            "missing": missing,
+        }
+        for start, end, missing in gaps
+    ]
+    if not rows:
+        return 0
+    statement = _insert(session, CandleGap.__table__).on_conflict_do_nothing().returning(CandleGap.id)
+    return len(session.execute(statement, rows).all())
+
+
+def insert_labelled_rows(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Store labelled rows; a (headline, market, horizon) already labelled is left as it is."""
+    inserted = 0
+    for batch in _batches(rows):
+        statement = _insert(session, LabelledRow.__table__).on_conflict_do_nothing().returning(LabelledRow.id)
+        inserted += len(session.execute(statement, list(batch)).all())
+    return inserted
+
+
+def get_source_state(session: Session, source: str) -> SourceState:
+    state = session.get(SourceState, source)
+    if state is None:
+        state = SourceState(source=source)
+        session.add(state)
+    return state
+
+
+def record_success(session: Session, source: str, **fields: Any) -> None:
+    state = get_source_state(session, source)
+    for name, value in fields.items():
+        setattr(state, name, value)
+    state.last_success_at = datetime.now(UTC)
+
+
+def record_failure(session: Session, source: str, message: str) -> None:
+    state = get_source_state(session, source)
+    state.last_error = message[:2000]
+    state.last_error_at = datetime.now(UTC)
+
+
+def last_candle_time(session: Session, exchange: str, symbol: str, timeframe: str) -> datetime | None:
+    statement = (
+        select(Candle.open_time)
+        .where(Candle.exchange == exchange, Candle.symbol == symbol, Candle.timeframe == timeframe)
+        .order_by(Candle.open_time.desc())
+        .limit(1)
+    )
+    return session.execute(statement).scalar_one_or_none()
