@@ -278,7 +278,7 @@ def load_hate_tsv(path: Path, data: DataConfig) -> list[Example]:
             post, klass = record["post"].strip(), record["class"].strip()
             if not post:
                 raise InvalidInput(f"{path}: line {number} has an empty post", param="data.path")
-            answer = data.hate_labels[klass] if klass in data.hate_labels else data.hate_other
+            answer = data.hate_labels.get(klass, data.hate_other)
             if answer is None:
                 continue
             examples.append(Example(implicit_hate_prompt(post), answer, key=f"line:{number}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from pathlib import Path
 
@@ -16,10 +17,10 @@ def reset_peak(device: str) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return
-    try:
-        _CLEAR_REFS.write_text("5")  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
-    except OSError:
-        pass  # not Linux or not permitted: the peak then covers the whole process
+    # Linux: "5" resets the peak RSS (VmHWM) to the current RSS. Elsewhere, or if not
+    # permitted, the peak covers the whole process.
+    with contextlib.suppress(OSError):
+        _CLEAR_REFS.write_text("5")
 
 
 def read_peak(device: str) -> tuple[int, str]:

@@ -94,10 +94,7 @@ def pick_device(config: TrainConfig) -> tuple[str, str]:
     if config.device == "cuda" and not has_cuda:
         raise OperationalError("device 'cuda' requested but no CUDA device is available")
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and has_cuda) else "cpu"
-    if config.precision == "auto":
-        dtype = "bf16" if device == "cuda" else "fp32"
-    else:
-        dtype = config.precision
+    dtype = ("bf16" if device == "cuda" else "fp32") if config.precision == "auto" else config.precision
     return device, dtype
 
 

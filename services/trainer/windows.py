@@ -8,6 +8,7 @@ decided when the next window began. The backtest imports this module for its lea
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ def check_plan(plan: WindowPlan, min_embargo_seconds: float) -> None:
             param="data.embargo_seconds",
         )
     ordered = plan.ordered()
-    for (prev_name, prev), (next_name, nxt) in zip(ordered, ordered[1:], strict=False):
+    for (prev_name, prev), (next_name, nxt) in itertools.pairwise(ordered):
         if prev.end is None or nxt.start is None:
             raise InvalidInput(
                 f"windows {prev_name} and {next_name} overlap: {prev_name} needs an end and "
@@ -125,7 +126,7 @@ def split_rows(rows: Sequence[RowT], plan: WindowPlan) -> WindowSplit[RowT]:
     """Put each row in its window; drop rows in the gaps and purge labels that cross a cut."""
     ordered = plan.ordered()
     split: WindowSplit[RowT] = WindowSplit(rows={name: [] for name, _ in ordered}, plan=plan)
-    next_start = {name: nxt.start for (name, _), (_, nxt) in zip(ordered, ordered[1:], strict=False)}
+    next_start = {name: nxt.start for (name, _), (_, nxt) in itertools.pairwise(ordered)}
     for row in sorted(rows, key=lambda r: r.headline_time):
         name = next((name for name, window in ordered if window.contains(row.headline_time)), None)
         if name is None:
@@ -142,8 +143,8 @@ def split_rows(rows: Sequence[RowT], plan: WindowPlan) -> WindowSplit[RowT]:
 
 def assert_time_ordered(split: WindowSplit[RowT]) -> None:
     """The no-look-ahead invariant, checked on the result (tests and the backtest call it)."""
-    ordered = [split.rows[name] for name in WINDOW_NAMES if name in split.rows and split.rows[name]]
-    for earlier, later in zip(ordered, ordered[1:], strict=False):
+    ordered = [split.rows[name] for name in WINDOW_NAMES if split.rows.get(name)]
+    for earlier, later in itertools.pairwise(ordered):
         last_exit = max(row.exit_time for row in earlier)
         first_start = min(row.headline_time for row in later)
         if last_exit > first_start:

@@ -1,0 +1,79 @@
+"""The trainer's HTTP API on port 8002: a thin router over ``jobs`` and ``run.prepare``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Query, Request
+
+from services.common.auth import Authorized
+from services.common.http import create_app
+from services.trainer import jobs
+from services.trainer.config import TrainConfig
+from services.trainer.run import prepare
+from services.trainer.schemas import JobList, JobOut
+from services.trainer.settings import TrainerSettings
+from services.trainer.worker import Worker
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+def _settings(request: Request) -> TrainerSettings:
+    return request.app.state.settings
+
+
+@router.post("/jobs", status_code=201, dependencies=[Authorized])
+async def submit_job(config: TrainConfig, request: Request) -> JobOut:
+    """Validate the job (base model, rank, windows, classes, corpus) and queue it."""
+    settings = _settings(request)
+    prepared = await asyncio.to_thread(prepare, config, settings)  # raises InvalidInput -> 400
+    job = await asyncio.to_thread(
+        jobs.submit,
+        settings.resolved_database_url,
+        config.model_dump(mode="json"),
+        config.name,
+        prepared.total_steps,
+    )
+    return JobOut.of(job)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    request: Request,
+    state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobList:
+    found = await asyncio.to_thread(jobs.list_jobs, _settings(request).resolved_database_url, state, limit)
+    return JobList(jobs=[JobOut.of(job) for job in found])
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: int, request: Request) -> JobOut:
+    return JobOut.of(await asyncio.to_thread(jobs.get_job, _settings(request).resolved_database_url, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", dependencies=[Authorized])
+async def cancel_job(job_id: int, request: Request) -> JobOut:
+    """Queued: cancelled at once. Running: stops after its current step (state cancelling)."""
+    return JobOut.of(await asyncio.to_thread(jobs.cancel, _settings(request).resolved_database_url, job_id))
+
+
+def build_app(settings: TrainerSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = Worker(settings) if settings.worker_enabled else None
+        if worker is not None:
+            worker.start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+
+    return create_app("trainer", settings, routers=[router], lifespan=lifespan)
