@@ -1,0 +1,191 @@
+"""The rows a backtest scores: labelled rows of one symbol, horizon and exchange in a window.
+
+Read from the database the ingest service fills (``labelled_rows`` joined to ``headlines``),
+as numpy arrays for the metrics and plain lists for the prompts. Rows labelled Flat (a
+neutral band) are not Increase/Decrease questions: they are counted and left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import func, select
+
+from services.backtest.strategy import Windows
+from services.common.db import session_scope
+from services.common.db.models import Candle, Headline, LabelledRow
+from services.common.errors import InvalidInput
+from services.common.prompts import DECREASE, INCREASE
+
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400}
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    """Seconds in a ccxt timeframe ("1h", "15m", "1d")."""
+    amount, unit = timeframe[:-1], timeframe[-1:]
+    if not amount.isdigit() or unit not in _UNIT_SECONDS or int(amount) == 0:
+        raise InvalidInput(f"timeframe {timeframe!r} is not like 15m, 1h or 1d", param="timeframe")
+    return int(amount) * _UNIT_SECONDS[unit]
+
+
+def _epoch(times: list[datetime]) -> np.ndarray:
+    return np.array([int(t.timestamp()) for t in times], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    row_id: np.ndarray
+    headline: list[str]
+    published_at: list[datetime]
+    market_situation: list[str]
+    headline_time: np.ndarray  # epoch seconds
+    entry_time: np.ndarray
+    exit_time: np.ndarray
+    entry_price: np.ndarray
+    exit_price: np.ndarray
+    y_true: np.ndarray  # 1 = Increase, 0 = Decrease
+    exchange: str
+    symbol: str
+    timeframe: str
+    horizon: str
+    flat_rows_left_out: int
+
+    def __len__(self) -> int:
+        return int(self.row_id.size)
+
+    def windows(self) -> Windows:
+        return Windows.from_rows(self.entry_time, self.exit_time, self.entry_price, self.exit_price)
+
+    @property
+    def first_time(self) -> datetime:
+        return self.published_at[0]
+
+    @property
+    def last_time(self) -> datetime:
+        return self.published_at[-1]
+
+
+def _choose_one(session, column, filters, wanted: str | None, what: str) -> str:  # type: ignore[no-untyped-def]
+    present = sorted(session.scalars(select(column).where(*filters).distinct()).all())
+    if wanted is not None:
+        return wanted
+    if len(present) > 1:
+        raise InvalidInput(
+            f"rows in this window were labelled on several {what}s ({', '.join(present)}); choose one"
+        )
+    return present[0] if present else ""
+
+
+def load_rows(
+    url: str,
+    symbol: str,
+    horizon: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    exchange: str | None = None,
+) -> EvalRows:
+    """Labelled rows with start <= headline time < end, oldest first; InvalidInput if none."""
+    filters = [LabelledRow.symbol == symbol, LabelledRow.horizon == horizon]
+    if start is not None:
+        filters.append(LabelledRow.headline_time >= start)
+    if end is not None:
+        filters.append(LabelledRow.headline_time < end)
+    with session_scope(url) as session:
+        exchange = _choose_one(session, LabelledRow.exchange, filters, exchange, "exchange")
+        filters.append(LabelledRow.exchange == exchange)
+        query = (
+            select(LabelledRow, Headline.title)
+            .join(Headline, Headline.id == LabelledRow.headline_id)
+            .where(*filters)
+            .order_by(LabelledRow.headline_time, LabelledRow.id)
+        )
+        records = session.execute(query).all()
+        if not records:
+            raise InvalidInput(_empty_message(session, symbol, horizon, start, end), param="start")
+    rows = [row for row, _ in records if row.label in (INCREASE, DECREASE)]
+    titles = [title for row, title in records if row.label in (INCREASE, DECREASE)]
+    if not rows:
+        raise InvalidInput(f"all {len(records)} rows in the window are labelled Flat: nothing to score")
+    return EvalRows(
+        row_id=np.array([row.id for row in rows], dtype=np.int64),
+        headline=titles,
+        published_at=[row.headline_time for row in rows],
+        market_situation=[row.market_situation for row in rows],
+        headline_time=_epoch([row.headline_time for row in rows]),
+        entry_time=_epoch([row.entry_time for row in rows]),
+        exit_time=_epoch([row.exit_time for row in rows]),
+        entry_price=np.array([row.entry_price for row in rows], dtype=float),
+        exit_price=np.array([row.exit_price for row in rows], dtype=float),
+        y_true=np.array([row.label == INCREASE for row in rows], dtype=np.int8),
+        exchange=exchange,
+        symbol=symbol,
+        timeframe=rows[0].timeframe,
+        horizon=horizon,
+        flat_rows_left_out=len(records) - len(rows),
+    )
+
+
+def _empty_message(session, symbol, horizon, start, end) -> str:  # type: ignore[no-untyped-def]
+    first, last, count = session.execute(
+        select(func.min(LabelledRow.headline_time), func.max(LabelledRow.headline_time), func.count()).where(
+            LabelledRow.symbol == symbol, LabelledRow.horizon == horizon
+        )
+    ).one()
+    window = f"between {start.isoformat() if start else 'the start'} and {end.isoformat() if end else 'now'}"
+    if not count:
+        return f"no labelled rows for {symbol} {horizon} at all: run `hsig ingest` and label headlines first"
+    return (
+        f"no labelled rows for {symbol} {horizon} {window}; "
+        f"the {count} stored rows run from {first.isoformat()} to {last.isoformat()}"
+    )
+
+
+def increase_share_before(url: str, rows: EvalRows, before: datetime) -> tuple[float, int]:
+    """Share of Increase among rows whose outcome was known before ``before`` (exit <= before)."""
+    with session_scope(url) as session:
+        labels = session.scalars(
+            select(LabelledRow.label).where(
+                LabelledRow.symbol == rows.symbol,
+                LabelledRow.horizon == rows.horizon,
+                LabelledRow.exchange == rows.exchange,
+                LabelledRow.exit_time <= before,
+                LabelledRow.label.in_((INCREASE, DECREASE)),
+            )
+        ).all()
+    if not labels:
+        return (float("nan"), 0)
+    return (sum(label == INCREASE for label in labels) / len(labels), len(labels))
+
+
+def previous_closed_moves(url: str, rows: EvalRows, lookback: timedelta = timedelta(days=3)) -> np.ndarray:
+    """close - open of the last candle that had closed by each headline time (NaN if none).
+
+    A candle stamped t (its open time) closes at t + timeframe; only candles with
+    t + timeframe <= headline time count, so the move was known when the headline appeared.
+    """
+    step = timeframe_seconds(rows.timeframe)
+    since = datetime.fromtimestamp(int(rows.headline_time.min()), UTC) - lookback
+    until = datetime.fromtimestamp(int(rows.headline_time.max()), UTC)
+    with session_scope(url) as session:
+        candles = session.execute(
+            select(Candle.open_time, Candle.open, Candle.close)
+            .where(
+                Candle.exchange == rows.exchange,
+                Candle.symbol == rows.symbol,
+                Candle.timeframe == rows.timeframe,
+                Candle.open_time >= since,
+                Candle.open_time <= until,
+            )
+            .order_by(Candle.open_time)
+        ).all()
+    moves = np.full(len(rows), np.nan)
+    if not candles:
+        return moves
+    close_time = _epoch([c.open_time for c in candles]) + step
+    move = np.array([c.close - c.open for c in candles], dtype=float)
+    last_closed = np.searchsorted(close_time, rows.headline_time, side="right") - 1
+    known = last_closed >= 0
+    moves[known] = move[last_closed[known]]
+    return moves

@@ -1,0 +1,171 @@
+"""Run one backtest end to end: rows, predictors, leakage guard, metrics, report, run record.
+
+``run_backtest(settings, config)`` is the one entry point the CLI, the HTTP API, the
+schedule and the demo share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.backtest import store
+from services.backtest.evaluate import EvaluationOptions, evaluate
+from services.backtest.leakage import guard
+from services.backtest.predictors.base import PredictionSet
+from services.backtest.predictors.factory import build_predictor
+from services.backtest.report import share_over_time, summary_rows, summary_table, write_report
+from services.backtest.rows import EvalRows, load_rows
+from services.backtest.schemas import BacktestConfig
+from services.backtest.settings import BacktestSettings
+from services.backtest.strategy import buy_and_hold_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    run_id: int
+    json_path: Path
+    html_path: Path
+    summary: list[dict[str, Any]]
+    summary_table: str
+    report: dict[str, Any]
+
+
+def options_of(config: BacktestConfig, settings: BacktestSettings) -> EvaluationOptions:
+    return EvaluationOptions(
+        fees_bps=settings.fees_bps if config.fees_bps is None else config.fees_bps,
+        decrease_position=config.decrease_position or settings.decrease_position,
+        bootstrap_reps=settings.bootstrap_reps if config.bootstrap_reps is None else config.bootstrap_reps,
+        confidence=config.confidence,
+        bias_alpha=config.bias_alpha,
+        reliability_bins=config.reliability_bins,
+        seed=config.seed,
+    )
+
+
+def _data_section(rows: EvalRows, windows_count: int, sleeves: int) -> dict[str, Any]:
+    return {
+        "symbol": rows.symbol,
+        "exchange": rows.exchange,
+        "timeframe": rows.timeframe,
+        "horizon": rows.horizon,
+        "rows": len(rows),
+        "label_windows": windows_count,
+        "first_headline": rows.first_time.isoformat(),
+        "last_headline": rows.last_time.isoformat(),
+        "share_increase": float(rows.y_true.mean()),
+        "flat_rows_left_out": rows.flat_rows_left_out,
+        "sleeves": sleeves,
+    }
+
+
+def build_report(
+    settings: BacktestSettings, config: BacktestConfig, run_id: int | None = None
+) -> dict[str, Any]:
+    """Every figure of the backtest as a dict (what the JSON file holds)."""
+    url = settings.resolved_database_url
+    rows = load_rows(
+        url,
+        config.symbol or settings.symbol,
+        config.horizon or settings.horizons[0],
+        config.start,
+        config.end,
+        config.exchange,
+    )
+    predictors = [
+        build_predictor(spec, settings, config.seed, config.majority_before) for spec in config.predictors
+    ]
+    overlaps = guard(predictors, rows, config.allow_overlap)
+    windows = rows.windows()
+    options = options_of(config, settings)
+    log.info(
+        "backtest: %d rows in %d label windows, %d predictors", len(rows), windows.count, len(predictors)
+    )
+    predictions: list[PredictionSet] = []
+    sections = []
+    for number, predictor in enumerate(predictors, start=1):
+        started = time.perf_counter()
+        prediction = predictor.predict(rows)
+        predictions.append(prediction)
+        metrics = evaluate(rows.y_true, prediction.y_pred, prediction.p_increase, windows, options)
+        sections.append(
+            {
+                "name": prediction.name,
+                "kind": prediction.kind,
+                "notes": prediction.notes,
+                "meta": prediction.meta,
+                "seconds": round(time.perf_counter() - started, 3),
+                "metrics": metrics,
+            }
+        )
+        log.info("backtest: predictor %d/%d %s done", number, len(predictors), prediction.name)
+    notes = list(config.notes)
+    if overlaps:
+        notes.insert(
+            0, "OVERLAP ALLOWED: some adapters are scored on rows from their training window plus embargo"
+        )
+    report: dict[str, Any] = {
+        "title": config.title,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "run_id": run_id,
+        "config": {**config.model_dump(mode="json"), **_resolved(options)},
+        "notes": notes,
+        "data": _data_section(rows, windows.count, windows.sleeves),
+        "leakage": [overlap.describe() for overlap in overlaps],
+        "overlap_allowed": bool(overlaps),
+        "predictors": sections,
+        "buy_and_hold": buy_and_hold_report(windows, options.fees_bps),
+        "share_over_time": share_over_time(rows, predictions),
+        "row_ids": rows.row_id.tolist(),
+        "predictions": {p.name: p.y_pred.tolist() for p in predictions},
+        "labels": np.asarray(rows.y_true).tolist(),
+    }
+    report["summary"] = summary_rows(report)
+    return report
+
+
+def _resolved(options: EvaluationOptions) -> dict[str, Any]:
+    return {
+        "fees_bps": options.fees_bps,
+        "decrease_position": options.decrease_position,
+        "bootstrap_reps": options.bootstrap_reps,
+    }
+
+
+def run_backtest(
+    settings: BacktestSettings, config: BacktestConfig, trigger: str = "cli", run_id: int | None = None
+) -> BacktestResult:
+    """Run ``config``, write ``<reports>/backtest-<id>.json|.html`` and record the run.
+
+    A new run is recorded unless ``run_id`` names one already queued (the API and the
+    schedule create theirs first). On failure the run is marked failed (the caller decides
+    about retries through ``store.mark_failed``) and the error propagates.
+    """
+    from services.backtest.metrics_export import RUNS, publish
+
+    url = settings.resolved_database_url
+    if run_id is None:
+        run_id = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
+    store.start_attempt(url, run_id)
+    try:
+        report = build_report(settings, config, run_id)
+        json_path, html_path = write_report(report, settings.reports_path, f"backtest-{run_id:06d}")
+    except Exception as exc:
+        store.mark_failed(url, run_id, f"{type(exc).__name__}: {exc}", will_retry=False)
+        RUNS.labels(trigger, "failed").inc()
+        raise
+    store.mark_succeeded(url, run_id, str(json_path), str(html_path), {"rows": report["summary"]})
+    publish(report["summary"], time.time())
+    RUNS.labels(trigger, "succeeded").inc()
+    log.info("backtest %d: report at %s", run_id, html_path)
+    return BacktestResult(
+        run_id, json_path, html_path, report["summary"], summary_table(report["summary"]), report
+    )
