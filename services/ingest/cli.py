@@ -1,7 +1,181 @@
-"""`hsig ingest ...` commands."""
+"""`hsig ingest ...` commands. Heavy work is imported inside each command."""
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="The ingest service.", no_args_is_help=True)
+from services.common.settings import get_settings
+from services.ingest.settings import IngestSettings
+
+app = typer.Typer(
+    help="The ingest service: feeds, candles, CSV backfills, labelled rows.", no_args_is_help=True
+)
+
+
+def _settings() -> IngestSettings:
+    from services.common.db.migrate import upgrade
+
+    settings = get_settings(IngestSettings)
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+def _print(outcome: object) -> None:
+    typer.echo(json.dumps(vars(outcome) if hasattr(outcome, "__dict__") else outcome, default=str))
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address; default HSIG_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default HSIG_PORT (8001).")] = None,
+) -> None:
+    """Run the HTTP service with the scheduler polling feeds and candles."""
+    import uvicorn
+
+    from services.ingest.app import build_app
+
+    settings = get_settings(IngestSettings)
+    uvicorn.run(build_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@app.command("run")
+def run(
+    feeds: Annotated[bool, typer.Option(help="Poll the feeds.")] = True,
+    candles: Annotated[bool, typer.Option(help="Pull candles.")] = True,
+    label: Annotated[bool, typer.Option(help="Label what is newly labellable.")] = True,
+) -> None:
+    """One cycle now; prints what each source did (JSON). Exit 1 if any source failed."""
+    from services.ingest.cycle import run_cycle
+
+    report = run_cycle(_settings(), feeds=feeds, candles=candles, label=label)
+    typer.echo(json.dumps(report.summary(), default=str, indent=2))
+    if any(not source.ok for source in report.sources):
+        raise typer.Exit(1)
+
+
+@app.command("backfill-headlines")
+def backfill_headlines(
+    path: Annotated[Path, typer.Argument(help="CSV file.")],
+    kaggle_cnbc: Annotated[
+        bool, typer.Option(help="The Kaggle CNBC layout (Headlines, Time, Description; US Eastern).")
+    ] = False,
+    title_column: Annotated[str, typer.Option(help="Column holding the headline.")] = "title",
+    time_column: Annotated[str, typer.Option(help="Column holding the time.")] = "time",
+    summary_column: Annotated[str | None, typer.Option(help="Optional summary column.")] = None,
+    guid_column: Annotated[str | None, typer.Option(help="Optional unique id column.")] = None,
+    timezone: Annotated[str, typer.Option(help="Zone of times without an offset (IANA name).")] = "UTC",
+    time_format: Annotated[
+        str | None, typer.Option(help="strptime format; default: parsed by pandas.")
+    ] = None,
+) -> None:
+    """Import a headline CSV (idempotent: stored headlines are skipped)."""
+    from services.ingest.backfill import backfill_headline_csv, backfill_kaggle_cnbc
+
+    settings = _settings()
+    if kaggle_cnbc:
+        outcome = backfill_kaggle_cnbc(settings, path)
+    else:
+        outcome = backfill_headline_csv(
+            settings, path, title_column, time_column, timezone, summary_column, guid_column, time_format
+        )
+    _print(outcome)
+
+
+@app.command("backfill-candles")
+def backfill_candles(
+    path: Annotated[
+        Path | None, typer.Argument(help="CryptoDataDownload CSV; omit to pull through ccxt.")
+    ] = None,
+    exchange: Annotated[
+        str | None, typer.Option(help="Exchange id to store under; default HSIG_EXCHANGE.")
+    ] = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol; default HSIG_SYMBOL.")] = None,
+    timeframe: Annotated[str | None, typer.Option(help="Timeframe; default HSIG_TIMEFRAME.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Pull up to this UTC time (ccxt only).")] = None,
+) -> None:
+    """Store candles from a CryptoDataDownload CSV, or pull them through ccxt from HSIG_EXCHANGE."""
+    settings = _settings()
+    exchange, symbol = exchange or settings.exchange, symbol or settings.symbol
+    timeframe = timeframe or settings.timeframe
+    if path is not None:
+        from services.ingest.backfill import backfill_candles_csv
+
+        _print(backfill_candles_csv(settings, path, exchange, symbol, timeframe))
+        return
+    from services.ingest.cycle import pull_market
+
+    local = settings.model_copy(update={"exchange": exchange, "symbol": symbol, "timeframe": timeframe})
+    until_utc = until.replace(tzinfo=UTC) if until and until.tzinfo is None else until
+    outcome = pull_market(
+        local,
+        datetime.now(UTC),
+        until_utc,
+        progress=lambda pages, rows: typer.echo(f"page {pages}: {rows} candles", err=True),
+    )
+    _print(outcome)
+
+
+@app.command("label")
+def label() -> None:
+    """Label every headline whose candles are stored and that has no row yet."""
+    from services.ingest.cycle import label_pass
+
+    outcomes = label_pass(_settings())
+    for outcome in outcomes:
+        _print(outcome)
+    if any(not outcome.ok for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command("rows")
+def rows(
+    start: Annotated[datetime | None, typer.Option(help="First headline time, UTC (inclusive).")] = None,
+    end: Annotated[datetime | None, typer.Option(help="Last headline time, UTC (exclusive).")] = None,
+    format: Annotated[str, typer.Option(help="jsonl, csv or parquet.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option(help="File to write; default stdout (not parquet).")] = None,
+) -> None:
+    """Export labelled rows for a time range."""
+    from services.common.db import session_scope
+    from services.common.errors import InvalidInput
+    from services.ingest.export import query_rows, render_rows
+
+    if format == "parquet" and out is None:
+        raise InvalidInput("parquet needs --out FILE", param="out")
+    settings = _settings()
+    as_utc = lambda moment: moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment  # noqa: E731
+    with session_scope(settings.resolved_database_url) as session:
+        payload = render_rows(query_rows(session, as_utc(start), as_utc(end)), format)  # type: ignore[arg-type]
+    if out is None:
+        sys.stdout.buffer.write(payload)
+    else:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(out)
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("stats")
+def stats() -> None:
+    """Headline, candle, label and gap counts, and each source's state."""
+    from services.common.db import session_scope
+    from services.ingest.export import stats as collect
+
+    with session_scope(_settings().resolved_database_url) as session:
+        typer.echo(json.dumps(collect(session), default=str, indent=2))
+
+
+@app.command("bundled")
+def bundled(
+    data_dir: Annotated[Path, typer.Option(help="The project's data/ folder.")] = Path("data"),
+) -> None:
+    """Ingest and label the bundled data the way live data comes in (local feed and exchange servers)."""
+    from services.ingest.pipeline import ingest_bundled_data
+
+    summary = ingest_bundled_data(_settings(), data_dir, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(summary, default=str, indent=2))
