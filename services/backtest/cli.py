@@ -1,7 +1,187 @@
-"""`hsig backtest ...` commands."""
+"""`hsig backtest ...`: run a backtest, serve the API, list reports, reproduce the research note."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="The backtest service.", no_args_is_help=True)
+from services.common.errors import InvalidInput
+
+app = typer.Typer(help="The backtest service: score predictors on out-of-time rows.", no_args_is_help=True)
+
+When = Annotated[
+    datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+]
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return None if moment is None else (moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from services.backtest.settings import BacktestSettings
+    from services.common.settings import get_settings
+
+    return get_settings(BacktestSettings)
+
+
+def _config_from_file(path: Path):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from services.backtest.schemas import BacktestConfig
+
+    if not path.is_file():
+        raise InvalidInput(f"config file {path} does not exist")
+    try:
+        return BacktestConfig.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"{path}: {'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}") from exc
+
+
+def _predictors(
+    baselines: list[str] | None,
+    adapters: list[str] | None,
+    base: bool,
+    local_model: str | None,
+    local_adapters: list[str] | None,
+    openai_model: str | None,
+    openai_url: str | None,
+    openai_key_env: str,
+) -> list:
+    from services.backtest.schemas import BASELINES, BaselineSpec, LocalSpec, OpenAISpec, ServiceSpec
+    from services.common.schemas import BASE_MODEL_NAME
+
+    chosen = BASELINES if baselines is None else [b for b in baselines if b != "none"]
+    unknown = sorted(set(chosen) - set(BASELINES))
+    if unknown:
+        raise InvalidInput(
+            f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)} or none"
+        )
+    specs: list = [BaselineSpec(name=name) for name in chosen]  # type: ignore[arg-type]
+    if base:
+        specs.append(ServiceSpec(adapter=BASE_MODEL_NAME))
+    specs += [ServiceSpec(adapter=name) for name in adapters or []]
+    if local_adapters and not local_model:
+        raise InvalidInput("--local-adapter needs --local-model (the base the adapter was trained on)")
+    if local_model:
+        specs.append(LocalSpec(model=local_model, label="local:base"))
+        specs += [LocalSpec(model=local_model, adapter_dir=path) for path in local_adapters or []]
+    if openai_model:
+        specs.append(OpenAISpec(model=openai_model, base_url=openai_url, api_key_env=openai_key_env))
+    if not specs:
+        raise InvalidInput("no predictors: give at least one baseline, adapter or model")
+    return specs
+
+
+@app.command("run")
+def run(
+    start: When = None,
+    end: When = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A BacktestConfig as JSON; other options are ignored.")
+    ] = None,
+    baseline: Annotated[
+        list[str] | None, typer.Option(help="Baselines to include (repeat); default all; 'none' for none.")
+    ] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="Adapter scored by the inference service (repeat).")
+    ] = None,
+    base: Annotated[
+        bool, typer.Option(help="Also score the untuned base model through the inference service.")
+    ] = False,
+    local_model: Annotated[str | None, typer.Option(help="Base model directory scored in-process.")] = None,
+    local_adapter: Annotated[
+        list[str] | None, typer.Option(help="Adapter or full fine-tune directory on --local-model (repeat).")
+    ] = None,
+    openai_model: Annotated[str | None, typer.Option(help="Model of an OpenAI-compatible endpoint.")] = None,
+    openai_url: Annotated[
+        str | None, typer.Option(help="Base URL of that endpoint (default OpenAI's).")
+    ] = None,
+    openai_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding its key.")
+    ] = "OPENAI_API_KEY",
+    symbol: Annotated[str | None, typer.Option()] = None,
+    horizon: Annotated[str | None, typer.Option()] = None,
+    exchange: Annotated[str | None, typer.Option()] = None,
+    fees_bps: Annotated[float | None, typer.Option(help="Fees in basis points of notional traded.")] = None,
+    decrease: Annotated[str | None, typer.Option(help="short or flat on a Decrease prediction.")] = None,
+    bootstrap_reps: Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    allow_overlap: Annotated[
+        bool, typer.Option(help="Score adapters on their own training window (marked).")
+    ] = False,
+    title: Annotated[str, typer.Option()] = "Backtest",
+) -> None:
+    """Score predictors on labelled rows in [start, end); print the summary and the report paths."""
+    from pydantic import ValidationError
+
+    from services.backtest.runner import run_backtest
+    from services.backtest.schemas import BacktestConfig
+
+    if config is not None:
+        backtest = _config_from_file(config)
+    else:
+        specs = _predictors(
+            baseline, adapter, base, local_model, local_adapter, openai_model, openai_url, openai_key_env
+        )
+        try:
+            backtest = BacktestConfig(
+                title=title, start=_utc(start), end=_utc(end), symbol=symbol, horizon=horizon, exchange=exchange,
+                predictors=specs, fees_bps=fees_bps, decrease_position=decrease, bootstrap_reps=bootstrap_reps,
+                seed=seed, allow_overlap=allow_overlap,
+            )  # fmt: skip
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(f"{'.'.join(map(str, first['loc'])) or 'options'}: {first['msg']}") from exc
+    result = run_backtest(_settings(), backtest, trigger="cli")
+    typer.echo(result.summary_table)
+    typer.echo(f"run {result.run_id}\nJSON: {result.json_path}\nHTML: {result.html_path}")
+
+
+@app.command("rolling")
+def rolling() -> None:
+    """Run the scheduled rolling-window backtest of every registered adapter once, now."""
+    from services.backtest.runner import run_backtest
+    from services.backtest.schedule import rolling_config
+
+    settings = _settings()
+    result = run_backtest(settings, rolling_config(settings), trigger="schedule")
+    typer.echo(result.summary_table)
+    typer.echo(f"run {result.run_id}\nHTML: {result.html_path}")
+
+
+@app.command("reports")
+def reports(
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+) -> None:
+    """List backtest runs, newest first."""
+    from services.backtest.store import list_runs
+
+    for run in list_runs(_settings().resolved_database_url, state, limit):
+        created = run.created_at.strftime("%Y-%m-%d %H:%M")
+        where = run.html_path or (run.error or "")[:100]
+        typer.echo(f"{run.id:>5}  {created}  {run.trigger:<8} {run.state:<9} x{run.attempts}  {where}")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Serve the HTTP API (default 127.0.0.1:8003) with the scheduler."""
+    from services.backtest.app import serve as serve_app
+
+    settings = _settings()
+    serve_app(
+        settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    )

@@ -14,20 +14,19 @@ import numpy as np
 from sqlalchemy import func, select
 
 from services.backtest.strategy import Windows
+from services.common import labelling
 from services.common.db import session_scope
 from services.common.db.models import Candle, Headline, LabelledRow
 from services.common.errors import InvalidInput
 from services.common.prompts import DECREASE, INCREASE
 
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400}
-
 
 def timeframe_seconds(timeframe: str) -> int:
-    """Seconds in a ccxt timeframe ("1h", "15m", "1d")."""
-    amount, unit = timeframe[:-1], timeframe[-1:]
-    if not amount.isdigit() or unit not in _UNIT_SECONDS or int(amount) == 0:
-        raise InvalidInput(f"timeframe {timeframe!r} is not like 15m, 1h or 1d", param="timeframe")
-    return int(amount) * _UNIT_SECONDS[unit]
+    """Seconds in a ccxt timeframe ("1h", "15m", "1d"), as the labeller counts them."""
+    try:
+        return labelling.timeframe_seconds(timeframe)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param="timeframe") from exc
 
 
 def _epoch(times: list[datetime]) -> np.ndarray:

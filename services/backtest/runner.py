@@ -67,6 +67,32 @@ def _data_section(rows: EvalRows, windows_count: int, sleeves: int) -> dict[str,
     }
 
 
+def _rows_and_predictors(settings: BacktestSettings, config: BacktestConfig):  # type: ignore[no-untyped-def]
+    rows = load_rows(
+        settings.resolved_database_url,
+        config.symbol or settings.symbol,
+        config.horizon or settings.horizons[0],
+        config.start,
+        config.end,
+        config.exchange,
+    )
+    predictors = [
+        build_predictor(spec, settings, config.seed, config.majority_before) for spec in config.predictors
+    ]
+    return rows, predictors
+
+
+def preflight(settings: BacktestSettings, config: BacktestConfig) -> dict[str, Any]:
+    """The cheap checks of a run, before it is queued: rows exist, adapters are known, no leakage.
+
+    Raises the same InvalidInput / NotFound / LeakageError the run itself would, so an API
+    caller hears about bad input at once instead of from a failed run later.
+    """
+    rows, predictors = _rows_and_predictors(settings, config)
+    overlaps = guard(predictors, rows, config.allow_overlap)
+    return {"rows": len(rows), "overlaps": [overlap.describe() for overlap in overlaps]}
+
+
 def build_report(
     settings: BacktestSettings, config: BacktestConfig, run_id: int | None = None
 ) -> dict[str, Any]:

@@ -23,10 +23,16 @@ class BacktestSettings(CommonSettings):
     bootstrap_reps: int = Field(1000, ge=0, description="Block-bootstrap resamples (0 disables).")
     schedule_cron: str = Field(
         "0 6 * * *",
-        description="Crontab (UTC) of the rolling-window backtest of every adapter; empty or 'off' disables.",
+        description=(
+            "Crontab (UTC) of the rolling-window backtest of every adapter: 5 fields, or 6 with seconds "
+            "first; empty or 'off' disables."
+        ),
     )
     rolling_window_days: float = Field(
         30.0, gt=0, description="Scheduled runs score the last N days of labelled rows."
+    )
+    schedule_base_model: bool = Field(
+        True, description="Scheduled runs also score the untuned base model through the inference service."
     )
     max_attempts: int = Field(3, ge=1, description="Attempts of a scheduled run before it stays failed.")
     retry_delay_s: float = Field(300.0, ge=0, description="Wait before retrying a failed scheduled run.")

@@ -1,0 +1,105 @@
+"""HTTP routes: start backtests, list and fetch reports. Logic lives in runner/schedule/store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import FileResponse, JSONResponse
+
+from services.backtest import store
+from services.backtest.runner import preflight
+from services.backtest.schedule import BacktestScheduler
+from services.backtest.schemas import BacktestConfig, RunOut
+from services.backtest.settings import BacktestSettings
+from services.common.auth import Authorized
+from services.common.db.models import BacktestRun
+from services.common.errors import InvalidInput, NotFound
+
+router = APIRouter(prefix="/v1", tags=["backtest"])
+
+
+def _settings(request: Request) -> BacktestSettings:
+    return request.app.state.settings
+
+
+def _scheduler(request: Request) -> BacktestScheduler:
+    return request.app.state.scheduler
+
+
+def run_out(run: BacktestRun) -> RunOut:
+    ready = run.state == "succeeded"
+    return RunOut(
+        id=run.id,
+        state=run.state,
+        trigger=run.trigger,
+        attempts=run.attempts,
+        error=run.error,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        summary=run.summary or {},
+        json_url=f"/v1/reports/{run.id}.json" if ready else None,
+        html_url=f"/v1/reports/{run.id}.html" if ready else None,
+    )
+
+
+@router.post("/backtests", status_code=status.HTTP_202_ACCEPTED, dependencies=[Authorized])
+async def start_backtest(config: BacktestConfig, request: Request) -> JSONResponse:
+    """Check the request at once (rows, adapters, leakage), then queue it; 202 with the run."""
+    settings = _settings(request)
+    await asyncio.to_thread(preflight, settings, config)
+    run_id = await asyncio.to_thread(_scheduler(request).submit, config, "api")
+    run = await asyncio.to_thread(store.get_run, settings.resolved_database_url, run_id)
+    return JSONResponse(
+        run_out(run).model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={"Location": f"/v1/backtests/{run_id}"},
+    )
+
+
+@router.get("/backtests/{run_id}")
+async def get_backtest(run_id: int, request: Request) -> RunOut:
+    run = await asyncio.to_thread(store.get_run, _settings(request).resolved_database_url, run_id)
+    return run_out(run)
+
+
+@router.get("/reports")
+async def list_reports(
+    request: Request,
+    state: Annotated[
+        str | None, Query(description="Only runs in this state (default: succeeded).")
+    ] = "succeeded",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RunOut]:
+    runs = await asyncio.to_thread(
+        store.list_runs, _settings(request).resolved_database_url, state or None, limit
+    )
+    return [run_out(run) for run in runs]
+
+
+@router.get("/reports/{name}", response_model=None)
+async def get_report(
+    name: str,
+    request: Request,
+    format: Annotated[
+        Literal["json", "html"] | None, Query(description="Or use the .json/.html suffix.")
+    ] = None,
+) -> FileResponse:
+    """``/v1/reports/7.html``, ``/v1/reports/7.json`` or ``/v1/reports/7?format=html``."""
+    stem, _, suffix = name.partition(".")
+    if not stem.isdigit() or suffix not in ("", "json", "html"):
+        raise InvalidInput(f"report {name!r} is not like 7, 7.json or 7.html", param="id")
+    kind = suffix or format or "json"
+    run = await asyncio.to_thread(store.get_run, _settings(request).resolved_database_url, int(stem))
+    if run.state != "succeeded":
+        raise NotFound(
+            f"backtest run {run.id} has no report (state {run.state}: {run.error or 'not finished'})"
+        )
+    path = Path(run.json_path if kind == "json" else run.html_path or "")
+    if not path.is_file():
+        raise NotFound(f"the report file of run {run.id} is missing from the volume ({path})")
+    media = "application/json" if kind == "json" else "text/html; charset=utf-8"
+    return FileResponse(path, media_type=media)
