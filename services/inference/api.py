@@ -1,0 +1,170 @@
+"""The HTTP API on port 8000: thin routers over a ``ModelClient`` (the model replica, via Ray).
+
+Parse, check capacity, call, record metrics, return. Logic lives in the model service; the
+one piece of state here is the in-flight counter that answers 503 before work piles up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+
+from services.common.auth import Authorized
+from services.common.errors import Overloaded
+from services.common.http import create_app, database_ready
+from services.common.schemas import PredictRequest, PredictResponse
+from services.inference import metrics
+from services.inference.openai_protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+)
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+METRICS_REFRESH_SECONDS = 5.0
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class ModelClient(Protocol):
+    """What the API needs from the model side (``services.inference.service.ModelService``)."""
+
+    async def predict(self, request: PredictRequest) -> PredictResponse: ...
+    async def completion(self, request: CompletionRequest) -> CompletionResponse: ...
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse: ...
+    async def models(self) -> ModelList: ...
+    async def adapters(self) -> list[dict[str, Any]]: ...
+    async def load_adapter(self, name: str) -> dict[str, Any]: ...
+    async def unload_adapter(self, name: str) -> None: ...
+    async def check_health(self) -> None: ...
+    async def metric_families(self) -> list[Any]: ...
+
+
+class InFlightLimit:
+    """At most ``limit`` requests at once; the next one is refused at once with 503 + Retry-After."""
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.current = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.current >= self.limit:
+            metrics.REJECTED.inc()
+            raise Overloaded(
+                f"{self.current} requests in flight (limit {self.limit}); retry later",
+                retry_after=self.retry_after,
+            )
+        self.current += 1
+        metrics.IN_FLIGHT.set(self.current)
+        try:
+            yield
+        finally:
+            self.current -= 1
+            metrics.IN_FLIGHT.set(self.current)
+
+
+def get_client(request: Request) -> ModelClient:
+    return request.app.state.model_client
+
+
+async def capacity(request: Request) -> AsyncIterator[None]:
+    async with request.app.state.in_flight.slot():
+        yield
+
+
+Client = Annotated[ModelClient, Depends(get_client)]
+Limited = Depends(capacity)
+AdapterName = Annotated[str, Path(pattern=ADAPTER_NAME, max_length=128)]
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/predict", tags=["predict"], dependencies=[Limited])
+async def predict(body: PredictRequest, client: Client) -> PredictResponse:
+    response = await client.predict(body)
+    metrics.record_predictions(response)
+    return response
+
+
+@router.post("/completions", tags=["openai"], dependencies=[Limited])
+async def completions(body: CompletionRequest, client: Client) -> CompletionResponse:
+    started = time.perf_counter()
+    response = await client.completion(body)
+    metrics.record_completion(body.model, "completions", time.perf_counter() - started)
+    return response
+
+
+@router.post("/chat/completions", tags=["openai"], dependencies=[Limited])
+async def chat_completions(body: ChatCompletionRequest, client: Client) -> ChatCompletionResponse:
+    started = time.perf_counter()
+    response = await client.chat(body)
+    metrics.record_completion(body.model, "chat", time.perf_counter() - started)
+    return response
+
+
+@router.get("/models", tags=["openai"])
+async def models(client: Client) -> ModelList:
+    return await client.models()
+
+
+@router.get("/adapters", tags=["adapters"])
+async def adapters(client: Client) -> dict[str, Any]:
+    rows = await client.adapters()
+    metrics.ADAPTERS_SERVED.set(sum(row["status"] == "served" for row in rows))
+    return {"adapters": rows}
+
+
+@router.post("/adapters/{name}/load", tags=["adapters"], dependencies=[Authorized])
+async def load_adapter(name: AdapterName, client: Client) -> dict[str, Any]:
+    return await client.load_adapter(name)
+
+
+@router.delete("/adapters/{name}", tags=["adapters"], status_code=204, dependencies=[Authorized])
+async def unload_adapter(name: AdapterName, client: Client) -> Response:
+    await client.unload_adapter(name)
+    return Response(status_code=204)
+
+
+async def model_ready(app: FastAPI) -> None:
+    await app.state.model_client.check_health()
+
+
+async def _mirror_vllm_metrics(client: ModelClient) -> None:
+    mirror = metrics.vllm_mirror()
+    while True:
+        try:
+            mirror.update(await client.metric_families())
+        except Exception as exc:  # metrics must never take the API down
+            log.debug("could not fetch vLLM metrics: %s", exc)
+        await asyncio.sleep(METRICS_REFRESH_SECONDS)
+
+
+def build_api(settings: InferenceSettings, client: ModelClient) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(_mirror_vllm_metrics(client))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = create_app(
+        "inference", settings, [router], lifespan, readiness_checks=(database_ready, model_ready)
+    )
+    app.state.model_client = client
+    app.state.in_flight = InFlightLimit(settings.max_in_flight, settings.retry_after_seconds)
+    return app

@@ -1,0 +1,160 @@
+"""The adapters this replica serves: loaded from the registry, kept in step with it, each with its own id.
+
+vLLM caches adapters by integer id and does not check that an id always means the same
+weights, so ids are handed out here, one per (name, version, weights hash): a new version
+under an old name gets a new id, and the old one is dropped from the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import Conflict, NotFound
+from services.common.schemas import BASE_MODEL_NAME
+from services.inference.engine import LoraRef, VllmEngine
+from services.inference.registry import AdapterRecord, discover
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    database_url: str
+    adapters_path: Path
+    base_model_name: str
+    max_lora_rank: int
+
+
+class AdapterPool:
+    """Serves every servable adapter in the registry, except those unloaded on purpose."""
+
+    def __init__(self, engine: VllmEngine, config: PoolConfig) -> None:
+        self._engine = engine
+        self._config = config
+        self._lock = asyncio.Lock()
+        self._ids: dict[tuple[str, int, str], int] = {}
+        self._next_id = itertools.count(1)
+        self._records: dict[str, AdapterRecord] = {}
+        self._served: dict[str, tuple[AdapterRecord, LoraRef]] = {}
+        self._unloaded: dict[str, tuple[str, int, str]] = {}  # name -> identity unloaded by DELETE
+
+    # --- names ----------------------------------------------------------------------------
+
+    def base_names(self) -> set[str]:
+        return {BASE_MODEL_NAME, self._config.base_model_name}
+
+    def served_names(self) -> list[str]:
+        return sorted(self._served)
+
+    def resolve(self, name: str | None) -> LoraRef | None:
+        """The engine's handle for ``name``; None means the base model. NotFound names the served ones."""
+        if name is None or name in self.base_names():
+            return None
+        served = self._served.get(name)
+        if served is None:
+            available = ", ".join([BASE_MODEL_NAME, *self.served_names()])
+            raise NotFound(f"adapter {name!r} is not served; served: {available}", param="adapter")
+        return served[1]
+
+    def record_of(self, name: str) -> AdapterRecord | None:
+        served = self._served.get(name)
+        return served[0] if served else None
+
+    # --- keeping in step with the registry --------------------------------------------------
+
+    async def refresh(self) -> list[str]:
+        """Serve what the registry publishes, drop what it no longer does; returns what changed."""
+        async with self._lock:
+            self._records = await self._discover()
+            changed = []
+            for name, record in self._records.items():
+                if record.unservable or self._unloaded.get(name) == record.identity:
+                    continue
+                current = self._served.get(name)
+                if current is None or current[0].identity != record.identity:
+                    await self._serve(record)
+                    changed.append(name)
+            for name in [name for name in self._served if name not in self._records]:
+                await self._drop(name)
+                changed.append(name)
+            return changed
+
+    async def load(self, name: str) -> AdapterRecord:
+        """Serve ``name`` now (the trainer calls this right after publishing)."""
+        async with self._lock:
+            self._records = await self._discover()
+            record = self._records.get(name)
+            if record is None:
+                known = ", ".join(self._records) or "none"
+                raise NotFound(f"adapter {name!r} is not in the registry; registered: {known}", param="name")
+            if record.unservable:
+                raise Conflict(f"adapter {name!r} cannot be served: {record.unservable}", param="name")
+            self._unloaded.pop(name, None)
+            current = self._served.get(name)
+            if current is None or current[0].identity != record.identity:
+                await self._serve(record)
+            return record
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``; the poll leaves it unloaded until a new version is published."""
+        async with self._lock:
+            if name not in self._served:
+                available = ", ".join(self.served_names()) or "none"
+                raise NotFound(f"adapter {name!r} is not served; served adapters: {available}", param="name")
+            self._unloaded[name] = self._served[name][0].identity
+            await self._drop(name)
+
+    async def _discover(self) -> dict[str, AdapterRecord]:
+        config = self._config
+        return await asyncio.to_thread(
+            discover, config.database_url, config.adapters_path, config.base_model_name, config.max_lora_rank
+        )
+
+    async def _serve(self, record: AdapterRecord) -> None:
+        int_id = self._ids.setdefault(record.identity, next(self._next_id))
+        lora = LoraRef(record.name, int_id, record.path)
+        await self._engine.add_adapter(lora)  # loads now, so the first request is not the slow one
+        previous = self._served.get(record.name)
+        self._served[record.name] = (record, lora)
+        if previous is not None and previous[1].int_id != int_id:
+            await self._engine.remove_adapter(previous[1])
+        log.info("serving adapter %s v%d (engine id %d)", record.name, record.version, int_id)
+
+    async def _drop(self, name: str) -> None:
+        record, lora = self._served.pop(name)
+        await self._engine.remove_adapter(lora)
+        log.info("stopped serving adapter %s v%d", name, record.version)
+
+    # --- description ----------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every registered adapter with its manifest fields and whether it is served here."""
+        rows = []
+        for name, record in sorted(self._records.items()):
+            served = self._served.get(name)
+            if served is not None:
+                record = served[0]
+                status, reason = "served", None
+            elif record.unservable:
+                status, reason = "unservable", record.unservable
+            else:
+                status, reason = "unloaded", None
+            manifest = record.manifest.model_dump(mode="json") if record.manifest else {}
+            rows.append(
+                {
+                    **manifest,
+                    "name": name,
+                    "version": record.version,
+                    "path": record.path,
+                    "source": record.source,
+                    "status": status,
+                    "reason": reason,
+                    "engine_id": served[1].int_id if served else None,
+                }
+            )
+        return rows

@@ -1,0 +1,135 @@
+"""Which adapters exist: the ``adapters`` table first, the adapter volume second.
+
+The trainer publishes to ``<adapters_path>/<name>/v<version>/`` and registers a row
+(services/trainer/publish.py); the newest ``ready`` version of each name is the one served.
+A directory on the volume with a ``manifest.json`` and no row (copied by hand, restored from a
+backup) is served too, unless a row of the same name exists: the database is the authority.
+Reading never writes; a broken manifest is reported as unservable with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from services.common.db import session_scope
+from services.common.db.models import Adapter
+from services.common.schemas import AdapterManifest
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+LORA_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """One published adapter version, and whether this service can serve it."""
+
+    name: str
+    version: int
+    path: str
+    manifest: AdapterManifest | None
+    source: str  # "database" or "volume"
+    unservable: str | None = None  # why it cannot be served, or None
+
+    @property
+    def identity(self) -> tuple[str, int, str]:
+        """Changes whenever the weights may have: a new version or a new hash means a new engine id."""
+        digest = self.manifest.weights_sha256 if self.manifest else ""
+        return (self.name, self.version, digest)
+
+
+def discover(
+    database_url: str, adapters_path: Path, base_model_name: str, max_rank: int
+) -> dict[str, AdapterRecord]:
+    """Every adapter name known to the registry, newest version each, checked for servability."""
+    from_database, known_names = _from_database(database_url)
+    # A name the table knows is decided by the table (deleted stays deleted); others by the volume.
+    found = {name: rec for name, rec in _from_volume(adapters_path).items() if name not in known_names}
+    found.update(from_database)
+    return {name: _check(record, base_model_name, max_rank) for name, record in sorted(found.items())}
+
+
+def _from_database(database_url: str) -> tuple[dict[str, AdapterRecord], set[str]]:
+    """The newest ``ready`` version of each name, and every name the table knows at all."""
+    records: dict[str, AdapterRecord] = {}
+    names: set[str] = set()
+    with session_scope(database_url) as session:
+        rows = session.scalars(select(Adapter).order_by(Adapter.name, Adapter.version)).all()
+        for row in rows:  # ascending versions: the newest ready one of each name stays
+            names.add(row.name)
+            if row.status == "ready":
+                records[row.name] = AdapterRecord(
+                    row.name, row.version, row.path, _parse_manifest(row.manifest, row.name), "database"
+                )
+    return records, names
+
+
+def _from_volume(adapters_path: Path) -> dict[str, AdapterRecord]:
+    records: dict[str, AdapterRecord] = {}
+    if not adapters_path.is_dir():
+        return records
+    for manifest_file in sorted(adapters_path.glob(f"*/*/{MANIFEST_FILE}")) + sorted(
+        adapters_path.glob(f"*/{MANIFEST_FILE}")
+    ):
+        if any(part.startswith(".") for part in manifest_file.relative_to(adapters_path).parts):
+            continue  # .staging and other hidden work in progress
+        try:
+            raw = json.loads(manifest_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping %s: %s", manifest_file, exc)
+            continue
+        manifest = _parse_manifest(raw, manifest_file.parent.name)
+        if manifest is None:
+            continue
+        current = records.get(manifest.name)
+        if current is None or manifest.version > current.version:
+            records[manifest.name] = AdapterRecord(
+                manifest.name, manifest.version, str(manifest_file.parent.resolve()), manifest, "volume"
+            )
+    return records
+
+
+def _parse_manifest(raw: object, where: str) -> AdapterManifest | None:
+    try:
+        return AdapterManifest.model_validate(raw)
+    except ValidationError as exc:
+        log.warning("adapter %s has an invalid manifest: %s", where, exc.errors()[0].get("msg"))
+        return None
+
+
+def _check(record: AdapterRecord, base_model_name: str, max_rank: int) -> AdapterRecord:
+    reason = _unservable_reason(record, base_model_name, max_rank)
+    if reason is None:
+        return record
+    return AdapterRecord(record.name, record.version, record.path, record.manifest, record.source, reason)
+
+
+def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: int) -> str | None:
+    manifest = record.manifest
+    if manifest is None:
+        return "manifest.json is missing or invalid"
+    if manifest.method == "full":
+        return "a full fine-tuned model, not a LoRA adapter: score it with the backtest's in-process scorer"
+    if Path(manifest.base_model).name != base_model_name:
+        return f"trained on base model {manifest.base_model!r}, this service serves {base_model_name!r}"
+    path = Path(record.path)
+    if not (path / LORA_CONFIG_FILE).is_file():
+        return f"no {LORA_CONFIG_FILE} in {path}"
+    rank = _rank_of(path)
+    if rank is not None and rank > max_rank:
+        return f"LoRA rank {rank} is above max_lora_rank {max_rank}"
+    return None
+
+
+def _rank_of(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / LORA_CONFIG_FILE).read_text()).get("r"))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -1,0 +1,76 @@
+"""Real LoRA adapters for the tests and benchmarks: peft on the tiny model, random weights, published
+the way the trainer publishes (``<adapters>/<name>/v<version>/`` + manifest + a row)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from services.common.db import session_scope
+from services.common.db.models import Adapter
+from services.common.schemas import AdapterManifest, LoraSettings
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_lora(model_dir: Path, out: Path, seed: int, rank: int = 8) -> Path:
+    """A LoRA adapter with random A and B (``init_lora_weights=False``), so it really changes scores."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False, lora_dropout=0.0
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def publish_lora(
+    model_dir: Path,
+    adapters_path: Path,
+    name: str,
+    seed: int,
+    database_url: str | None,
+    version: int = 1,
+    task: str = "btc-trend",
+    rank: int = 8,
+) -> Path:
+    """Write weights + manifest under ``<adapters>/<name>/v<version>``; register a row when given a URL."""
+    path = adapters_path / name / f"v{version}"
+    make_lora(model_dir, path, seed, rank)
+    manifest = AdapterManifest(
+        name=name,
+        version=version,
+        base_model=str(model_dir),
+        method="lora",
+        task=task,  # type: ignore[arg-type]
+        lora=LoraSettings(r=rank, alpha=2 * rank, dropout=0.0, target_modules=TARGETS),
+        weights_sha256=f"seed-{seed}",
+    )
+    (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    if database_url:
+        with session_scope(database_url) as session:
+            session.add(
+                Adapter(
+                    name=name,
+                    version=version,
+                    base_model=manifest.base_model,
+                    method="lora",
+                    task=task,
+                    path=str(path.resolve()),
+                    sha256=manifest.weights_sha256,
+                    manifest=manifest.model_dump(mode="json"),
+                    status="ready",
+                )
+            )
+    return path
