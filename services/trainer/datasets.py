@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +46,8 @@ from services.trainer.windows import (
 )
 
 log = logging.getLogger(__name__)
+_TURN_END = re.compile(r"\s*</s>\s*")
+_UNANSWERED = re.compile(r"\s*(?:<s>)?\s*\[INST\](.*?)\[/INST\]\s*", re.S)
 
 
 @dataclass(frozen=True)
@@ -245,19 +248,42 @@ def load_chat_corpus(path: Path, max_examples: int | None = None) -> list[Exampl
     if path.suffix.lower() not in (".parquet", ".jsonl"):
         raise InvalidInput(f"{path}: a chat corpus is .parquet or .jsonl", param="data.path")
     records = _read_records(path)
-    examples = []
+    examples: list[Example] = []
     for number, record in enumerate(records, start=1):
         text = record.get("text")
         if not isinstance(text, str):
             raise InvalidInput(f"{path}: line {number} has no string 'text' field", param="data.path")
         try:
-            parsed = parse_chat_text(text)
+            turns = chat_turns(text)
         except ValueError as exc:
             raise InvalidInput(f"{path}: line {number}: {exc}", param="data.path") from exc
-        examples.append(Example(chat_prompt(parsed.instruction), parsed.answer, key=f"line:{number}"))
+        for turn, (prompt, answer) in enumerate(turns):
+            examples.append(Example(prompt, answer, key=f"line:{number}:turn:{turn}"))
         if max_examples and len(examples) >= max_examples:
-            break
+            return examples[:max_examples]
     return examples
+
+
+def chat_turns(text: str) -> list[tuple[str, str]]:
+    """(prompt, answer) per turn. A third of guanaco-llama2-1k is multi-turn
+    (``... a1 </s><s>[INST] q2 [/INST] a2 </s>``): each later answer is learnt with the
+    conversation so far as its prompt, so no answer ever contains another turn."""
+    turns = [turn for turn in _TURN_END.split(text) if turn.strip()]
+    if not turns:
+        raise ValueError("empty conversation")
+    pairs, history = [], ""
+    for turn in turns:
+        unanswered = _UNANSWERED.fullmatch(turn)
+        if unanswered:  # "[INST] q [/INST] </s>" occurs in guanaco: context, not an example
+            history += f"{chat_prompt(unanswered.group(1))} </s><s>"
+            continue
+        parsed = parse_chat_text(turn)
+        prompt = history + chat_prompt(parsed.instruction)
+        pairs.append((prompt, parsed.answer))
+        history = f"{prompt} {parsed.answer} </s><s>"
+    if not pairs:
+        raise ValueError("no turn has an answer")
+    return pairs
 
 
 def load_hate_tsv(path: Path, data: DataConfig) -> list[Example]:

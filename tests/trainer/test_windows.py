@@ -77,7 +77,9 @@ def test_overlapping_windows_are_refused() -> None:
 
 
 def test_an_embargo_shorter_than_the_label_span_is_refused() -> None:
-    plan = WindowPlan(windows={"train": TimeWindow(end=T0), "validation": TimeWindow(start=T0)}, embargo_seconds=60)
+    plan = WindowPlan(
+        windows={"train": TimeWindow(end=T0), "validation": TimeWindow(start=T0)}, embargo_seconds=60
+    )
     with pytest.raises(InvalidInput, match="embargo"):
         check_plan(plan, 3600)
 
@@ -119,4 +121,6 @@ def test_no_split_ever_lets_a_label_reach_into_a_later_window(
     check_plan(plan, embargo)
     split = split_rows(rows, plan)
     assert_time_ordered(split)
-    assert sum(len(found) for found in split.rows.values()) + split.dropped_in_gaps + split.purged == len(rows)
+    assert sum(len(found) for found in split.rows.values()) + split.dropped_in_gaps + split.purged == len(
+        rows
+    )
