@@ -48,3 +48,24 @@ def lora_config(rows: Path, tiny: Path, name: str = "planted-lora", **overrides:
     }
     raw.update(overrides)
     return TrainConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def session_trainer_settings(tmp_path_factory: pytest.TempPathFactory) -> TrainerSettings:
+    """Settings for session-scoped training runs: their own data dir and SQLite file."""
+    from services.common.db.migrate import upgrade
+
+    data_dir = tmp_path_factory.mktemp("trainer-var")
+    settings = TrainerSettings(
+        data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'db.sqlite'}", api_token="test-token"
+    )
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def published_lora(session_trainer_settings: TrainerSettings, planted_file: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The planted-rule LoRA adapter, trained once per session (about 5 s)."""
+    from services.trainer.run import train
+
+    return train(lora_config(planted_file, tiny_model_dir), session_trainer_settings)
