@@ -171,8 +171,8 @@ def run_backtest(
 ) -> BacktestResult:
     """Run ``config``, write ``<reports>/backtest-<id>.json|.html`` and record the run.
 
-    A new run is recorded unless ``run_id`` names one already queued (the API and the
-    schedule create theirs first). On failure the run is marked failed (the caller decides
+    A new run is recorded unless ``run_id`` names one whose attempt the caller has already
+    started (``store.start_attempt``: the scheduler does, for API and scheduled runs). On failure the run is marked failed (the caller decides
     about retries through ``store.mark_failed``) and the error propagates.
     """
     from services.backtest.metrics_export import RUNS, publish
@@ -180,7 +180,7 @@ def run_backtest(
     url = settings.resolved_database_url
     if run_id is None:
         run_id = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
-    store.start_attempt(url, run_id)
+        store.start_attempt(url, run_id)
     try:
         report = build_report(settings, config, run_id)
         json_path, html_path = write_report(report, settings.reports_path, f"backtest-{run_id:06d}")

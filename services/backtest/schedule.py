@@ -131,22 +131,21 @@ class BacktestScheduler:
         return run_id
 
     def run_rolling(self) -> None:
-        try:
-            config = rolling_config(self.settings)
-        except Exception as exc:  # recorded as a failed run, never a silent skip
-            run_id = store.create_run(self.url, {"title": "rolling backtest"}, "schedule")
-            store.start_attempt(self.url, run_id)
-            self._failed(run_id, f"{type(exc).__name__}: {exc}", retry=True)
-            return
-        run_id = store.create_run(self.url, config.model_dump(mode="json"), "schedule")
+        """One scheduled run: recorded first, so even a failure to build its config is kept."""
+        run_id = store.create_run(self.url, {"title": "rolling backtest"}, "schedule")
         self.attempt(run_id)
 
     def attempt(self, run_id: int) -> None:
+        store.start_attempt(self.url, run_id)
         run = store.get_run(self.url, run_id)
         try:
-            config = BacktestConfig.model_validate(run.config)
+            if run.trigger == "schedule":  # each attempt looks at the newest rows and adapters
+                config = rolling_config(self.settings)
+                store.set_config(self.url, run_id, config.model_dump(mode="json"))
+            else:
+                config = BacktestConfig.model_validate(run.config)
             run_backtest(self.settings, config, trigger=run.trigger, run_id=run_id)
-        except Exception as exc:
+        except Exception as exc:  # recorded and maybe retried: never a silent skip
             message = exc.message if isinstance(exc, HsigError) else f"{type(exc).__name__}: {exc}"
             # Bad input stays bad; a scheduled run may find the rows it lacked on the next try.
             retry = run.trigger == "schedule" or isinstance(exc, TemporaryError)

@@ -33,6 +33,11 @@ def start_attempt(url: str, run_id: int) -> int:
         return run.attempts
 
 
+def set_config(url: str, run_id: int, config: dict[str, Any]) -> None:
+    with session_scope(url) as session:
+        _get(session, run_id).config = config
+
+
 def mark_succeeded(url: str, run_id: int, json_path: str, html_path: str, summary: dict[str, Any]) -> None:
     with session_scope(url) as session:
         run = _get(session, run_id)

@@ -1,0 +1,99 @@
+"""The HTTP API on the real app (lifespan, scheduler thread, database on both dialects)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.backtest.app import build_app
+from services.backtest.settings import BacktestSettings
+from tests.backtest.conftest import START, register_adapter
+
+AUTH = {"Authorization": "Bearer test-token"}
+BODY = {"title": "API run", "start": (START + timedelta(days=5)).isoformat(), "bootstrap_reps": 100}
+
+
+@pytest.fixture
+def client(backtest_settings: BacktestSettings, market: dict) -> Iterator[TestClient]:
+    with TestClient(build_app(backtest_settings)) as test_client:
+        yield test_client
+
+
+def _wait_for(client: TestClient, run_id: int, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = client.get(f"/v1/backtests/{run_id}").json()
+        if run["state"] in ("succeeded", "failed"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish: {run}")
+
+
+def test_post_runs_a_backtest_and_serves_its_report(client: TestClient) -> None:
+    answer = client.post("/v1/backtests", json=BODY, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    run_id = answer.json()["id"]
+    assert answer.headers["location"] == f"/v1/backtests/{run_id}"
+    run = _wait_for(client, run_id)
+    assert run["state"] == "succeeded", run
+    assert run["html_url"] == f"/v1/reports/{run_id}.html"
+    listed = client.get("/v1/reports").json()
+    assert [r["id"] for r in listed] == [run_id]
+    report = client.get(f"/v1/reports/{run_id}.json")
+    assert report.headers["content-type"].startswith("application/json")
+    assert report.json()["title"] == "API run"
+    page = client.get(f"/v1/reports/{run_id}.html")
+    assert page.headers["content-type"].startswith("text/html") and 'id="equity"' in page.text
+    assert client.get(f"/v1/reports/{run_id}?format=html").text == page.text
+    metrics = client.get("/metrics").text
+    accuracy = report.json()["summary"][0]["accuracy"]
+    assert f'hsig_backtest_accuracy{{predictor="always_increase"}} {accuracy}' in metrics
+    assert 'hsig_backtest_biased{predictor="always_increase"} 1.0' in metrics
+    assert "hsig_backtest_last_report_timestamp_seconds" in metrics
+    assert 'hsig_backtest_runs_total{outcome="succeeded",trigger="api"}' in metrics
+
+
+def test_post_needs_the_token(client: TestClient) -> None:
+    assert client.post("/v1/backtests", json=BODY).status_code == 401
+    assert (
+        client.post("/v1/backtests", json=BODY, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"start": "2030-01-01T00:00:00Z"}, 400, "no labelled rows for BTC/USD 1h between 2030"),
+        ({"predictors": [{"kind": "service", "adapter": "ghost"}]}, 404, "adapter 'ghost' is not registered"),
+        ({"predictors": [{"kind": "baseline", "name": "oracle"}]}, 422, "predictors.0.baseline.name"),
+        ({"start": "2019-01-02T00:00:00Z", "end": "2019-01-01T00:00:00Z"}, 422, "is not before end"),
+        ({"fees_bps": -1}, 422, "fees_bps"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_message(
+    client: TestClient, body: dict, status: int, message: str
+) -> None:
+    answer = client.post("/v1/backtests", json=body, headers=AUTH)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]["message"]
+    assert client.get("/v1/reports", params={"state": ""}).json() == []  # nothing was queued
+
+
+def test_leakage_is_refused_over_http(client: TestClient, backtest_settings: BacktestSettings) -> None:
+    register_adapter(backtest_settings.resolved_database_url, "btc-lora", START + timedelta(days=6))
+    body = {**BODY, "predictors": [{"kind": "service", "adapter": "btc-lora"}]}
+    answer = client.post("/v1/backtests", json=body, headers=AUTH)
+    assert answer.status_code == 400
+    assert "refusing to score adapters on rows they may have trained on" in answer.json()["error"]["message"]
+
+
+def test_unknown_reports(client: TestClient) -> None:
+    assert client.get("/v1/reports/999.json").status_code == 404
+    assert client.get("/v1/backtests/999").status_code == 404
+    assert client.get("/v1/reports/abc.pdf").status_code == 400
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").status_code == 200
