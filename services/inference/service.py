@@ -80,9 +80,12 @@ class ModelService:
             kv_cache_gib=settings.kv_cache_gib,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
+            load_format=settings.load_format,
+            scratch_dir=str(settings.data_dir / "inference"),
         )
         tokenizer = AutoTokenizer.from_pretrained(model)
         service = cls(settings, VllmEngine.start(config), tokenizer)
+        await service.engine.pin_base()
         await service.pool.refresh()
         if settings.registry_poll_seconds > 0:
             service._poll_task = asyncio.get_running_loop().create_task(service._poll_forever())

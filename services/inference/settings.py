@@ -30,6 +30,7 @@ class InferenceSettings(CommonSettings):
     max_cpu_loras: int = Field(16, ge=1, description="Adapters kept in vLLM's CPU LRU cache (>= max_loras).")
     kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU hosts (VLLM_CPU_KVCACHE_SPACE, GiB).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    load_format: str = Field("auto", description="vLLM load format; 'dummy' = random weights (benchmarks).")
     seed: int = Field(0, description="Engine seed; greedy decoding and scoring do not depend on it.")
     max_batch_items: int = Field(64, ge=1, description="Items one POST /v1/predict may carry.")
     max_in_flight: int = Field(

@@ -1,0 +1,176 @@
+"""Inference benchmark: throughput and p50/p99 latency of POST /v1/predict on the real stack.
+
+Scenarios: the base model, one adapter, four adapters mixed (round-robin per request), each at
+concurrency 1, 8 and 64; then label scoring against generating a 32-token explanation. Goals
+(issue 4): four mixed >= 0.8x one adapter; concurrency 64 >= 10x concurrency 1; scoring >= 10x
+explaining. Requests go only to 127.0.0.1 and are bounded in count and time.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_inference.py [--quick]
+
+The GPU variant (bench/gpu_inference.py) reuses ``run_suite`` with a Llama-2-7B-shaped model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+HEADLINES = [
+    "Bitcoin plunges as markets sell off on virus fears",
+    "Fed cuts rates to zero and launches massive bond buying",
+    "Crypto exchange adds institutional custody for bitcoin",
+    "Stocks rally as investors cheer stimulus talks",
+    "Oil prices crash to two-decade low",
+    "Tech giants report record quarterly earnings",
+]
+CONCURRENCY = (1, 8, 64)
+GOALS = {"mixed4_vs_one": 0.8, "c64_vs_c1": 10.0, "scoring_vs_explaining": 10.0}
+MAX_SECONDS_PER_CASE = 60.0
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: str
+    concurrency: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+def _body(index: int, adapters: list[str], explain: bool) -> dict:
+    return {
+        "items": [{"headline": HEADLINES[index % len(HEADLINES)], "published_at": "2020-03-12T14:30:00Z"}],
+        "adapter": adapters[index % len(adapters)],
+        "explain": explain,
+    }
+
+
+async def run_case(
+    base_url: str, scenario: str, adapters: list[str], concurrency: int, requests: int, explain: bool = False
+) -> Result:
+    """``requests`` single-item predictions, ``concurrency`` at a time; stops early at the time cap."""
+    latencies: list[float] = []
+    counter = itertools.count()
+    deadline = time.perf_counter() + MAX_SECONDS_PER_CASE
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while (index := next(counter)) < requests and time.perf_counter() < deadline:
+            started = time.perf_counter()
+            response = await client.post("/v1/predict", json=_body(index, adapters, explain))
+            if response.status_code != 200:
+                raise RuntimeError(f"{scenario}: HTTP {response.status_code}: {response.text[:200]}")
+            latencies.append(time.perf_counter() - started)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+        await client.post("/v1/predict", json=_body(0, adapters, explain))  # warm this path
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return Result(
+        scenario, concurrency, len(latencies), seconds, statistics.median(ordered) * 1000, p99 * 1000
+    )
+
+
+def requests_for(concurrency: int, quick: bool) -> int:
+    per_worker = 8 if quick else 24
+    return max(32 if quick else 64, concurrency * per_worker)
+
+
+async def run_suite(base_url: str, adapters: list[str], quick: bool = False) -> dict[str, object]:
+    results: list[Result] = []
+    scenarios = {"base": ["base"], "one adapter": adapters[:1], "four mixed": adapters[:4]}
+    for scenario, names in scenarios.items():
+        for concurrency in CONCURRENCY:
+            result = await run_case(base_url, scenario, names, concurrency, requests_for(concurrency, quick))
+            results.append(result)
+            _print_row(result)
+    explain_requests = 16 if quick else 48
+    scoring = await run_case(base_url, "scoring", adapters[:1], 8, explain_requests * 4)
+    explaining = await run_case(
+        base_url, "explaining 32 tokens", adapters[:1], 8, explain_requests, explain=True
+    )
+    for result in (scoring, explaining):
+        _print_row(result)
+    by_key = {(r.scenario, r.concurrency): r.throughput for r in results}
+    ratios = {
+        "mixed4_vs_one": by_key[("four mixed", 64)] / by_key[("one adapter", 64)],
+        "c64_vs_c1": by_key[("one adapter", 64)] / by_key[("one adapter", 1)],
+        "scoring_vs_explaining": scoring.throughput / explaining.throughput,
+        "lora_vs_base": by_key[("one adapter", 64)] / by_key[("base", 64)],
+    }
+    print()
+    for name, value in ratios.items():
+        goal = GOALS.get(name)
+        verdict = "" if goal is None else (f"  goal >= {goal:g}x: " + ("met" if value >= goal else "NOT met"))
+        print(f"{name:24s} {value:6.2f}x{verdict}")
+    return {"results": results, "ratios": ratios}
+
+
+def _print_row(result: Result) -> None:
+    print(
+        f"{result.scenario:22s} c={result.concurrency:<3d} n={result.requests:<5d} "
+        f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:8.1f} ms  p99 {result.p99_ms:8.1f} ms",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests per case (a smoke run)")
+    args = parser.parse_args()
+
+    from services.common.db.migrate import upgrade
+    from services.common.tiny_model import build_tiny_model
+    from services.inference import serve_app
+    from services.inference.settings import InferenceSettings
+    from tests.inference.helpers import free_port, publish_lora
+
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        root = Path(tmp)
+        model_dir = build_tiny_model(root / "models" / "tiny-llama")
+        database_url = f"sqlite:///{root / 'registry.db'}"
+        upgrade(database_url)
+        adapters = [f"bench{i}" for i in range(4)]
+        for seed, name in enumerate(adapters, start=1):
+            publish_lora(model_dir, root / "adapters", name, seed=seed, database_url=database_url)
+        settings = InferenceSettings(
+            data_dir=root,
+            database_url=database_url,
+            base_model=str(model_dir),
+            port=free_port(),
+            max_in_flight=256,
+            max_num_seqs=64,
+            registry_poll_seconds=0,
+        )
+        print("starting Ray Serve + vLLM (tiny model, 4 adapters)...", flush=True)
+        started = time.perf_counter()
+        base_url = serve_app.start(settings)
+        print(f"ready in {time.perf_counter() - started:.1f} s", flush=True)
+        try:
+            asyncio.run(run_suite(base_url, adapters, quick=args.quick))
+        finally:
+            serve_app.stop()
+
+
+if __name__ == "__main__":
+    main()

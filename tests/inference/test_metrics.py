@@ -1,0 +1,78 @@
+"""Per-adapter Prometheus metrics on the API's /metrics, beside vLLM's and Ray Serve's own."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.inference.conftest import Stack
+
+pytestmark = pytest.mark.slow
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_per_adapter_metrics_count_requests_labels_and_p_increase(inference_stack: Stack) -> None:
+    item = {"headline": "Bitcoin climbs", "published_at": "2020-02-01T10:00:00Z"}
+    with inference_stack.client() as client:
+        before = _samples(client.get("/metrics").text)
+        predictions = client.post("/v1/predict", json={"items": [item] * 3, "adapter": "beta"}).json()[
+            "predictions"
+        ]
+        after = _samples(client.get("/metrics").text)
+    label = predictions[0]["label"]
+    assert (
+        _value(after, "hsig_inference_requests_total", adapter="beta", endpoint="predict")
+        - _value(before, "hsig_inference_requests_total", adapter="beta", endpoint="predict")
+        == 3
+    )
+    assert (
+        _value(after, "hsig_inference_predicted_labels_total", adapter="beta", label=label)
+        - _value(before, "hsig_inference_predicted_labels_total", adapter="beta", label=label)
+        == 3
+    )
+    assert _value(after, "hsig_inference_latency_seconds_count", adapter="beta", endpoint="predict") >= 3
+    count = _value(after, "hsig_inference_p_increase_count", adapter="beta")
+    total = _value(after, "hsig_inference_p_increase_sum", adapter="beta")
+    assert _value(after, "hsig_inference_p_increase_mean", adapter="beta") == pytest.approx(total / count)
+
+
+def test_vllm_metrics_are_mirrored_on_the_api(inference_stack: Stack) -> None:
+    deadline = time.monotonic() + 20
+    names: set[str] = set()
+    with inference_stack.client() as client:
+        while time.monotonic() < deadline:
+            names = {family.name for family in text_string_to_metric_families(client.get("/metrics").text)}
+            if "vllm:num_requests_running" in names:
+                break
+            time.sleep(1)
+    assert "vllm:num_requests_running" in names
+    assert "vllm:kv_cache_usage_perc" in names
+
+
+def test_ray_serve_metrics_come_from_rays_metrics_agent(inference_stack: Stack) -> None:
+    port = inference_stack.settings.ray_metrics_port
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if "ray_serve_deployment_request_counter" in text:
+            break
+        time.sleep(2)
+    assert "ray_serve_deployment_request_counter" in text

@@ -1,0 +1,87 @@
+"""Which adapters the registry offers (database first, volume second), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.common.db import session_scope
+from services.common.db.models import Adapter
+from services.common.schemas import AdapterManifest
+from services.inference.registry import discover
+
+BASE = "tiny-llama"
+
+
+def _write(
+    adapters: Path, name: str, version: int, *, rank: int = 8, method: str = "lora", base: str = BASE
+) -> Path:
+    path = adapters / name / f"v{version}"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"r": rank, "target_modules": ["q_proj"]}))
+    manifest = AdapterManifest(
+        name=name, version=version, base_model=f"/models/{base}", method=method, task="btc-trend"
+    )  # type: ignore[arg-type]
+    (path / "manifest.json").write_text(manifest.model_dump_json())
+    return path
+
+
+def _register(url: str, path: Path, status: str = "ready") -> None:
+    manifest = AdapterManifest.model_validate_json((path / "manifest.json").read_text())
+    with session_scope(url) as session:
+        session.add(
+            Adapter(
+                name=manifest.name,
+                version=manifest.version,
+                base_model=manifest.base_model,
+                method=manifest.method,
+                task=manifest.task,
+                path=str(path),
+                sha256="x",
+                manifest=manifest.model_dump(mode="json"),
+                status=status,
+            )
+        )
+
+
+def test_newest_ready_version_wins_and_rows_decide_over_directories(db_url: str, tmp_path: Path) -> None:
+    adapters = tmp_path / "adapters"
+    _register(db_url, _write(adapters, "a", 1))
+    _register(db_url, _write(adapters, "a", 2))
+    _register(db_url, _write(adapters, "a", 3), status="deleted")
+    _write(adapters, "b", 1)  # no row: served from the volume
+    _register(db_url, _write(adapters, "c", 1), status="deleted")  # a deleted name stays deleted
+    (adapters / ".staging" / "half").mkdir(parents=True)
+
+    found = discover(db_url, adapters, BASE, max_rank=16)
+
+    assert sorted(found) == ["a", "b"]
+    assert (found["a"].version, found["a"].source) == (2, "database")
+    assert (found["b"].version, found["b"].source) == (1, "volume")
+    assert all(record.unservable is None for record in found.values())
+
+
+def test_unservable_adapters_say_why(db_url: str, tmp_path: Path) -> None:
+    adapters = tmp_path / "adapters"
+    _register(db_url, _write(adapters, "wide", 1, rank=64))
+    _register(db_url, _write(adapters, "full", 1, method="full"))
+    _register(db_url, _write(adapters, "other", 1, base="Llama-2-7b-hf"))
+    no_weights = _write(adapters, "empty", 1)
+    (no_weights / "adapter_config.json").unlink()
+
+    found = discover(db_url, adapters, BASE, max_rank=16)
+
+    assert "rank 64" in found["wide"].unservable
+    assert "full fine-tuned" in found["full"].unservable
+    assert "Llama-2-7b-hf" in found["other"].unservable
+    assert "adapter_config.json" in found["empty"].unservable
+
+
+def test_a_broken_manifest_is_skipped_not_fatal(db_url: str, tmp_path: Path) -> None:
+    adapters = tmp_path / "adapters"
+    _write(adapters, "good", 1)
+    broken = adapters / "bad" / "v1"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json")
+
+    assert list(discover(db_url, adapters, BASE, max_rank=16)) == ["good"]
