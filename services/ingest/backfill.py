@@ -7,7 +7,12 @@ from pathlib import Path
 from services.common.db import session_scope
 from services.common.labelling import timeframe_seconds
 from services.ingest.candles import find_gaps
-from services.ingest.csv_import import import_cryptodatadownload, import_headline_csv, import_kaggle_cnbc
+from services.ingest.csv_import import (
+    KAGGLE_CNBC_SOURCE,
+    import_cryptodatadownload,
+    import_headline_csv,
+    import_kaggle_cnbc,
+)
 from services.ingest.cycle import SourceOutcome, candle_source, store_headlines
 from services.ingest.settings import IngestSettings
 from services.ingest.store import insert_gaps, upsert_candles
@@ -15,9 +20,10 @@ from services.ingest.store import insert_gaps, upsert_candles
 
 def backfill_kaggle_cnbc(settings: IngestSettings, path: Path) -> SourceOutcome:
     """The bundled Kaggle CNBC headlines file (US Eastern times) into the headlines table."""
-    imported = import_kaggle_cnbc(Path(path))
-    source = f"csv:{Path(path).name}"
-    return store_headlines(settings.resolved_database_url, source, imported.records, imported.rejects)
+    imported = import_kaggle_cnbc(Path(path), KAGGLE_CNBC_SOURCE)
+    return store_headlines(
+        settings.resolved_database_url, KAGGLE_CNBC_SOURCE, imported.records, imported.rejects
+    )
 
 
 def backfill_headline_csv(

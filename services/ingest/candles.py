@@ -39,14 +39,22 @@ def _rebase_all(urls: Any, base: str) -> Any:
     return urls
 
 
-def build_exchange(exchange_id: str, api_url: str | None = None, timeout_s: float = 10.0) -> ccxt.Exchange:
-    """A ccxt exchange with the rate limiter on; ``api_url`` points every API host elsewhere."""
+def build_exchange(
+    exchange_id: str, api_url: str | None = None, timeout_s: float = 10.0, rate_limit_ms: int | None = None
+) -> ccxt.Exchange:
+    """A ccxt exchange with the rate limiter on; ``api_url`` points every API host elsewhere.
+
+    ``rate_limit_ms`` replaces the exchange's own pause between requests: only for a local
+    replay server, which has no limit to honour.
+    """
     exchange_class = getattr(ccxt, exchange_id, None)
     if not isinstance(exchange_class, type) or not issubclass(exchange_class, ccxt.Exchange):
         raise InvalidInput(f"unknown ccxt exchange id {exchange_id!r}", param="exchange")
     options: dict[str, Any] = {"enableRateLimit": True, "timeout": int(timeout_s * 1000)}
     if exchange_id.startswith("binance"):
         options["options"] = {"fetchMarkets": {"types": ["spot"]}}  # spot only: one markets call
+    if rate_limit_ms is not None:
+        options["rateLimit"] = rate_limit_ms
     exchange = exchange_class(options)
     if api_url:
         exchange.urls["api"] = _rebase_all(exchange.urls["api"], api_url)

@@ -6,6 +6,7 @@ in SourceState, and the others carry on.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,8 +59,23 @@ class CycleReport:
         return {"seconds": round(self.seconds, 3), "sources": [vars(source) for source in self.sources]}
 
 
-def feed_source(url: str) -> str:
-    return f"rss:{url}"
+_NAMED_FEED = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<url>https?://.+)$")
+
+
+def split_feed(entry: str) -> tuple[str, str]:
+    """A feed setting is a URL or ``name=URL``; returns (source id, URL).
+
+    The source id keys dedupe and polling state, so it must outlive the URL's host and port
+    (the demo's local feed server gets a new port every run).
+    """
+    match = _NAMED_FEED.match(entry.strip())
+    if match:
+        return f"rss:{match['name']}", match["url"]
+    return f"rss:{entry.strip()}", entry.strip()
+
+
+def feed_source(entry: str) -> str:
+    return split_feed(entry)[0]
 
 
 def candle_source(exchange: str, symbol: str, timeframe: str) -> str:
@@ -130,8 +146,8 @@ def store_headlines(
     return SourceOutcome(source, True, stored, len(records) - stored, dict(rejects.counts))
 
 
-def poll_feed(settings: IngestSettings, client: httpx.Client, feed_url: str) -> SourceOutcome:
-    source, url = feed_source(feed_url), settings.resolved_database_url
+def poll_feed(settings: IngestSettings, client: httpx.Client, feed: str) -> SourceOutcome:
+    (source, feed_url), url = split_feed(feed), settings.resolved_database_url
     with session_scope(url) as session:
         state = get_source_state(session, source)
         etag, last_modified = state.etag, state.last_modified
@@ -162,7 +178,9 @@ def pull_market(
         last = last_candle_time(session, settings.exchange, settings.symbol, settings.timeframe)
     since = last + timedelta(seconds=tf) if last else settings.candle_since
     end = min(now, until) if until else now
-    exchange = build_exchange(settings.exchange, settings.exchange_api_url, settings.http_timeout_s)
+    exchange = build_exchange(
+        settings.exchange, settings.exchange_api_url, settings.http_timeout_s, settings.rate_limit_ms
+    )
     pull = pull_candles(
         exchange,
         settings.symbol,

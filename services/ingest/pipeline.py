@@ -57,8 +57,9 @@ def ingest_bundled_data(
                 "symbol": "BTC/USD",
                 "timeframe": "1h",
                 "exchange_api_url": server.url,
+                "rate_limit_ms": 5,  # our own loopback server: Coinbase's 100 ms pause buys nothing
                 "candle_since": first,
-                "feed_urls": [f"{server.url}/rss/cnbc-finance"],
+                "feed_urls": [f"cnbc-finance-snapshots={server.url}/rss/cnbc-finance"],
             }
         )
         for snapshot in feeds:

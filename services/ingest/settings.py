@@ -18,7 +18,8 @@ class IngestSettings(CommonSettings):
     """Everything ``HSIG_*`` the ingest service reads (the common fields included)."""
 
     feed_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_FEEDS), description="RSS feeds to poll, comma-separated."
+        default_factory=lambda: list(DEFAULT_FEEDS),
+        description="RSS feeds to poll, comma-separated; each a URL or name=URL (the name is the source id).",
     )
     feed_interval_s: float = Field(300.0, gt=0, description="Seconds between polls of each feed.")
     candle_interval_s: float = Field(600.0, gt=0, description="Seconds between candle pulls.")
@@ -30,6 +31,9 @@ class IngestSettings(CommonSettings):
     )
     candle_since: datetime = Field(
         datetime(2017, 7, 1, tzinfo=UTC), description="First candle to fetch when nothing is stored."
+    )
+    rate_limit_ms: int | None = Field(
+        None, ge=0, description="Override ccxt's pause between requests (ms); unset keeps the exchange's own."
     )
     candle_page_limit: int = Field(300, ge=1, le=5000, description="Candles per fetch_ohlcv page.")
     candle_max_pages: int = Field(1000, ge=1, description="Most pages one pull may fetch (a cycle ends).")

@@ -150,6 +150,7 @@ def test_headlines_wait_for_candles_then_get_labelled(
     series = generated_series(T0, 48, H, gap=(20, 2))
     server.routes.update(CoinbaseSeries(series, H, T0 + timedelta(hours=24, minutes=5)).routes())
     report = run_cycle(settings, now=T0 + timedelta(hours=24, minutes=5), feeds=False)
+    assert all(outcome.ok for outcome in report.sources)
     labelled_first = _count(url, LabelledRow)
     # Closed by 24:05: candles up to the one opening at 23:00; 20:00 and 21:00 are missing.
     # Stories at 02:30, 05:30, ... 17:30 (6) label at both horizons (entry h+1, exit h+1 or h+2;
