@@ -7,6 +7,7 @@ storing it twice changes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -100,12 +101,47 @@ def insert_gaps(
     return len(session.execute(statement, rows).all())
 
 
+COPY_THRESHOLD = 2000  # below this, a multi-row INSERT is as fast and simpler
+_LABELLED_COLUMNS = (
+    "headline_id", "exchange", "symbol", "timeframe", "horizon", "headline_time", "entry_time", "exit_time",
+    "entry_price", "exit_price", "return", "label", "market_situation", "situation_candles", "labelled_at",
+)  # fmt: skip
+
+
 def insert_labelled_rows(session: Session, rows: Sequence[dict[str, Any]]) -> int:
-    """Store labelled rows; a (headline, market, horizon) already labelled is left as it is."""
+    """Store labelled rows; a (headline, market, horizon) already labelled is left as it is.
+
+    On PostgreSQL, large batches go through COPY into a temporary table and one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: the same transaction and the same
+    idempotence, several times the speed of multi-row INSERTs (bench/bench_ingest.py).
+    """
+    if len(rows) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":
+        return _copy_labelled_rows(session, rows)
     inserted = 0
     for batch in _batches(rows):
         statement = _insert(session, LabelledRow.__table__).on_conflict_do_nothing().returning(LabelledRow.id)
         inserted += len(session.execute(statement, list(batch)).all())
+    return inserted
+
+
+def _copy_labelled_rows(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    columns = ", ".join(f'"{name}"' for name in _LABELLED_COLUMNS)
+    driver = session.connection().connection.driver_connection  # psycopg, inside our transaction
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS labelled_rows_stage AS SELECT {columns} FROM labelled_rows WITH NO DATA"
+        )
+        cursor.execute("TRUNCATE labelled_rows_stage")
+        with cursor.copy(f"COPY labelled_rows_stage ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                values = [row[name] for name in _LABELLED_COLUMNS]
+                values[13] = json.dumps(values[13])  # situation_candles: JSON text
+                copy.write_row(values)
+        cursor.execute(
+            f"INSERT INTO labelled_rows ({columns}) SELECT {columns} FROM labelled_rows_stage ON CONFLICT DO NOTHING"
+        )
+        inserted = cursor.rowcount
+        cursor.execute("TRUNCATE labelled_rows_stage")
     return inserted
 
 
