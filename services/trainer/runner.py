@@ -3,15 +3,15 @@
 The worker starts one runner per job, so a crash, an out-of-memory kill or a SIGKILL takes
 down the job and not the API; peak RSS is the job's own; and the next attempt resumes from
 the job's checkpoint directory. The runner reports progress (a heartbeat) every
-``heartbeat_seconds`` and at every checkpoint, and stops between steps when the job is
-being cancelled.
+``heartbeat_seconds`` from a thread (also while loading, evaluating and publishing) and
+stops between steps when the job is being cancelled.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
+import threading
 from pathlib import Path
 
 from services.common.errors import HsigError
@@ -31,31 +31,51 @@ def checkpoint_dir_for(settings: TrainerSettings, job_id: int) -> Path:
 
 
 class _Reporter:
-    """Heartbeats at most every ``interval`` seconds; remembers whether to stop."""
+    """Beats from a thread every ``interval`` seconds, whatever the job is doing (loading a 13B
+    base or publishing takes minutes without a step), so a live job never looks stale; each
+    beat carries the latest step and tells whether to stop."""
 
     def __init__(self, database_url: str, claim: jobs.Claim, interval: float) -> None:
         self.database_url, self.claim, self.interval = database_url, claim, interval
-        self.last_beat = 0.0
+        self.latest: StepReport | None = None
         self.stop_reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat_until_done, name="heartbeat", daemon=True)
 
-    def on_step(self, report: StepReport) -> None:
-        now = time.monotonic()
-        if now - self.last_beat < self.interval and report.step < report.total_steps:
-            return
-        self.last_beat = now
-        rate = report.elapsed_seconds / report.step if report.step else 0.0
-        state = jobs.heartbeat(
-            self.database_url,
-            self.claim,
-            report.step,
-            report.total_steps,
-            report.loss,
-            rate * (report.total_steps - report.step),
-        )
+    def __enter__(self) -> _Reporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat_until_done(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # a database blip must not kill the job; the next beat retries
+                log.warning("heartbeat of job %d failed: %s", self.claim.job_id, exc)
+
+    def beat(self) -> None:
+        report = self.latest
+        if report is None:
+            state = jobs.heartbeat(self.database_url, self.claim, 0, 0, None, None, progress=False)
+        else:
+            rate = report.elapsed_seconds / report.step if report.step else 0.0
+            eta = rate * (report.total_steps - report.step)
+            state = jobs.heartbeat(
+                self.database_url, self.claim, report.step, report.total_steps, report.loss, eta
+            )
         if state is None:
             self.stop_reason = "lost"
         elif state == jobs.CANCELLING:
             self.stop_reason = "cancelled"
+
+    def on_step(self, report: StepReport) -> None:
+        self.latest = report
+        if report.step == report.total_steps:
+            self.beat()  # the last step is recorded before the job closes
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         jobs.record_checkpoint(self.database_url, self.claim, str(path.parent))

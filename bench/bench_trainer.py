@@ -1,0 +1,190 @@
+"""LoRA against full fine-tuning on the same ~100M-parameter Llama (random weights), same data
+and steps, on this CPU: peak memory (peak RSS, each method in a fresh process) and seconds per
+step, through the trainer's own code (modeling.load_for_training, loop.run_loop).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_trainer.py [--steps 12] [--batch-size 4]
+
+Goal (issue 3): LoRA at most 0.5x the memory and 0.7x the time of full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+# About 106M parameters: Llama-2's vocabulary and layout, narrower and shallower.
+SHAPE = {
+    "vocab_size": 32000,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 12,
+    "max_position_embeddings": 512,
+}
+GOAL_MEMORY, GOAL_TIME = 0.5, 0.7
+
+
+def build_model(directory: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False))
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def worker(method: str, model_dir: Path, steps: int, batch_size: int) -> dict:
+    """One method in this (fresh) process: returns its figures as JSON-able data."""
+    from transformers import AutoTokenizer
+
+    from services.common.schemas import LabelledRowOut
+    from services.common.tiny_model import build_tiny_model
+    from services.trainer.config import TrainConfig
+    from services.trainer.datasets import trend_split
+    from services.trainer.loop import LoopHooks, encode_examples, run_loop
+    from services.trainer.memory import read_peak, reset_peak
+    from services.trainer.modeling import BaseModelRef, count_parameters, load_for_training
+    from tests.trainer.planted import planted_rows
+
+    # Real prompts (planted btc-trend rows) tokenised by the tiny tokenizer: ids < 512 fit any vocab.
+    tokenizer = AutoTokenizer.from_pretrained(
+        build_tiny_model(Path(tempfile.gettempdir()) / "hsig-bench-tiny")
+    )
+    rows = [LabelledRowOut.model_validate(r) for r in planted_rows(200)]
+    config = TrainConfig.model_validate(
+        {
+            "name": f"bench-{method}",
+            "method": method,
+            "base_model": str(model_dir),
+            "data": {"source": "file", "path": "unused.jsonl"},
+            "optim": {"max_steps": steps, "batch_size": batch_size, "learning_rate": 1e-4},
+        }
+    )
+    split = trend_split(rows, config.data)
+    train_set, _ = encode_examples(tokenizer, split.train, 512, with_eos=False)
+    model = load_for_training(config, BaseModelRef(str(model_dir), "bench"), "cpu", "fp32")
+    trainable, total = count_parameters(model)
+    loaded_rss, _ = _current_rss()
+    load_peak, _ = read_peak("cpu")  # loading safetensors maps the file and copies it: a spike
+    reset_peak("cpu")  # from here on, the peak is the training's (Linux: /proc/self/clear_refs)
+    stamps: list[float] = []
+    run_loop(
+        model,
+        train_set,
+        config.optim,
+        tokenizer.pad_token_id,
+        None,
+        "bench",
+        LoopHooks(on_step=lambda r: stamps.append(time.perf_counter())),
+    )
+    per_step = [b - a for a, b in itertools.pairwise(stamps)][1:]  # drop the first (warm-up) step
+    train_peak, kind = read_peak("cpu")
+    tokens = sum(len(train_set[i].input_ids) for i in range(min(len(train_set), batch_size)))
+    return {
+        "method": method,
+        "trainable": trainable,
+        "total": total,
+        "peak_bytes": max(load_peak, train_peak),
+        "train_peak_bytes": train_peak,
+        "load_peak_bytes": load_peak,
+        "peak_kind": kind,
+        "rss_after_load_bytes": loaded_rss,
+        "seconds_per_step_median": statistics.median(per_step),
+        "seconds_per_step_all": per_step,
+        "tokens_per_step_approx": tokens,
+    }
+
+
+def _current_rss() -> tuple[int, str]:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024, "rss"
+    return 0, "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model_dir, args.steps, args.batch_size)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory(prefix="hsig-bench-") as tmp:
+        model_dir = Path(tmp) / "llama-100m"
+        started = time.perf_counter()
+        build_model(model_dir)
+        print(f"built a random Llama ({SHAPE}) in {time.perf_counter() - started:.1f} s", flush=True)
+        results = {}
+        for method in ("full", "lora"):
+            print(
+                f"running {method} ({args.steps} steps, batch {args.batch_size}) in a fresh process...",
+                flush=True,
+            )
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    method,
+                    "--model-dir",
+                    str(model_dir),
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            results[method] = json.loads(output.strip().splitlines()[-1])
+    report(results, args)
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    full, lora = results["full"], results["lora"]
+    memory_ratio = lora["peak_bytes"] / full["peak_bytes"]
+    train_ratio = lora["train_peak_bytes"] / full["train_peak_bytes"]
+    time_ratio = lora["seconds_per_step_median"] / full["seconds_per_step_median"]
+    mib = 2**20
+    print(
+        f"\nthreads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}; steps {args.steps}, batch {args.batch_size}"
+    )
+    print(
+        f"{'method':<6} {'trainable':>14} {'total':>14} {'peak RSS MiB':>13} {'RSS after load':>15} {'s/step (median)':>16}"
+    )
+    for row in (full, lora):
+        print(
+            f"{row['method']:<6} {row['trainable']:>14,} {row['total']:>14,} {row['peak_bytes'] / mib:>13,.0f} "
+            f"{row['rss_after_load_bytes'] / mib:>15,.0f} {row['seconds_per_step_median']:>16.3f}"
+        )
+    print(
+        f"\nLoRA / full: peak memory {memory_ratio:.2f}x (goal <= {GOAL_MEMORY}x: "
+        f"{'met' if memory_ratio <= GOAL_MEMORY else 'NOT met'}; training phase alone {train_ratio:.2f}x), "
+        f"seconds per step {time_ratio:.2f}x "
+        f"(goal <= {GOAL_TIME}x: {'met' if time_ratio <= GOAL_TIME else 'NOT met'}); "
+        f"trainable parameters {lora['trainable'] / full['trainable']:.5f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
