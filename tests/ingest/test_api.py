@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,3 +109,39 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
         "hsig_ingest_labelled_rows_total",
     ):
         assert name in text
+
+
+def test_scheduler_polls_on_its_own(ingest_settings: IngestSettings, server: ReplayServer) -> None:
+    """With the scheduler on, feeds are polled without anyone calling /v1/ingest/run."""
+    import time
+
+    from services.common.db import session_scope
+    from services.common.db.models import Headline
+    from services.ingest.cycle import feed_source
+
+    server.routes["/feed"] = FeedSequence(
+        [(Path(__file__).parents[2] / "data/cnbc_rss").glob("*.xml").__next__().read_bytes()]
+    )
+    settings = ingest_settings.model_copy(
+        update={
+            "feed_urls": [f"{server.url}/feed", f"{server.url}/missing"],  # one good, one 404
+            "scheduler_enabled": True,
+            "feed_interval_s": 0.3,
+            "candle_interval_s": 3600.0,
+            "label_interval_s": 3600.0,
+            "exchange_api_url": server.url,
+        }
+    )
+    with TestClient(build_app(settings)):
+        deadline = time.monotonic() + 20
+        polls = 0
+        while time.monotonic() < deadline and polls < 3:
+            polls = server.requests.count("/feed")
+            time.sleep(0.1)
+    assert polls >= 3  # polled repeatedly (then 304s), the failing feed beside it changed nothing
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.query(Headline).count() == 30
+        from services.common.db.models import SourceState
+
+        failing = session.get(SourceState, feed_source(f"{server.url}/missing"))
+        assert failing is not None and "http_404" in (failing.last_error or "")

@@ -1,0 +1,52 @@
+"""`hsig ingest ...` in a real subprocess: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import DATA_DIR, REPO_ROOT
+
+
+def _hsig(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HSIG_DATA_DIR": str(tmp_path / "var"), "OMP_NUM_THREADS": "1"}
+    env.pop("HSIG_DATABASE_URL", None)
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "ingest", *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_backfills_labels_and_exports(tmp_path: Path) -> None:
+    candles = DATA_DIR / "btc_prices" / "Coinbase_BTCUSD_1h_2017-07-01_2020-07-08.csv"
+    done = _hsig(tmp_path, "backfill-candles", str(candles), "--exchange", "coinbaseexchange")
+    assert done.returncode == 0, done.stderr
+    assert '"stored": 26476' in done.stdout
+    headlines = DATA_DIR / "cnbc_headlines" / "cnbc_headlines.csv"
+    assert _hsig(tmp_path, "backfill-headlines", str(headlines), "--kaggle-cnbc").returncode == 0
+    labelled = _hsig(tmp_path, "label")
+    assert (
+        labelled.returncode == 0
+        and '"Increase": 1356' in labelled.stdout
+        and '"Decrease": 1424' in labelled.stdout
+    )
+    out = tmp_path / "rows.parquet"
+    assert _hsig(tmp_path, "rows", "--format", "parquet", "--out", str(out)).returncode == 0
+    import pandas as pd
+
+    assert len(pd.read_parquet(out)) == 2780
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    for args, message in [
+        (("backfill-headlines", str(tmp_path / "nope.csv")), "no such file"),
+        (("rows", "--format", "parquet"), "parquet needs --out"),
+        (("rows", "--format", "xml"), "unknown format"),
+    ]:
+        done = _hsig(tmp_path, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().splitlines()[-1].startswith("hsig: error: ")
+        assert message in done.stderr
