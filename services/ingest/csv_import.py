@@ -8,6 +8,7 @@ store module's job, so an import can be checked before anything is written.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,7 +98,7 @@ def import_headline_csv(
     guid_column: str | None = None,
     timezone: str = "UTC",
     time_format: str | None = None,
-    time_parser=None,  # type: ignore[no-untyped-def]
+    time_parser: Callable[[str], datetime] | None = None,
 ) -> HeadlineImport:
     """Any headline CSV by column mapping. Times without an offset are read in ``timezone``."""
     zone = _zone(timezone)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import and_, select
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from services.common.db.models import Candle, Headline, LabelledRow
 from services.common.labelling import (
     Candles,
+    Labels,
     SituationWords,
     label_headlines,
     label_names,
@@ -39,6 +41,10 @@ class LabelOutcome:
     labelled: int = 0
     by_label: dict[str, int] = field(default_factory=dict)
     waiting: int = 0  # no entry or exit candle stored yet (or ever, inside a gap)
+
+
+def _stamp(seconds: int | np.integer) -> datetime:
+    return datetime.fromtimestamp(int(seconds), tz=UTC)
 
 
 def _epoch(moment: datetime) -> int:
@@ -106,11 +112,13 @@ def label_new_rows(
     return outcome
 
 
-def _rows(pending, market: Market, horizon: str, candles: Candles, labels) -> list[dict]:  # type: ignore[no-untyped-def]
+def _rows(
+    pending: list[tuple[int, datetime]], market: Market, horizon: str, candles: Candles, labels: Labels
+) -> list[dict[str, Any]]:
+    """One insertable dict per labelled headline (the table's column names)."""
     tf = candles.timeframe_s
     names = label_names(labels.label)
     texts = situation_texts(labels.situation_code)
-    stamp = lambda seconds: datetime.fromtimestamp(int(seconds), tz=UTC)  # noqa: E731
     now = datetime.now(UTC)
     rows = []
     for position in np.flatnonzero(labels.labelled).tolist():
@@ -124,15 +132,15 @@ def _rows(pending, market: Market, horizon: str, candles: Candles, labels) -> li
                 "timeframe": market.timeframe,
                 "horizon": horizon,
                 "headline_time": published_at,
-                "entry_time": stamp(candles.open_time[labels.entry_idx[position]]),
-                "exit_time": stamp(candles.open_time[labels.exit_idx[position]] + tf),
+                "entry_time": _stamp(candles.open_time[labels.entry_idx[position]]),
+                "exit_time": _stamp(candles.open_time[labels.exit_idx[position]] + tf),
                 "entry_price": float(labels.entry_price[position]),
                 "exit_price": float(labels.exit_price[position]),
                 "return": float(labels.return_[position]),
                 "label": names[position],
                 "market_situation": texts[position],
                 "situation_candles": [
-                    stamp(candles.open_time[i]).isoformat() for i in used.tolist() if i >= 0
+                    _stamp(candles.open_time[i]).isoformat() for i in used.tolist() if i >= 0
                 ],
                 "labelled_at": now,
             }
