@@ -1,4 +1,4 @@
-"""The HTTP API on port 8000: thin routers over a ``ModelClient`` (the model replica, via Ray).
+"""The HTTP API on port 8000: thin routers over a ``ModelClient`` (the replica's ``ModelService``).
 
 Parse, check capacity, call, record metrics, return. Logic lives in the model service; the
 one piece of state here is the in-flight counter that answers 503 before work piles up.
@@ -6,8 +6,6 @@ one piece of state here is the in-flight counter that answers 503 before work pi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +30,6 @@ from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
-METRICS_REFRESH_SECONDS = 5.0
 ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -47,7 +44,6 @@ class ModelClient(Protocol):
     async def load_adapter(self, name: str) -> dict[str, Any]: ...
     async def unload_adapter(self, name: str) -> None: ...
     async def check_health(self) -> None: ...
-    async def metric_families(self) -> list[Any]: ...
 
 
 class InFlightLimit:
@@ -121,9 +117,7 @@ async def models(client: Client) -> ModelList:
 
 @router.get("/adapters", tags=["adapters"])
 async def adapters(client: Client) -> dict[str, Any]:
-    rows = await client.adapters()
-    metrics.ADAPTERS_SERVED.set(sum(row["status"] == "served" for row in rows))
-    return {"adapters": rows}
+    return {"adapters": await client.adapters()}
 
 
 @router.post("/adapters/{name}/load", tags=["adapters"], dependencies=[Authorized])
@@ -141,30 +135,9 @@ async def model_ready(app: FastAPI) -> None:
     await app.state.model_client.check_health()
 
 
-async def _mirror_vllm_metrics(client: ModelClient) -> None:
-    mirror = metrics.vllm_mirror()
-    while True:
-        try:
-            mirror.update(await client.metric_families())
-        except Exception as exc:  # metrics must never take the API down
-            log.debug("could not fetch vLLM metrics: %s", exc)
-        await asyncio.sleep(METRICS_REFRESH_SECONDS)
-
-
 def build_api(settings: InferenceSettings, client: ModelClient) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(_mirror_vllm_metrics(client))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app = create_app(
-        "inference", settings, [router], lifespan, readiness_checks=(database_ready, model_ready)
-    )
+    """The API over ``client``; its /metrics also shows vLLM's ``vllm:*`` (same process, same registry)."""
+    app = create_app("inference", settings, [router], readiness_checks=(database_ready, model_ready))
     app.state.model_client = client
     app.state.in_flight = InFlightLimit(settings.max_in_flight, settings.retry_after_seconds)
     return app

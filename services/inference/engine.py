@@ -282,13 +282,6 @@ def _token_logprobs(token_ids: Sequence[int], steps: Any) -> list[TokenLogprob]:
     return out
 
 
-def vllm_metric_families() -> list[Any]:
-    """vLLM's own Prometheus families (``vllm:*``) from this process's registry."""
-    from prometheus_client import REGISTRY
-
-    return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
-
-
 def write_zero_lora(model: str, out: Path) -> Path:
     """A rank-1 LoRA on every layer's q_proj with all-zero weights: exactly the base model.
 

@@ -1,18 +1,15 @@
 """Prometheus metrics of the inference API, per adapter (``hsig_inference_*``).
 
-They live in the ingress replica, the process that answers ``/metrics`` on port 8000; that
-endpoint also mirrors vLLM's own ``vllm:*`` families from the model replica (see
-``VllmMetricsMirror``). Ray Serve's metrics (``ray_serve_*``) come from Ray's metrics agent on
-``HSIG_RAY_METRICS_PORT``.
+They live in the replica that answers ``/metrics`` on port 8000, beside vLLM's own ``vllm:*``
+families (the engine runs in the same process and registers on the same default registry).
+Ray Serve's metrics (``ray_serve_*``) come from Ray's metrics agent on ``HSIG_RAY_METRICS_PORT``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.prompts import INCREASE
 from services.common.schemas import PredictResponse
@@ -75,34 +72,3 @@ def record_predictions(response: PredictResponse) -> None:
 def record_completion(model: str, endpoint: str, seconds: float) -> None:
     REQUESTS.labels(model, endpoint).inc()
     LATENCY.labels(model, endpoint).observe(seconds)
-
-
-class VllmMetricsMirror:
-    """A collector that re-exports the last ``vllm:*`` families fetched from the model replica.
-
-    prometheus_client collects synchronously and the replica answers asynchronously, so the
-    ingress fetches the families every few seconds and this collector returns the latest copy.
-    """
-
-    def __init__(self) -> None:
-        self._families: list[Any] = []
-
-    def update(self, families: list[Any]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> Iterable[Any]:
-        return list(self._families)
-
-
-_mirror: VllmMetricsMirror | None = None
-_mirror_lock = threading.Lock()
-
-
-def vllm_mirror() -> VllmMetricsMirror:
-    """The process's one mirror, registered on the default registry the first time it is asked for."""
-    global _mirror
-    with _mirror_lock:
-        if _mirror is None:
-            _mirror = VllmMetricsMirror()
-            REGISTRY.register(_mirror)  # type: ignore[arg-type]
-        return _mirror

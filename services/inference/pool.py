@@ -16,6 +16,7 @@ from typing import Any
 
 from services.common.errors import Conflict, NotFound
 from services.common.schemas import BASE_MODEL_NAME
+from services.inference import metrics
 from services.inference.engine import LoraRef, VllmEngine
 from services.inference.registry import AdapterRecord, discover
 
@@ -121,12 +122,14 @@ class AdapterPool:
         await self._engine.add_adapter(lora)  # loads now, so the first request is not the slow one
         previous = self._served.get(record.name)
         self._served[record.name] = (record, lora)
+        metrics.ADAPTERS_SERVED.set(len(self._served))
         if previous is not None and previous[1].int_id != int_id:
             await self._engine.remove_adapter(previous[1])
         log.info("serving adapter %s v%d (engine id %d)", record.name, record.version, int_id)
 
     async def _drop(self, name: str) -> None:
         record, lora = self._served.pop(name)
+        metrics.ADAPTERS_SERVED.set(len(self._served))
         await self._engine.remove_adapter(lora)
         log.info("stopped serving adapter %s v%d", name, record.version)
 

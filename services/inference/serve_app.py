@@ -1,10 +1,12 @@
-"""The Ray Serve application: an HTTP ingress (FastAPI) and a model deployment that owns vLLM.
+"""The Ray Serve application: one deployment whose replicas each answer HTTP and own a vLLM engine.
 
-Written against ``ray[serve]==2.60.0``. Two deployments:
-- ``ModelDeployment`` owns a ``ModelService`` (vLLM ``AsyncLLM`` with LoRA, the adapter pool,
-  the registry poll); one replica per accelerator (``replica_num_cpus`` / ``replica_num_gpus``).
-- ``ApiIngress`` answers HTTP with the FastAPI app of ``api.py`` and calls the model
-  deployment through a handle; it holds the in-flight limit and the ``hsig_inference_*`` metrics.
+Written against ``ray[serve]==2.60.0``. ``ModelDeployment`` is a FastAPI ingress
+(``serve.ingress``, the app of ``api.py``) over a ``ModelService`` (vLLM ``AsyncLLM`` with LoRA,
+the adapter pool, the registry poll), one replica per accelerator (``replica_num_cpus`` /
+``replica_num_gpus``). API and engine share a process on purpose: a separate ingress deployment
+cost one Ray call per request, measured here at 81 against 222 requests/s for a call that does
+no model work (bench notes in docs/inference.md). Serve's proxy balances HTTP over replicas;
+each replica polls the registry, so every replica serves the same adapters within one poll.
 
 ``start(settings) -> base_url`` and ``stop()`` run it locally (tests, demo, ``hsig inference
 serve``); ``app(args)`` is the builder a Ray cluster's Serve config imports
@@ -19,20 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from services.common.errors import HsigError, OperationalError, TemporaryError
 from services.common.logging import configure_logging
-from services.common.schemas import PredictRequest, PredictResponse
 from services.common.settings import get_settings
 from services.inference.api import build_api
-from services.inference.openai_protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    ModelList,
-)
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -40,20 +32,6 @@ log = logging.getLogger(__name__)
 RAY_VERSION_TESTED = "2.60.0"
 APP_NAME = "inference"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# What the ingress may ask the model replica to do (the ModelService coroutines).
-MODEL_METHODS = frozenset(
-    {
-        "predict",
-        "completion",
-        "chat",
-        "models",
-        "adapters",
-        "load_adapter",
-        "unload_adapter",
-        "check_health",
-        "metric_families",
-    }
-)
 # Passed on to every Ray worker: threads, offline hubs, vLLM's CPU cache size, the import path.
 WORKER_ENV_KEYS = (
     "OMP_NUM_THREADS",
@@ -67,30 +45,20 @@ WORKER_ENV_KEYS = (
 )
 
 
-class _Refusal:
-    """An HsigError crossing the Ray boundary; the client raises it again."""
-
-    def __init__(self, error: HsigError) -> None:
-        self.error = error
-
-
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=1024, health_check_timeout_s=60)
+@serve.ingress()
 class ModelDeployment:
+    """One replica: the FastAPI app and the engine in one process (no hop between them)."""
+
     async def __init__(self, settings: InferenceSettings) -> None:
         from services.inference.service import ModelService
 
         configure_logging(settings.log_level)
+        self._settings = settings
         self._service = await ModelService.start(settings)
 
-    async def call(self, method: str, *args: Any) -> Any:
-        if method not in MODEL_METHODS:
-            raise OperationalError(f"unknown model method {method!r}")
-        try:
-            return await getattr(self._service, method)(*args)
-        except HsigError as exc:
-            # Our errors are answers (a 404, a 400), not replica failures: sent back as a value so
-            # Ray Serve neither logs a traceback for each nor wraps them.
-            return _Refusal(exc)
+    def __serve_build_asgi_app__(self) -> Any:  # Serve calls this after __init__
+        return build_api(self._settings, self._service)
 
     async def check_health(self) -> None:  # Ray Serve's own replica health check
         await self._service.check_health()
@@ -101,77 +69,13 @@ class ModelDeployment:
             service.engine.shutdown()
 
 
-class RayModelClient:
-    """The ``ModelClient`` of api.py over a Serve handle; replica errors come back as ours."""
-
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self._handle = handle
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-        try:
-            result = await self._handle.call.remote(method, *args)
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise TemporaryError(f"the model replica is busy or restarting: {exc}", retry_after=1) from exc
-        except Exception as exc:
-            cause = getattr(exc, "cause", exc)  # RayTaskError wraps what the replica raised
-            if isinstance(cause, HsigError):
-                raise cause from None
-            raise OperationalError(f"the model replica failed: {type(cause).__name__}: {cause}") from exc
-        if isinstance(result, _Refusal):
-            raise result.error
-        return result
-
-    async def predict(self, request: PredictRequest) -> PredictResponse:
-        return await self._call("predict", request)
-
-    async def completion(self, request: CompletionRequest) -> CompletionResponse:
-        return await self._call("completion", request)
-
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        return await self._call("chat", request)
-
-    async def models(self) -> ModelList:
-        return await self._call("models")
-
-    async def adapters(self) -> list[dict[str, Any]]:
-        return await self._call("adapters")
-
-    async def load_adapter(self, name: str) -> dict[str, Any]:
-        return await self._call("load_adapter", name)
-
-    async def unload_adapter(self, name: str) -> None:
-        await self._call("unload_adapter", name)
-
-    async def check_health(self) -> None:
-        await self._call("check_health")
-
-    async def metric_families(self) -> list[Any]:
-        return await self._call("metric_families")
-
-
-@serve.deployment(name="ApiIngress", max_ongoing_requests=4096)
-@serve.ingress()
-class ApiIngress:
-    def __init__(self, settings: InferenceSettings, model: DeploymentHandle) -> None:
-        configure_logging(settings.log_level)
-        self._settings = settings
-        self._client = RayModelClient(model)
-
-    def __serve_build_asgi_app__(self) -> Any:
-        return build_api(self._settings, self._client)
-
-
 def build(settings: InferenceSettings) -> Any:
-    """The bound application: the ingress over one model deployment."""
-    model = ModelDeployment.options(
-        ray_actor_options={"num_cpus": settings.replica_num_cpus, "num_gpus": settings.replica_num_gpus}
+    """The bound application: one deployment, each replica an API over its own engine."""
+    return ModelDeployment.options(
+        # Serve must accept more than the in-flight limit, or it would queue what the API should refuse.
+        max_ongoing_requests=settings.max_in_flight * 4 + 64,
+        ray_actor_options={"num_cpus": settings.replica_num_cpus, "num_gpus": settings.replica_num_gpus},
     ).bind(settings)
-    # The ingress must accept more than the in-flight limit, or Ray would queue what we should refuse.
-    return ApiIngress.options(
-        max_ongoing_requests=settings.max_in_flight * 4 + 64, ray_actor_options={"num_cpus": 0}
-    ).bind(settings, model)
 
 
 def app(args: dict[str, str] | None = None) -> Any:

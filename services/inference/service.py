@@ -1,7 +1,7 @@
 """The model side of the service: engine, tokenizer, adapter pool, predictor and OpenAI serving.
 
-Knows nothing of HTTP or Ray: the Ray Serve deployment (serve_app.py) owns one of these and
-forwards calls to it; a test or script can own one directly.
+Knows nothing of HTTP or Ray: each Ray Serve replica (serve_app.py) owns one and the API
+(api.py) calls it as its ``ModelClient``; a test or script can own one directly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from services.common.logging import forget, log_once
 from services.common.schemas import PredictRequest, PredictResponse
-from services.inference.engine import EngineConfig, VllmEngine, vllm_metric_families
+from services.inference.engine import EngineConfig, VllmEngine
 from services.inference.openai_protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -135,6 +135,3 @@ class ModelService:
 
     async def check_health(self) -> None:
         await self.engine.check_health()
-
-    async def metric_families(self) -> list[Any]:
-        return vllm_metric_families()

@@ -77,7 +77,7 @@ def _fuzz(stack: Stack, operation: object, mode: object, failures: list[str]) ->
     path, method = operation.path, operation.method.upper()  # type: ignore[attr-defined]
     headers = {"Authorization": "Bearer test-token"} if "{name}" in path else None
 
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=operation.as_strategy(mode))  # type: ignore[attr-defined]
     def check(case: schemathesis.Case) -> None:
         if headers and (case.path_parameters or {}).get("name") in {"alpha", "beta", "gamma", "hate"}:

@@ -1,0 +1,35 @@
+"""`hsig inference adapters`: the registry as the service would see it, without starting an engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.common.db.migrate import upgrade
+from services.common.settings import get_settings
+
+
+def test_adapters_command_lists_servable_and_unservable(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    adapters = settings_env / "adapters"
+    for name, rank in (("small", 8), ("wide", 64)):
+        path = adapters / name / "v1"
+        path.mkdir(parents=True)
+        (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+        manifest = {"name": name, "base_model": "/m/tiny-llama", "method": "lora", "task": "btc-trend"}
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("HSIG_BASE_MODEL", str(tmp_path / "tiny-llama"))
+    get_settings.cache_clear()
+    upgrade(get_settings().resolved_database_url)
+
+    result = CliRunner().invoke(app, ["inference", "adapters"])
+
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in map(json.loads, result.output.strip().splitlines())}
+    assert rows["small"]["servable"] is True
+    assert rows["wide"]["servable"] is False and "rank 64" in rows["wide"]["reason"]
