@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 _MAX_POINTS = 4000  # a curve needs no more points than a page has pixels
+# Predictors that answer alike draw the same curve: vary the dash so none hides another.
+_DASHES = ("-", "--", "-.", ":")
 
 
 def _png(figure: Figure) -> str:
@@ -34,9 +36,11 @@ def _thin(times: list[float], values: list[float]) -> tuple[list[datetime], list
 
 def equity_chart(curves: dict[str, dict[str, list[float]]]) -> str:
     figure, axis = plt.subplots(figsize=(10, 4.5))
-    for name, curve in curves.items():
+    for number, (name, curve) in enumerate(curves.items()):
         times, values = _thin(curve["time"], curve["value"])
-        style = {"color": "black", "linewidth": 2.0, "linestyle": "--"} if name == "buy_and_hold" else {}
+        style = {"linestyle": _DASHES[number % len(_DASHES)]}
+        if name == "buy_and_hold":
+            style = {"color": "black", "linewidth": 2.0, "linestyle": "--"}
         axis.plot(times, values, label=name, **style)
     axis.set_yscale("log")
     axis.set_ylabel("equity (start = 1, log scale)")
@@ -94,8 +98,8 @@ def share_over_time_chart(series: dict[str, Any]) -> str:
     axis.plot(
         times, series["actual"], color="black", linewidth=2, linestyle="--", label="actual share Increase"
     )
-    for name, shares in series["predicted"].items():
-        axis.plot(times, shares, marker=".", label=name)
+    for number, (name, shares) in enumerate(series["predicted"].items()):
+        axis.plot(times, shares, marker=".", linestyle=_DASHES[number % len(_DASHES)], label=name)
     axis.set_ylim(-0.02, 1.02)
     axis.set_ylabel("share of rows")
     axis.set_title("Share predicted Increase over time")

@@ -35,6 +35,9 @@ def _set(gauge: Gauge, predictor: str, value: Any) -> None:
 
 
 def publish(summary: list[dict[str, Any]], written_at: float) -> None:
+    """Show the last report only: predictors it did not score disappear from the gauges."""
+    for gauge in (ACCURACY, BALANCED_ACCURACY, SHARE_PREDICTED_INCREASE, BIASED, SHARPE, CUMULATIVE_RETURN):
+        gauge.clear()
     for row in summary:
         name = row["predictor"]
         _set(ACCURACY, name, row["accuracy"])

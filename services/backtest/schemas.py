@@ -6,6 +6,7 @@ window, predictors and trading assumptions that made it.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import PurePath
 from typing import Annotated, Literal
@@ -110,7 +111,10 @@ def predictor_label(spec: BaselineSpec | ServiceSpec | OpenAISpec | LocalSpec) -
         return spec.adapter
     if isinstance(spec, OpenAISpec):
         return f"openai:{spec.model}"
-    return "local:" + PurePath(spec.adapter_dir or spec.model).name
+    path = PurePath(spec.adapter_dir or spec.model)
+    # Published adapters live in <name>/v<N>: "note-lora/v1" says more than "v1".
+    name = f"{path.parent.name}/{path.name}" if re.fullmatch(r"v\d+", path.name) else path.name
+    return f"local:{name}"
 
 
 class RunOut(BaseModel):
