@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -174,3 +175,34 @@ def test_headlines_wait_for_candles_then_get_labelled(
     # 13 stories x 2 horizons, minus 20:30 at both (its entry candle is in the gap); every other
     # exit has closed by 47:05 (the last story is at 38:30).
     assert len(rows) == 2 * 13 - 2
+
+
+def test_rejected_items_are_counted_and_logged_once(
+    ingest_settings: IngestSettings, server: ReplayServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    item = "<item><title>{}</title>{}<guid>{}</guid></item>"
+    feed = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        + item.format("Good", "<pubDate>Tue, 23 Jul 2019 21:39 GMT</pubDate>", "1")
+        + item.format("No date", "", "2")
+        + item.format("Future", "<pubDate>Fri, 01 Jan 2100 10:00 GMT</pubDate>", "3")
+        + item.format("Good again", "<pubDate>Tue, 23 Jul 2019 21:39 GMT</pubDate>", "1")
+        + "</channel></rss>"
+    ).encode()
+    server.routes["/mixed"] = FeedSequence([feed, feed + b" "])  # a new ETag: parsed again
+    name = f"mixed-{uuid.uuid4().hex[:8]}"  # log_once is per process: a fresh source per run
+    settings = ingest_settings.model_copy(update={"feed_urls": [f"{name}={server.url}/mixed"]})
+    before = {
+        reason: _metric("hsig_ingest_errors_total", source=f"rss:{name}", reason=reason)
+        for reason in ("missing_pubdate", "future_pubdate", "duplicate_in_feed")
+    }
+    caplog.set_level(logging.WARNING, logger="services.ingest.cycle")
+    first = run_cycle(settings, candles=False, label=False).sources[0]
+    second = run_cycle(settings, candles=False, label=False).sources[0]
+    assert (first.stored, second.stored, second.duplicates) == (1, 0, 1)
+    assert first.rejected == {"missing_pubdate": 1, "future_pubdate": 1, "duplicate_in_feed": 1}
+    for reason, value in before.items():
+        assert _metric("hsig_ingest_errors_total", source=f"rss:{name}", reason=reason) == value + 2
+        assert sum(reason in record.getMessage() for record in caplog.records) == 1
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.scalars(select(Headline.title)).all() == ["Good"]
