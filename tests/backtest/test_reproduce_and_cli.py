@@ -107,3 +107,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(sqlite_settings: BacktestSettings)
     assert unknown.returncode == 2 and "adapter 'ghost' is not registered" in unknown.stderr
     baseline = _hsig("run", "--baseline", "oracle", env=env)
     assert baseline.returncode == 2 and "unknown baseline oracle" in baseline.stderr
+    cron = _hsig("serve", "--port", "1", env={**env, "HSIG_SCHEDULE_CRON": "61 * * * *"})
+    assert cron.returncode == 2 and "HSIG_SCHEDULE_CRON '61 * * * *' is not a crontab" in cron.stderr
