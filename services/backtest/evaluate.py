@@ -35,19 +35,25 @@ def evaluate(
     """Classification, block-bootstrap intervals, bias, calibration and strategy figures."""
     if y_true.shape != y_pred.shape or y_true.shape != p_increase.shape:
         raise ValueError("labels, predictions and probabilities must have one value per row")
+    bootstrap = block_bootstrap(
+        y_true,
+        y_pred,
+        windows.row_window,
+        windows.count,
+        options.bootstrap_reps,
+        options.seed,
+        options.confidence,
+    )
+    bias = bias_test(y_true, y_pred, options.bias_alpha)
+    if "bias_gap" in bootstrap:  # the window-aware check: does the gap's interval exclude 0?
+        low, high = bootstrap["bias_gap"]
+        bias["gap_interval_windows"] = [low, high]
+        bias["biased_by_windows"] = bool(low > 0 or high < 0)
     return {
         "classification": classification_report(y_true, y_pred, options.confidence),
         "windows": windows.count,
-        "bootstrap": block_bootstrap(
-            y_true,
-            y_pred,
-            windows.row_window,
-            windows.count,
-            options.bootstrap_reps,
-            options.seed,
-            options.confidence,
-        ),
-        "bias": bias_test(y_true, y_pred, options.bias_alpha),
+        "bootstrap": bootstrap,
+        "bias": bias,
         "calibration": calibration_report(y_true, p_increase, options.reliability_bins),
         "strategy": strategy_report(y_pred, windows, options.fees_bps, options.decrease_position),
     }

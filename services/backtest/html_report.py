@@ -157,12 +157,17 @@ def _bias(report: dict[str, Any]) -> str:
                 _pct(b["share_actual_increase"]),
                 _fmt(b["p_value"], 4),
                 flag,
+                _interval(b.get("gap_interval_windows")),
+                _fmt(b.get("biased_by_windows")),
             ]
         )
-    return (
-        "<p>Two-sided binomial test of the count predicted Increase against the share that was Increase.</p>"
-        + _table(["predictor", "predicted Increase", "actually Increase", "p-value", "flagged"], rows)
+    intro = (
+        "<p>Two-sided binomial test of the count predicted Increase against the share that was Increase "
+        "(rows taken as independent); and the block-bootstrap interval of the gap (share predicted minus "
+        "share actual, resampling label windows): biased by windows when that interval excludes 0.</p>"
     )
+    header = ["predictor", "predicted Increase", "actually Increase", "p-value", "flagged"]
+    return intro + _table([*header, "gap interval (windows)", "biased by windows"], rows)
 
 
 def _calibration(report: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ def _safe_ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) 
 
 
 def scores_from_counts(tp: Any, fn: Any, fp: Any, tn: Any) -> dict[str, np.ndarray]:
-    """Accuracy, balanced accuracy, MCC and share predicted Increase from confusion counts.
+    """Accuracy, balanced accuracy, MCC, share predicted Increase and bias gap from confusion counts.
 
     Works on scalars or on arrays of counts (one per bootstrap replicate) alike. A recall
     with no support is left out of the balanced accuracy (scikit-learn's convention); MCC
@@ -51,6 +51,8 @@ def scores_from_counts(tp: Any, fn: Any, fp: Any, tn: Any) -> dict[str, np.ndarr
         "balanced_accuracy": balanced,
         "mcc": mcc,
         "share_predicted_increase": _safe_ratio(tp + fp, total),
+        # share predicted Increase minus share actually Increase: the bias, as a difference
+        "bias_gap": _safe_ratio(fp - fn, total),
     }
 
 

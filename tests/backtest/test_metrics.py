@@ -139,3 +139,17 @@ def test_bootstrap_matches_naive_window_resampling() -> None:
     low, high = np.percentile(naive, [2.5, 97.5])
     assert ours["accuracy"][0] == pytest.approx(low, abs=0.006)
     assert ours["accuracy"][1] == pytest.approx(high, abs=0.006)
+
+
+def test_window_aware_bias_gap() -> None:
+    """The bootstrap interval of (share predicted - share actual) resamples whole windows."""
+    rng = np.random.default_rng(8)
+    windows = 400
+    window = np.repeat(np.arange(windows), 3)
+    y_true = np.repeat(rng.integers(0, 2, windows), 3).astype(np.int8)
+    always = np.ones(window.size, dtype=np.int8)
+    gap = block_bootstrap(y_true, always, window, windows, reps=1000, seed=0)["bias_gap"]
+    assert gap[0] > 0  # always Increase: the whole interval sits above zero
+    shuffled = np.repeat(rng.permutation(y_true[::3]), 3).astype(np.int8)
+    fair = block_bootstrap(y_true, shuffled, window, windows, reps=1000, seed=0)["bias_gap"]
+    assert fair[0] < 0 < fair[1]
