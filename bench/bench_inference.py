@@ -7,6 +7,10 @@ explaining. Requests go only to 127.0.0.1 and are bounded in count and time.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_inference.py [--quick]
 
+After the HTTP suite it measures the engine alone (``VllmEngine`` in this process, no Ray, no
+HTTP) with the same prompts, to show how much of each figure is the engine and how much the
+serving path.
+
 The GPU variant (bench/gpu_inference.py) reuses ``run_suite`` with a Llama-2-7B-shaped model.
 """
 
@@ -134,6 +138,67 @@ def _print_row(result: Result) -> None:
     )
 
 
+async def engine_only(model_dir: Path, adapter_dirs: list[Path], scratch: Path, quick: bool) -> None:
+    """The same scoring and explaining straight on the engine: no HTTP, no Ray."""
+    from datetime import UTC, datetime
+
+    from transformers import AutoTokenizer
+
+    from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
+    from services.inference.engine import EngineConfig, LoraRef, VllmEngine
+
+    engine = VllmEngine.start(
+        EngineConfig(model=str(model_dir), max_loras=4, max_lora_rank=8, scratch_dir=str(scratch))
+    )
+    await engine.pin_base()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    loras = [LoraRef(path.parent.name, index + 1, str(path)) for index, path in enumerate(adapter_dirs)]
+    for lora in loras:
+        await engine.add_adapter(lora)
+    labels = label_token_ids(tokenizer, TREND_LABELS)
+    when = datetime(2020, 3, 12, 14, 30, tzinfo=UTC)
+    prompts = [
+        [bos_id_of(tokenizer), *tokenizer.encode(btc_trend_prompt(h, when), add_special_tokens=False)]
+        for h in HEADLINES
+    ]
+
+    async def measure(name: str, concurrency: int, count: int, explain: bool, mixed: bool) -> float:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> None:
+            lora = loras[index % len(loras)] if mixed else loras[0]
+            ids = prompts[index % len(prompts)]
+            async with gate:
+                if explain:
+                    await engine.generate([*ids, *labels["Increase"]], lora, max_tokens=32)
+                else:
+                    await engine.label_logprobs(ids, labels, lora)
+
+        await one(0)
+        started = time.perf_counter()
+        await asyncio.gather(*(one(index) for index in range(count)))
+        throughput = count / (time.perf_counter() - started)
+        print(
+            f"engine only: {name:26s} c={concurrency:<3d} n={count:<5d} {throughput:8.1f} req/s", flush=True
+        )
+        return throughput
+
+    try:
+        scale = 1 if quick else 3
+        c1 = await measure("one adapter", 1, 32 * scale, False, False)
+        await measure("one adapter", 8, 128 * scale, False, False)
+        c64 = await measure("one adapter", 64, 512 * scale, False, False)
+        mixed = await measure("four mixed", 64, 512 * scale, False, True)
+        explaining = await measure("explaining 32 tokens", 8, 16 * scale, True, False)
+        scoring = await measure("scoring", 8, 128 * scale, False, False)
+        print(
+            f"engine only: c64_vs_c1 {c64 / c1:.2f}x, mixed4_vs_one {mixed / c64:.2f}x, "
+            f"scoring_vs_explaining {scoring / explaining:.2f}x"
+        )
+    finally:
+        engine.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per case (a smoke run)")
@@ -170,6 +235,8 @@ def main() -> None:
             asyncio.run(run_suite(base_url, adapters, quick=args.quick))
         finally:
             serve_app.stop()
+        adapter_dirs = [root / "adapters" / name / "v1" for name in adapters]
+        asyncio.run(engine_only(model_dir, adapter_dirs, root / "scratch", args.quick))
 
 
 if __name__ == "__main__":
