@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.settings import CommonSettings
 
@@ -16,6 +16,8 @@ DEFAULT_FEEDS = [CNBC_FEED.format(100003114), CNBC_FEED.format(10000664)]  # top
 
 class IngestSettings(CommonSettings):
     """Everything ``HSIG_*`` the ingest service reads (the common fields included)."""
+
+    model_config = SettingsConfigDict(populate_by_name=True)  # IngestSettings(port=...) works too
 
     feed_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_FEEDS),
@@ -40,8 +42,16 @@ class IngestSettings(CommonSettings):
     small_move: float = Field(0.005, gt=0, description="Market situation: |move| below this is 'small'.")
     sharp_range: float = Field(0.01, gt=0, description="Market situation: range at/above this is 'sharp'.")
     situation_lookback: int = Field(2, ge=1, le=24, description="Closed candles described in words.")
-    host: str = Field("127.0.0.1", description="HTTP bind address.")
-    port: int = Field(8001, description="HTTP port.")
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("HSIG_INGEST_HOST", "HSIG_HOST"),
+        description="HTTP bind address (HSIG_INGEST_HOST, else HSIG_HOST).",
+    )
+    port: int = Field(
+        8001,
+        validation_alias=AliasChoices("HSIG_INGEST_PORT", "HSIG_PORT"),
+        description="HTTP port (HSIG_INGEST_PORT, else HSIG_PORT): one shell can run every service.",
+    )
     scheduler_enabled: bool = Field(True, description="Poll on the intervals while the service runs.")
 
     @field_validator("feed_urls", mode="before")
