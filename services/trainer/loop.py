@@ -109,6 +109,25 @@ def total_steps_for(optim: OptimConfig, train_size: int) -> tuple[int, int]:
     return steps_per_epoch, total
 
 
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean cross-entropy over the answer tokens, computing the output layer only where an
+    answer token is predicted. A btc-trend example has one or two answer tokens among about
+    ninety: projecting every position onto the vocabulary (32,000 wide for Llama-2) would cost
+    memory and time for logits the loss ignores. Same value as transformers' own loss."""
+    import torch
+
+    labels = batch["labels"]
+    targets_next = labels[:, 1:]  # position t predicts token t + 1
+    positions = (targets_next != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # union over the batch
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+    ).logits
+    targets = targets_next[:, positions]
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
 def _schedule(optim: OptimConfig, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
@@ -191,7 +210,7 @@ def run_loop(
             [train_set[i] for i in order[index * optim.batch_size : (index + 1) * optim.batch_size]], pad_id
         )
         batch = {key: value.to(device) for key, value in batch.items()}
-        loss = model(**batch).loss
+        loss = answer_loss(model, batch)
         loss.backward()
         if optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)

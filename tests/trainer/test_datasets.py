@@ -150,3 +150,31 @@ def test_loss_falls_on_answer_tokens_only(tiny_model_dir: Path, tmp_path: Path) 
         assert learned == item.answer_ids  # the label's own tokens, nothing of the prompt or padding
         assert tokenizer.decode(learned).strip() == split.train[row].answer
         assert item.input_ids[0] == tokenizer.bos_token_id
+
+
+def test_the_answer_only_loss_equals_transformers_own(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The loop projects only answer positions onto the vocabulary; the loss must not change."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from services.trainer.loop import answer_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = TrainConfig.model_validate(
+        {
+            "name": "x",
+            "data": {"source": "file", "path": str(write_jsonl(planted_rows(40), tmp_path / "r.jsonl"))},
+        }
+    )
+    examples = build_dataset(config, "sqlite://", "BTC/USD", "1h").train[:6]
+    encoded, _ = encode_examples(tokenizer, examples, max_length=512, with_eos=True)  # 2 answer tokens each
+    batch = collate(encoded, tokenizer.pad_token_id)
+    ours = answer_loss(model, batch)
+    theirs = model(**batch).loss
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    ours.backward()
+    grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    theirs.backward()
+    assert torch.allclose(grad, model.lm_head.weight.grad, atol=1e-6)
