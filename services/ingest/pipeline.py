@@ -28,6 +28,28 @@ BUNDLED_FEEDS = "cnbc_rss"
 Progress = Callable[[str], None]
 
 
+FEED_PATH = "/rss/cnbc-finance"
+
+
+def bundled_replay_server(
+    data_dir: Path = Path("data"), port: int = 0
+) -> tuple[ReplayServer, datetime, datetime]:
+    """A (not yet started) local server with the bundled feeds and hourly candles.
+
+    Returns the server, the first candle's open time and the server's clock ("now"), which sits
+    inside the hour after the file's last candle: that hour is the "still open" candle ccxt sees.
+    """
+    candles = import_cryptodatadownload(Path(data_dir) / BUNDLED_CANDLES)
+    first = datetime.fromtimestamp(int(candles.open_time[0]), tz=UTC)
+    series_end = datetime.fromtimestamp(int(candles.open_time[-1]) + timeframe_seconds("1h"), tz=UTC)
+    server_now = series_end + timedelta(minutes=30)
+    server = ReplayServer(port=port)
+    server.routes.update(CoinbaseSeries(candles, 3600, server_now, product_id="BTC-USD").routes())
+    feeds = sorted((Path(data_dir) / BUNDLED_FEEDS).glob("*.xml"))
+    server.routes[FEED_PATH] = FeedSequence([path.read_bytes() for path in feeds])
+    return server, first, server_now
+
+
 def ingest_bundled_data(
     settings: IngestSettings, data_dir: Path = Path("data"), progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -39,18 +61,10 @@ def ingest_bundled_data(
     say = progress or (lambda message: log.info("%s", message))
     data_dir = Path(data_dir)
     upgrade(settings.resolved_database_url)
-    candles = import_cryptodatadownload(data_dir / BUNDLED_CANDLES)
-    first = datetime.fromtimestamp(int(candles.open_time[0]), tz=UTC)
-    series_end = datetime.fromtimestamp(int(candles.open_time[-1]) + timeframe_seconds("1h"), tz=UTC)
-    # The replay server's clock sits inside the hour after the file's last candle: that hour is
-    # the "still open" candle ccxt sees, and ours drops.
-    server_now = series_end + timedelta(minutes=30)
     feeds = sorted((data_dir / BUNDLED_FEEDS).glob("*.xml"))
     summary: dict[str, Any] = {}
-    with ReplayServer() as server:
-        series = CoinbaseSeries(candles, 3600, server_now, product_id="BTC-USD")
-        server.routes.update(series.routes())
-        server.routes["/rss/cnbc-finance"] = FeedSequence([path.read_bytes() for path in feeds])
+    server, first, server_now = bundled_replay_server(data_dir)
+    with server:
         local = settings.model_copy(
             update={
                 "exchange": "coinbaseexchange",
@@ -59,14 +73,15 @@ def ingest_bundled_data(
                 "exchange_api_url": server.url,
                 "rate_limit_ms": 5,  # our own loopback server: Coinbase's 100 ms pause buys nothing
                 "candle_since": first,
-                "feed_urls": [f"cnbc-finance-snapshots={server.url}/rss/cnbc-finance"],
+                "feed_urls": [f"cnbc-finance-snapshots={server.url}{FEED_PATH}"],
             }
         )
-        for snapshot in feeds:
-            report = run_cycle(local, candles=False, label=False)
-            say(f"feed snapshot {snapshot.name}: {_brief(report.sources[0])}")
-        summary["feeds"] = [vars(source) for source in report.sources]
-        say(f"candles: pulling {len(candles)} hourly candles through ccxt from {server.url} ...")
+        summary["feeds"] = []
+        for snapshot in feeds:  # one poll per saved snapshot, in order: the overlap is stored once
+            polled = run_cycle(local, candles=False, label=False).sources[0]
+            say(f"feed snapshot {snapshot.name}: {_brief(polled)}")
+            summary["feeds"].append(vars(polled))
+        say(f"candles: pulling the bundled hourly candles through ccxt from {server.url} ...")
         pulled = pull_market(
             local,
             now=server_now,

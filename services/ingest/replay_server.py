@@ -270,12 +270,12 @@ class FeedSequence:
 class ReplayServer:
     """A threaded HTTP server on 127.0.0.1 and a free port; use as a context manager."""
 
-    def __init__(self, routes: dict[str, Reply | Handler] | None = None) -> None:
+    def __init__(self, routes: dict[str, Reply | Handler] | None = None, port: int = 0) -> None:
         self.routes: dict[str, Reply | Handler] = dict(routes or {})
         self.faults: deque[Fault] = deque()
         self.requests: list[str] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="replay-server", daemon=True)
 
