@@ -197,7 +197,9 @@ def pull_market(
             session, settings.exchange, settings.symbol, settings.timeframe, pull.candles
         )
         gaps = insert_gaps(session, settings.exchange, settings.symbol, settings.timeframe, pull.gaps)
-        record_success(session, source, cursor=since)
+        fetched_to = int(pull.candles.open_time[-1]) + tf if len(pull.candles) else None
+        cursor = datetime.fromtimestamp(fetched_to, tz=UTC) if fetched_to else since
+        record_success(session, source, cursor=cursor)  # informational: the next pull starts there
     metrics.CANDLES.labels(source).inc(written)
     detail = {"pages": pull.pages, "gaps": gaps, "dropped_open": pull.dropped_open}
     return SourceOutcome(source, True, stored=written, detail=detail)
