@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import itertools
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -31,14 +33,26 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-HEADLINES = [
-    "Bitcoin plunges as markets sell off on virus fears",
-    "Fed cuts rates to zero and launches massive bond buying",
-    "Crypto exchange adds institutional custody for bitcoin",
-    "Stocks rally as investors cheer stimulus talks",
-    "Oil prices crash to two-decade low",
-    "Tech giants report record quarterly earnings",
-]
+HEADLINES_CSV = REPO_ROOT / "data" / "cnbc_headlines" / "cnbc_headlines.csv"
+FIRST_TIME = datetime(2018, 1, 1, tzinfo=UTC)
+
+
+def _load_headlines() -> list[str]:
+    with HEADLINES_CSV.open(newline="", encoding="utf-8") as handle:
+        return [title for row in csv.DictReader(handle) if (title := (row.get("Headlines") or "").strip())]
+
+
+HEADLINES = _load_headlines()
+# Every request in the run gets its own prompt (a real headline, a new minute), as in production:
+# only the shared instruction prefix is served from vLLM's prefix cache, never a whole prompt.
+_prompt_numbers = itertools.count()
+
+
+def next_prompt() -> tuple[str, datetime]:
+    number = next(_prompt_numbers)
+    return HEADLINES[number % len(HEADLINES)], FIRST_TIME + timedelta(minutes=number)
+
+
 CONCURRENCY = (1, 8, 64)
 GOALS = {"mixed4_vs_one": 0.8, "c64_vs_c1": 10.0, "scoring_vs_explaining": 10.0}
 MAX_SECONDS_PER_CASE = 60.0
@@ -59,8 +73,9 @@ class Result:
 
 
 def _body(index: int, adapters: list[str], explain: bool) -> dict:
+    headline, published_at = next_prompt()
     return {
-        "items": [{"headline": HEADLINES[index % len(HEADLINES)], "published_at": "2020-03-12T14:30:00Z"}],
+        "items": [{"headline": headline, "published_at": published_at.isoformat()}],
         "adapter": adapters[index % len(adapters)],
         "explain": explain,
     }
@@ -140,8 +155,6 @@ def _print_row(result: Result) -> None:
 
 async def engine_only(model_dir: Path, adapter_dirs: list[Path], scratch: Path, quick: bool) -> None:
     """The same scoring and explaining straight on the engine: no HTTP, no Ray."""
-    from datetime import UTC, datetime
-
     from transformers import AutoTokenizer
 
     from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
@@ -156,18 +169,17 @@ async def engine_only(model_dir: Path, adapter_dirs: list[Path], scratch: Path, 
     for lora in loras:
         await engine.add_adapter(lora)
     labels = label_token_ids(tokenizer, TREND_LABELS)
-    when = datetime(2020, 3, 12, 14, 30, tzinfo=UTC)
-    prompts = [
-        [bos_id_of(tokenizer), *tokenizer.encode(btc_trend_prompt(h, when), add_special_tokens=False)]
-        for h in HEADLINES
-    ]
+    bos = bos_id_of(tokenizer)
+
+    def prompt_ids() -> list[int]:
+        return [bos, *tokenizer.encode(btc_trend_prompt(*next_prompt()), add_special_tokens=False)]
 
     async def measure(name: str, concurrency: int, count: int, explain: bool, mixed: bool) -> float:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(index: int) -> None:
             lora = loras[index % len(loras)] if mixed else loras[0]
-            ids = prompts[index % len(prompts)]
+            ids = prompt_ids()
             async with gate:
                 if explain:
                     await engine.generate([*ids, *labels["Increase"]], lora, max_tokens=32)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.inference.conftest import Stack
+
+LOCAL_PROMTOOL = Path(__file__).resolve().parents[2] / ".tools" / "usr" / "bin" / "promtool"
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +77,16 @@ def test_ray_serve_metrics_come_from_rays_metrics_agent(inference_stack: Stack) 
             break
         time.sleep(2)
     assert "ray_serve_deployment_request_counter" in text
+
+
+def test_metrics_page_passes_promtool(inference_stack: Stack) -> None:
+    promtool = str(LOCAL_PROMTOOL) if LOCAL_PROMTOOL.exists() else shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (make tools)")
+    with inference_stack.client() as client:
+        page = client.get("/metrics").text
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert not problems, problems[:5]
