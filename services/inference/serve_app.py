@@ -79,11 +79,14 @@ def build(settings: InferenceSettings) -> Any:
 
 
 def app(args: dict[str, str] | None = None) -> Any:
-    """Application builder for a Serve config (``import_path: services.inference.serve_app:app``)."""
-    overrides = {key: value for key, value in (args or {}).items()}
+    """Application builder for a Serve config (``import_path: services.inference.serve_app:app``).
+
+    Settings come from the ``HSIG_*`` environment (the config's ``runtime_env``); the config's
+    ``args:`` override them by field name (``max_loras: "8"``).
+    """
     settings = get_settings(InferenceSettings)
-    if overrides:
-        settings = InferenceSettings(**{**settings.model_dump(), **overrides})
+    if args:
+        settings = InferenceSettings(**{**settings.model_dump(), **args})
     return build(settings.absolute())
 
 
@@ -119,9 +122,13 @@ def start(settings: InferenceSettings | None = None) -> str:
 
 
 def stop() -> None:
-    """Tear the application down and leave Ray (started by ``start``)."""
+    """Delete the application (its replicas stop their engines) and leave Ray.
+
+    A local Ray started by ``start`` goes with ``ray.shutdown()``; a joined cluster
+    (``ray_address``) keeps running, only this application is removed from it.
+    """
     import ray
 
     if ray.is_initialized():
-        serve.shutdown()
+        serve.delete(APP_NAME)
         ray.shutdown()
