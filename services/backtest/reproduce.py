@@ -26,12 +26,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from services.backtest.runner import BacktestResult, run_backtest
-from services.backtest.schemas import BASELINES, BacktestConfig, BaselineSpec, LocalSpec
+from services.backtest.schemas import BASELINES, BacktestConfig, BaselineSpec, LocalSpec, ServiceSpec
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.migrate import upgrade
 from services.common.db.models import LabelledRow
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, OperationalError
 from services.common.settings import CommonSettings, SettingsT, get_settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class ReproduceOptions:
     ingest: bool | None = None  # None: only when no labelled rows exist
     bootstrap_reps: int | None = None
     seed: int = 0
+    # Score base and LoRA through this inference service (told of the LoRA adapter when it is
+    # published) instead of in-process; the full fine-tune is a whole model: always in-process.
+    inference_url: str | None = None
+    inference_wait_s: float = 600.0
 
 
 def _labelled_rows(url: str) -> int:
@@ -103,7 +107,7 @@ def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, s
     config = TrainConfig.model_validate(
         {
             "name": f"note-{method}",
-            "base_model": options.model,
+            "base_model": _base_model(settings, options),
             "method": method,
             "data": {
                 "source": "database",
@@ -120,8 +124,10 @@ def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, s
             },
         }
     )
-    # No inference service to notify: the backtest scores the adapters in-process.
-    trainer_settings = _as(TrainerSettings, settings).model_copy(update={"inference_url": ""})
+    # Without an inference service the backtest scores the adapters in-process: nobody to notify.
+    trainer_settings = _as(TrainerSettings, settings).model_copy(
+        update={"inference_url": options.inference_url or ""}
+    )
     say(f"reproduce: {method} fine-tuning of {options.model} on rows before {options.train_end.date()} ...")
     published = train(config, trainer_settings)
     manifest = published.manifest
@@ -132,6 +138,16 @@ def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, s
     return published
 
 
+def _base_model(settings: BacktestSettings, options: ReproduceOptions) -> str:
+    """The base as a directory or model id: the manifests record it, and the inference service
+    serves an adapter only when its base is the one it runs (a preset name would not match)."""
+    if options.model != "tiny":
+        return options.model
+    from services.common.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(settings.models_path / "tiny-llama").resolve())
+
+
 def _training_note(method: str, manifest: Any) -> str:
     return (
         f"{method}: {manifest.train_seconds:.1f} s ({manifest.seconds_per_epoch:.1f} s/epoch), "
@@ -140,6 +156,26 @@ def _training_note(method: str, manifest: Any) -> str:
         f"trained on rows {manifest.training_window.first_row_time:%Y-%m-%d} to "
         f"{manifest.training_window.last_row_time:%Y-%m-%d}"
     )
+
+
+def _await_served(url: str, adapter: str, timeout_s: float, say: Progress) -> None:
+    """Wait until the inference service lists ``adapter`` (it loads it when notified, or on
+    its registry poll if the notice came before it was up)."""
+    import time
+
+    import httpx
+
+    say(f"reproduce: waiting for the inference service at {url} to serve {adapter} ...")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            models = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data", [])
+            if adapter in {model.get("id") for model in models}:
+                return
+        except (httpx.HTTPError, ValueError):
+            pass  # still starting
+        time.sleep(2)
+    raise OperationalError(f"the inference service at {url} did not serve {adapter} within {timeout_s:.0f} s")
 
 
 def reproduce(
@@ -153,10 +189,6 @@ def reproduce(
     lora = _train(settings, options, "lora", say)
     full = _train(settings, options, "full", say)
     base_dir = lora.manifest.base_model
-    if options.model == "tiny":
-        from services.common.tiny_model import build_tiny_model
-
-        base_dir = str(build_tiny_model(settings.models_path / "tiny-llama"))
     ends = [p.manifest.training_window.end_with_embargo() for p in (lora, full)]
     test_start = max([options.validation_end, *[end + timedelta(seconds=1) for end in ends if end]])
     notes = [TINY_DISCLAIMER] if options.model == "tiny" or _is_tiny(base_dir) else []
@@ -166,13 +198,24 @@ def reproduce(
         _training_note("LoRA", lora.manifest),
         _training_note("full fine-tuning", full.manifest),
     ]
+    if options.inference_url:
+        _await_served(options.inference_url, lora.name, options.inference_wait_s, say)
+        served: list[ServiceSpec | LocalSpec] = [
+            ServiceSpec(adapter="base", label="base (untuned)", url=options.inference_url),
+            ServiceSpec(adapter=lora.name, label="LoRA", url=options.inference_url),
+        ]
+        notes.append(f"Base and LoRA scored by the inference service at {options.inference_url}.")
+    else:
+        served = [
+            LocalSpec(model=base_dir, label="base (untuned)"),
+            LocalSpec(model=base_dir, adapter_dir=str(lora.path), label="LoRA"),
+        ]
     config = BacktestConfig(
         title=f"Research-note reproduction ({options.model})",
         start=test_start,
         end=options.test_end,
         predictors=[
-            LocalSpec(model=base_dir, label="base (untuned)"),
-            LocalSpec(model=base_dir, adapter_dir=str(lora.path), label="LoRA"),
+            *served,
             LocalSpec(model=base_dir, adapter_dir=str(full.path), label="full fine-tune"),
             *[BaselineSpec(name=name) for name in BASELINES],  # type: ignore[arg-type]
         ],
