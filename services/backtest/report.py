@@ -125,6 +125,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; reports are for readers on the volume
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
