@@ -113,17 +113,15 @@ def heartbeat(
     total_steps: int,
     loss: float | None,
     eta_seconds: float | None,
+    progress: bool = True,
 ) -> str | None:
-    """Record progress; returns the job's state (``cancelling`` asks the runner to stop), or
-    None when this worker no longer owns the job."""
+    """Record that the job is alive (and, with ``progress``, how far it is); returns the job's
+    state (``cancelling`` asks the runner to stop), or None when this worker lost the job."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress:
+        values.update(step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds)
     with session_scope(database_url) as session:
-        session.execute(
-            update(TrainingJob)
-            .where(*_owned(claim))
-            .values(
-                step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds, heartbeat_at=utcnow()
-            )
-        )
+        session.execute(update(TrainingJob).where(*_owned(claim)).values(**values))
         row = session.execute(
             select(TrainingJob.state, TrainingJob.worker_id).where(TrainingJob.id == claim.job_id)
         ).one()

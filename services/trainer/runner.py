@@ -94,9 +94,9 @@ def run_claimed_job(claim: jobs.Claim, settings: TrainerSettings) -> str:
     )
     try:
         config = TrainConfig.model_validate(job.config)
-        published = train(
-            config, settings, checkpoint_dir=checkpoint_dir_for(settings, claim.job_id), hooks=hooks
-        )
+        with reporter:
+            checkpoint_dir = checkpoint_dir_for(settings, claim.job_id)
+            published = train(config, settings, checkpoint_dir=checkpoint_dir, hooks=hooks)
     except Stopped:
         if reporter.stop_reason == "cancelled":
             jobs.mark_cancelled(url, claim)
