@@ -56,7 +56,14 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     claim = jobs.claim(url, "doomed-worker")
     # The worker's own command line, at a lower priority so that on a busy machine this test
     # still sees the job part-way (the kill must land between the second checkpoint and the end).
-    command = [sys.executable, "-m", "services.trainer.runner", str(claim.job_id), claim.worker_id, str(claim.attempt)]
+    command = [
+        sys.executable,
+        "-m",
+        "services.trainer.runner",
+        str(claim.job_id),
+        claim.worker_id,
+        str(claim.attempt),
+    ]
     child = subprocess.Popen(command, preexec_fn=lambda: os.nice(10))
     try:
         wait_for(lambda: jobs.get_job(url, job.id).step >= 2 * EVERY + 5, what="two checkpoints")

