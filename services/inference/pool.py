@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import Conflict, NotFound
+from services.common.errors import Conflict, NotFound, OperationalError
 from services.common.schemas import BASE_MODEL_NAME
 from services.inference import metrics
 from services.inference.engine import LoraRef, VllmEngine
@@ -43,6 +43,7 @@ class AdapterPool:
         self._records: dict[str, AdapterRecord] = {}
         self._served: dict[str, tuple[AdapterRecord, LoraRef]] = {}
         self._unloaded: dict[str, tuple[str, int, str]] = {}  # name -> identity unloaded by DELETE
+        self._failed: dict[str, tuple[tuple[str, int, str], str]] = {}  # name -> (identity, vLLM's refusal)
 
     # --- names ----------------------------------------------------------------------------
 
@@ -76,9 +77,17 @@ class AdapterPool:
             for name, record in self._records.items():
                 if record.unservable or self._unloaded.get(name) == record.identity:
                     continue
+                failed = self._failed.get(name)
+                if failed is not None and failed[0] == record.identity:
+                    continue  # these weights were refused once; a new version gets a new try
                 current = self._served.get(name)
                 if current is None or current[0].identity != record.identity:
-                    await self._serve(record)
+                    try:
+                        await self._serve(record)
+                    except OperationalError as exc:  # one bad adapter must not stop the others
+                        self._failed[name] = (record.identity, exc.message)
+                        log.warning("cannot serve adapter %s v%d: %s", name, record.version, exc.message)
+                        continue
                     changed.append(name)
             for name in [name for name in self._served if name not in self._records]:
                 await self._drop(name)
@@ -96,9 +105,16 @@ class AdapterPool:
             if record.unservable:
                 raise Conflict(f"adapter {name!r} cannot be served: {record.unservable}", param="name")
             self._unloaded.pop(name, None)
+            self._failed.pop(name, None)  # asked for explicitly: try again, and say why if it fails
             current = self._served.get(name)
             if current is None or current[0].identity != record.identity:
-                await self._serve(record)
+                try:
+                    await self._serve(record)
+                except OperationalError as exc:
+                    self._failed[name] = (record.identity, exc.message)
+                    raise Conflict(
+                        f"adapter {name!r} could not be loaded: {exc.message}", param="name"
+                    ) from exc
             return record
 
     async def unload(self, name: str) -> None:
@@ -145,6 +161,8 @@ class AdapterPool:
                 status, reason = "served", None
             elif record.unservable:
                 status, reason = "unservable", record.unservable
+            elif name in self._failed and self._failed[name][0] == record.identity:
+                status, reason = "failed", self._failed[name][1]
             else:
                 status, reason = "unloaded", None
             manifest = record.manifest.model_dump(mode="json") if record.manifest else {}

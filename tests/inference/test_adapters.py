@@ -136,3 +136,18 @@ def test_load_refuses_unknown_and_unservable_adapters(inference_stack: Stack) ->
     assert missing.status_code == 404 and "alpha" in missing.json()["error"]["message"]
     assert wide.status_code == 409 and "rank 32" in wide.json()["error"]["message"]
     assert bad_name.status_code in (404, 422)
+
+
+def test_an_adapter_vllm_cannot_load_is_reported_and_the_rest_keep_serving(inference_stack: Stack) -> None:
+    stack = inference_stack
+    path = publish_lora(
+        stack.model_dir, stack.adapters_path, "corrupt", seed=61, database_url=stack.database_url
+    )
+    (path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    assert _wait_for(lambda: _status(stack, "corrupt") == "failed")
+    with stack.client() as client:
+        rows = {row["name"]: row for row in client.get("/v1/adapters").json()["adapters"]}
+        load = client.post("/v1/adapters/corrupt/load", headers=stack.auth)
+    assert rows["corrupt"]["reason"]
+    assert load.status_code == 409 and "corrupt" in load.json()["error"]["message"]
+    assert 0.0 < _p_increase(stack, "alpha") < 1.0  # the engine and the other adapters are unharmed
