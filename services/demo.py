@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +76,9 @@ def _environment(inference_port: int) -> dict[str, str]:
 
 def main() -> int:
     configure_logging("WARNING")
+    # SIGTERM (make killed, CI timeout) unwinds like Ctrl-C, so the finally below stops the
+    # inference service and its Ray processes instead of orphaning them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say = _say_with_clock()
     from services.common.db.migrate import upgrade
     from services.common.processes import free_port, launch_service, wait_ready
