@@ -45,7 +45,7 @@ def build_model(directory: Path) -> None:
     model.save_pretrained(directory, safe_serialization=True)
 
 
-def worker(method: str, model_dir: Path, steps: int, batch_size: int) -> dict:
+def worker(method: str, model_dir: Path, steps: int, batch_size: int, glibc_default: bool) -> dict:
     """One method in this (fresh) process: returns its figures as JSON-able data."""
     from transformers import AutoTokenizer
 
@@ -54,7 +54,7 @@ def worker(method: str, model_dir: Path, steps: int, batch_size: int) -> dict:
     from services.trainer.config import TrainConfig
     from services.trainer.datasets import trend_split
     from services.trainer.loop import LoopHooks, encode_examples, run_loop
-    from services.trainer.memory import read_peak, reset_peak
+    from services.trainer.memory import read_peak, reset_peak, return_freed_memory_to_os
     from services.trainer.modeling import BaseModelRef, count_parameters, load_for_training
     from tests.trainer.planted import planted_rows
 
@@ -74,6 +74,8 @@ def worker(method: str, model_dir: Path, steps: int, batch_size: int) -> dict:
     )
     split = trend_split(rows, config.data)
     train_set, _ = encode_examples(tokenizer, split.train, 512, with_eos=False)
+    if not glibc_default:  # what train() does on a CPU host (services/trainer/memory.py)
+        return_freed_memory_to_os()
     model = load_for_training(config, BaseModelRef(str(model_dir), "bench"), "cpu", "fp32")
     trainable, total = count_parameters(model)
     loaded_rss, _ = _current_rss()
@@ -123,11 +125,18 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="Runs per method, alternated; medians reported."
     )
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="Keep glibc's default heap (freed memory stays in the process) instead of the trainer's setting.",
+    )
     parser.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model_dir, args.steps, args.batch_size)))
+        print(
+            json.dumps(worker(args.worker, args.model_dir, args.steps, args.batch_size, args.glibc_default))
+        )
         return
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
     runs: dict[str, list[dict]] = {"full": [], "lora": []}
@@ -144,6 +153,7 @@ def main() -> None:
                 )
                 command = [sys.executable, __file__, "--worker", method, "--model-dir", str(model_dir)]
                 command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+                command += ["--glibc-default"] if args.glibc_default else []
                 output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
                 runs[method].append(json.loads(output.strip().splitlines()[-1]))
     report({method: _median_run(found) for method, found in runs.items()}, args)
@@ -173,9 +183,15 @@ def report(results: dict, args: argparse.Namespace) -> None:
     added = {m: r["peak_bytes"] - r["rss_after_load_bytes"] for m, r in results.items()}
     mib = 2**20
     threads = os.environ.get("OMP_NUM_THREADS", "1")
+    heap = (
+        "glibc's default heap"
+        if args.glibc_default
+        else "freed memory returned to the OS (the trainer's setting)"
+    )
     print(
         f"\nOMP_NUM_THREADS={threads}; {args.steps} steps, batch {args.batch_size}, {args.repeats} runs per method"
     )
+    print(f"heap: {heap}")
     print(
         f"{'method':<6} {'trainable':>12} {'total':>12} {'peak RSS':>9} {'in training':>12} "
         f"{'in loading':>11} {'after load':>11} {'s/step':>7}   (MiB; medians over runs)"

@@ -31,7 +31,7 @@ from services.trainer.loop import (
     run_loop,
     total_steps_for,
 )
-from services.trainer.memory import read_peak, reset_peak
+from services.trainer.memory import read_peak, reset_peak, return_freed_memory_to_os
 from services.trainer.modeling import (
     BaseModelRef,
     check_lora_rank,
@@ -122,6 +122,8 @@ def train(
     """
     settings = settings or get_settings(TrainerSettings)
     job = prepared or prepare(config, settings)
+    if job.device == "cpu" and settings.return_freed_memory:
+        return_freed_memory_to_os()
     reset_peak(job.device)
     model = load_for_training(config, job.base, job.device, job.dtype)
     trainable, total = count_parameters(model)

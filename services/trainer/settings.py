@@ -19,6 +19,11 @@ class TrainerSettings(CommonSettings):
         60.0, gt=0, description="A running job whose heartbeat is older than this is requeued."
     )
     max_attempts: int = Field(3, ge=1, description="Attempts (crashes included) before a job fails for good.")
+    return_freed_memory: bool = Field(
+        True,
+        description="CPU: return freed activations to the OS after each step (glibc mmap threshold 64 KiB), "
+        "so the process holds, and the manifest's peak RSS reports, what training uses.",
+    )
     inference_url: str = Field(
         "", description="Inference service to tell about new adapters (POST /v1/adapters/{name}/load)."
     )
