@@ -26,8 +26,8 @@ demo: setup  ## the whole pipeline on the bundled real data with the tiny local 
 	$(PY) -m services.demo
 
 lint: setup
-	$(PY) -m ruff check services tests bench
-	$(PY) -m ruff format --check services tests bench
+	$(PY) -m ruff check services tests bench scripts deploy
+	$(PY) -m ruff format --check services tests bench scripts deploy
 
 bench: setup  ## every benchmark in bench/; figures go to docs/benchmarks.md
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
