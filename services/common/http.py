@@ -63,6 +63,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def _migrate_or_warn(settings: CommonSettings) -> None:
+    # An unreachable database must not stop the service from starting: /readyz reports it.
+    from services.common.db.migrate import upgrade
+
+    try:
+        upgrade(settings.resolved_database_url)
+    except Exception as exc:
+        log.warning("could not migrate the database at start-up (%s); /readyz will say why", exc)
+
+
 def database_ready(app: FastAPI) -> None:
     ping(app.state.settings.resolved_database_url)
 
@@ -74,9 +84,15 @@ def create_app(
     lifespan: Lifespan | None = None,
     readiness_checks: Sequence[ReadinessCheck] = (database_ready,),
     version: str = "0.1.0",
+    migrate: bool = True,
 ) -> FastAPI:
+    """The service's app. With ``migrate`` the database is brought to the newest schema as the
+    app starts (idempotent; compose runs a one-shot migration first, so there it finds nothing to do)."""
+
     @asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            await asyncio.to_thread(_migrate_or_warn, settings)
         if lifespan is None:
             yield
         else:

@@ -17,9 +17,11 @@ app = typer.Typer(help="The inference service.", no_args_is_help=True)
 @app.command("serve")
 def serve() -> None:
     """Start Ray locally (or join HSIG_RAY_ADDRESS), deploy the API and the model, block until Ctrl-C."""
+    from services.common.db.migrate import upgrade
     from services.inference import serve_app
 
     settings = get_settings(InferenceSettings)
+    upgrade(settings.resolved_database_url)  # the replicas read the adapter registry as they start
     base_url = serve_app.start(settings)
     typer.echo(f"inference API at {base_url} (base model {settings.resolved_base_model()}); Ctrl-C stops it")
     stopped = threading.Event()

@@ -149,9 +149,10 @@ def train(
     )
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the job is done: nothing to resume
-    notify_inference(
-        settings.inference_url, settings.api_token, published.name, settings.notify_timeout_seconds
-    )
+    if config.method != "full":  # a full model is a whole model, not an adapter inference can load
+        notify_inference(
+            settings.inference_url, settings.api_token, published.name, settings.notify_timeout_seconds
+        )
     return published
 
 

@@ -75,3 +75,16 @@ def test_errors_share_one_shape(db_url: str) -> None:
         busy = client.post("/v1/things", json={"count": 101}, headers=auth)
         assert busy.status_code == 503
         assert busy.headers["Retry-After"] == "2"
+
+
+def test_a_fresh_database_is_migrated_as_the_app_starts(tmp_path) -> None:
+    from sqlalchemy import inspect
+
+    from services.common.db import get_engine
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with TestClient(create_app("demo", CommonSettings(database_url=url, api_token="x"))) as client:
+        assert client.get("/readyz").status_code == 200
+    assert {"headlines", "labelled_rows", "adapters", "alembic_version"} <= set(
+        inspect(get_engine(url)).get_table_names()
+    )
