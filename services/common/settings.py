@@ -12,8 +12,19 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def split_csv(value: object) -> object:
+    """``"a, b"`` -> ``["a", "b"]``; a JSON list or a list passes through."""
+    if isinstance(value, str) and not value.strip().startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list setting given in the environment as "a,b" (or as a JSON list).
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(split_csv)]
 
 # Tokens that must never protect a deployed service: refused outside local mode.
 _PLACEHOLDER_TOKENS = {"", "changeme", "change-me", "secret", "token"}
@@ -37,21 +48,12 @@ class CommonSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
     symbol: str = Field("BTC/USD", description="Market the headlines are labelled against.")
     timeframe: str = Field("1h", description="Candle timeframe used for labels (ccxt notation).")
-    horizons: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["1h"], description="Label horizons (ccxt notation)."
-    )
+    horizons: CsvList = Field(default_factory=lambda: ["1h"], description="Label horizons (ccxt notation).")
     neutral_band: float = Field(0.0, ge=0, description="|return| <= band is Flat; 0 disables Flat.")
     keep_flat: bool = Field(False, description="Keep Flat rows (True) or leave them out of datasets (False).")
     adapters_dir: Path | None = Field(None, description="Adapter volume; default <data_dir>/adapters.")
     reports_dir: Path | None = Field(None, description="Report volume; default <data_dir>/reports.")
     models_dir: Path | None = Field(None, description="Local base models; default <data_dir>/models.")
-
-    @field_validator("horizons", mode="before")
-    @classmethod
-    def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("api_token")
     @classmethod

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, CsvList
 
 CNBC_FEED = "https://www.cnbc.com/id/{}/device/rss/rss.html"
 DEFAULT_FEEDS = [CNBC_FEED.format(100003114), CNBC_FEED.format(10000664)]  # top news, finance
@@ -19,7 +18,7 @@ class IngestSettings(CommonSettings):
 
     model_config = SettingsConfigDict(populate_by_name=True)  # IngestSettings(port=...) works too
 
-    feed_urls: Annotated[list[str], NoDecode] = Field(
+    feed_urls: CsvList = Field(
         default_factory=lambda: list(DEFAULT_FEEDS),
         description="RSS feeds to poll, comma-separated; each a URL or name=URL (the name is the source id).",
     )
@@ -53,13 +52,6 @@ class IngestSettings(CommonSettings):
         description="HTTP port (HSIG_INGEST_PORT, else HSIG_PORT): one shell can run every service.",
     )
     scheduler_enabled: bool = Field(True, description="Poll on the intervals while the service runs.")
-
-    @field_validator("feed_urls", mode="before")
-    @classmethod
-    def _split_feeds(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("candle_since")
     @classmethod
