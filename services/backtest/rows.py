@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from services.backtest.strategy import Windows
 from services.common import labelling
 from services.common.db import session_scope
-from services.common.db.models import Candle, Headline, LabelledRow
+from services.common.db.models import Candle, Headline, LabelledRow, candles_between
 from services.common.errors import InvalidInput
 from services.common.prompts import DECREASE, INCREASE
 
@@ -168,17 +168,17 @@ def previous_closed_moves(url: str, rows: EvalRows, lookback: timedelta = timede
     since = datetime.fromtimestamp(int(rows.headline_time.min()), UTC) - lookback
     until = datetime.fromtimestamp(int(rows.headline_time.max()), UTC)
     with session_scope(url) as session:
-        candles = session.execute(
-            select(Candle.open_time, Candle.open, Candle.close)
-            .where(
-                Candle.exchange == rows.exchange,
-                Candle.symbol == rows.symbol,
-                Candle.timeframe == rows.timeframe,
-                Candle.open_time >= since,
-                Candle.open_time <= until,
-            )
-            .order_by(Candle.open_time)
-        ).all()
+        query = candles_between(
+            rows.exchange,
+            rows.symbol,
+            rows.timeframe,
+            since,
+            until,
+            Candle.open_time,
+            Candle.open,
+            Candle.close,
+        )
+        candles = session.execute(query).all()
     moves = np.full(len(rows), np.nan)
     if not candles:
         return moves

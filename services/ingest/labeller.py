@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from services.common.db.models import Candle, Headline, LabelledRow
+from services.common.db.models import Candle, Headline, LabelledRow, candles_between
 from services.common.labelling import (
     Candles,
     Labels,
@@ -68,17 +68,8 @@ def _unlabelled(session: Session, market: Market, horizon: str) -> list[tuple[in
 
 
 def load_candles(session: Session, market: Market, start: datetime, end: datetime) -> Candles:
-    statement = (
-        select(Candle.open_time, Candle.open, Candle.high, Candle.low, Candle.close)
-        .where(
-            Candle.exchange == market.exchange,
-            Candle.symbol == market.symbol,
-            Candle.timeframe == market.timeframe,
-            Candle.open_time >= start,
-            Candle.open_time <= end,
-        )
-        .order_by(Candle.open_time)
-    )
+    columns = (Candle.open_time, Candle.open, Candle.high, Candle.low, Candle.close)
+    statement = candles_between(market.exchange, market.symbol, market.timeframe, start, end, *columns)
     rows = session.execute(statement).all()
     times = np.array([_epoch(row[0]) for row in rows], dtype=np.int64)
     columns = [np.array([row[i] for row in rows], dtype=np.float64) for i in range(1, 5)]

@@ -16,10 +16,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,6 +97,23 @@ class Candle(Base):
     low: Mapped[float] = mapped_column(Float)
     close: Mapped[float] = mapped_column(Float)
     volume: Mapped[float] = mapped_column(Float)
+
+
+def candles_between(
+    exchange: str, symbol: str, timeframe: str, start: datetime, end: datetime, *columns: Any
+) -> Select[Any]:
+    """The given columns of one market's candles opening in [start, end], oldest first."""
+    return (
+        select(*columns)
+        .where(
+            Candle.exchange == exchange,
+            Candle.symbol == symbol,
+            Candle.timeframe == timeframe,
+            Candle.open_time >= start,
+            Candle.open_time <= end,
+        )
+        .order_by(Candle.open_time)
+    )
 
 
 class CandleGap(Base):
