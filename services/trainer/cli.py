@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -69,28 +70,36 @@ def run(
     """Train in the foreground with a progress bar; a rerun after a crash resumes."""
     from tqdm import tqdm
 
+    from services.trainer.distributed import launched_distributed
     from services.trainer.loop import LoopHooks, StepReport
-    from services.trainer.run import prepare, train
+    from services.trainer.run import prepare, train, train_distributed
 
     settings = get_settings(TrainerSettings)
     config = _load_config(config_path, name)
     prepared = prepare(config, settings)
-    typer.echo(prepared.dataset.summary())
-    bar = tqdm(total=prepared.total_steps, unit="step", desc=config.name)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        typer.echo(prepared.dataset.summary())
+    bar = tqdm(total=prepared.total_steps, unit="step", desc=config.name, disable=not main_process)
 
     def on_step(report: StepReport) -> None:
         bar.n = report.step
         bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
         bar.refresh()
 
-    published = train(
-        config,
-        settings,
-        checkpoint_dir=checkpoint_dir or settings.checkpoints_path / f"cli-{config.name}",
-        hooks=LoopHooks(on_step=on_step),
-        prepared=prepared,
-    )
+    if launched_distributed():  # under `accelerate launch`: one process per device
+        published = train_distributed(config, settings, hooks=LoopHooks(on_step=on_step))
+    else:
+        published = train(
+            config,
+            settings,
+            checkpoint_dir=checkpoint_dir or settings.checkpoints_path / f"cli-{config.name}",
+            hooks=LoopHooks(on_step=on_step),
+            prepared=prepared,
+        )
     bar.close()
+    if published is None:  # another rank published it
+        return
     manifest = published.manifest
     evaluation = manifest.extra.get("evaluation") or {}
     typer.echo(

@@ -21,6 +21,7 @@ from typing import Any
 from services.common.prompts import EncodedExample, bos_id_of, encode_prompt_answer
 from services.trainer.config import OptimConfig
 from services.trainer.datasets import Example
+from services.trainer.distributed import Parallel
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,15 @@ def run_loop(
     checkpoint_dir: Path | None,
     fingerprint: str,
     hooks: LoopHooks | None = None,
+    parallel: Parallel | None = None,
 ) -> LoopResult:
     import torch
 
     hooks = hooks or LoopHooks()
+    parallel = parallel or Parallel()
+    if parallel.world > 1 and checkpoint_dir is not None:
+        log.warning("checkpoints are single-process only: a killed %d-process job restarts", parallel.world)
+        checkpoint_dir = None
     device = next(model.parameters()).device
     steps_per_epoch, total = total_steps_for(optim, len(train_set))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -201,25 +207,25 @@ def run_loop(
         log.info("resumed from the checkpoint at step %d of %d", result.steps, total)
     else:
         torch.manual_seed(optim.seed)
+    model, optimizer = parallel.prepare(model, optimizer)  # DDP under a launcher; as is otherwise
     model.train()
     started = time.perf_counter() - result.train_seconds
     while result.steps < total:
         epoch, index = divmod(result.steps, steps_per_epoch)
         order = _epoch_order(optim.seed, epoch, len(train_set))
-        batch = collate(
-            [train_set[i] for i in order[index * optim.batch_size : (index + 1) * optim.batch_size]], pad_id
-        )
+        chosen = parallel.shard(order[index * optim.batch_size : (index + 1) * optim.batch_size])
+        batch = collate([train_set[i] for i in chosen], pad_id)
         batch = {key: value.to(device) for key, value in batch.items()}
         loss = answer_loss(model, batch)
-        loss.backward()
+        parallel.backward(loss)
         if optim.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)
+            parallel.clip(model, trainable, optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.steps += 1
-        result.tokens += int(batch["attention_mask"].sum())
-        result.losses.append(float(loss.detach()))
+        result.tokens += parallel.total(int(batch["attention_mask"].sum()))
+        result.losses.append(parallel.mean(float(loss.detach())))
         result.train_seconds = time.perf_counter() - started
         if hooks.on_step:
             hooks.on_step(StepReport(result.steps, total, result.losses[-1], result.train_seconds))

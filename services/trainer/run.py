@@ -23,6 +23,7 @@ from services.common.scoring import best_label, score_with_transformers
 from services.common.settings import get_settings
 from services.trainer.config import TrainConfig
 from services.trainer.datasets import DatasetSplit, Example, build_dataset
+from services.trainer.distributed import Parallel
 from services.trainer.loop import (
     LoopHooks,
     LoopResult,
@@ -120,6 +121,34 @@ def train(
     With ``checkpoint_dir`` the run saves a checkpoint every ``optim.checkpoint_every`` steps
     and resumes from one left there by a killed run of the same job.
     """
+    published = _train(config, settings, checkpoint_dir, hooks, prepared, Parallel())
+    assert published is not None  # a single process is always the main one
+    return published
+
+
+def train_distributed(
+    config: TrainConfig, settings: TrainerSettings | None = None, hooks: LoopHooks | None = None
+) -> PublishedAdapter | None:
+    """Under ``accelerate launch``: every rank trains on its share of each batch; the main rank
+    evaluates and publishes (and returns what it published), the others return None."""
+    parallel = Parallel.from_environment()
+    if config.optim.batch_size < parallel.world:
+        raise InvalidInput(
+            f"batch_size {config.optim.batch_size} is smaller than the {parallel.world} processes "
+            "sharing each batch",
+            param="optim.batch_size",
+        )
+    return _train(config, settings, None, hooks if parallel.is_main else None, None, parallel)
+
+
+def _train(
+    config: TrainConfig,
+    settings: TrainerSettings | None,
+    checkpoint_dir: Path | None,
+    hooks: LoopHooks | None,
+    prepared: Prepared | None,
+    parallel: Parallel,
+) -> PublishedAdapter | None:
     settings = settings or get_settings(TrainerSettings)
     job = prepared or prepare(config, settings)
     if job.device == "cpu" and settings.return_freed_memory:
@@ -132,13 +161,23 @@ def train(
     )
     pad_id = job.tokenizer.pad_token_id
     loss_before = mean_answer_loss(model, job.validation_set, pad_id)
-    result = run_loop(model, job.train_set, config.optim, pad_id, checkpoint_dir, job.fingerprint, hooks)
+    result = run_loop(
+        model, job.train_set, config.optim, pad_id, checkpoint_dir, job.fingerprint, hooks, parallel
+    )
+    if not parallel.is_main:
+        parallel.wait()  # the main rank evaluates and publishes
+        return None
     loss_after = mean_answer_loss(model, job.validation_set, pad_id)
     evaluation = evaluate_labels(model, job) if config.evaluate_accuracy and job.dataset.labels else None
     peak_bytes, peak_kind = read_peak(job.device)
     manifest = _manifest(job, result, trainable, total, peak_bytes, peak_kind)
     manifest.extra.update(
-        {"validation_loss_before": loss_before, "validation_loss_after": loss_after, "evaluation": evaluation}
+        {
+            "validation_loss_before": loss_before,
+            "validation_loss_after": loss_after,
+            "evaluation": evaluation,
+            "processes": parallel.world,
+        }
     )
     published = publish(
         settings.resolved_database_url,
@@ -153,6 +192,7 @@ def train(
         notify_inference(
             settings.inference_url, settings.api_token, published.name, settings.notify_timeout_seconds
         )
+    parallel.wait()
     return published
 
 
