@@ -284,6 +284,9 @@ def test_prometheus_scrapes_every_service(stack: dict[str, Any], prometheus_bin:
     )
     api = f"http://127.0.0.1:{ports['prometheus']}/api/v1/query"
     try:
+        _wait_for(
+            "Prometheus to be ready", lambda: _ready(f"http://127.0.0.1:{ports['prometheus']}/-/ready"), 60
+        )
         for job, names in PROMETHEUS_SERIES.items():
             for name in names:
                 query = f'{{__name__="{name}", job="{job}"}}'
@@ -301,9 +304,16 @@ def test_prometheus_scrapes_every_service(stack: dict[str, Any], prometheus_bin:
         server.wait(timeout=30)
 
 
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _query(api: str, query: str) -> list[dict[str, Any]]:
     try:
         body = httpx.get(api, params={"query": query}, timeout=5).json()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # not up yet: Prometheus answers 503 in plain text while starting
         return []
     return body.get("data", {}).get("result", []) if body.get("status") == "success" else []
