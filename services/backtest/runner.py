@@ -97,18 +97,7 @@ def build_report(
     settings: BacktestSettings, config: BacktestConfig, run_id: int | None = None
 ) -> dict[str, Any]:
     """Every figure of the backtest as a dict (what the JSON file holds)."""
-    url = settings.resolved_database_url
-    rows = load_rows(
-        url,
-        config.symbol or settings.symbol,
-        config.horizon or settings.horizons[0],
-        config.start,
-        config.end,
-        config.exchange,
-    )
-    predictors = [
-        build_predictor(spec, settings, config.seed, config.majority_before) for spec in config.predictors
-    ]
+    rows, predictors = _rows_and_predictors(settings, config)
     overlaps = guard(predictors, rows, config.allow_overlap)
     windows = rows.windows()
     options = options_of(config, settings)
