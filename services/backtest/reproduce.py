@@ -107,7 +107,7 @@ def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, s
     config = TrainConfig.model_validate(
         {
             "name": f"note-{method}",
-            "base_model": _base_model(settings, options),
+            "base_model": options.model,
             "method": method,
             "data": {
                 "source": "database",
@@ -136,16 +136,6 @@ def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, s
         f"{manifest.total_parameters:,} parameters trained, peak memory {manifest.peak_memory_bytes / 2**20:.0f} MiB"
     )
     return published
-
-
-def _base_model(settings: BacktestSettings, options: ReproduceOptions) -> str:
-    """The base as a directory or model id: the manifests record it, and the inference service
-    serves an adapter only when its base is the one it runs (a preset name would not match)."""
-    if options.model != "tiny":
-        return options.model
-    from services.common.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(settings.models_path / "tiny-llama").resolve())
 
 
 def _training_note(method: str, manifest: Any) -> str:

@@ -33,7 +33,10 @@ def resolve_base(base_model: str, models_path: Path) -> BaseModelRef:
     if base_model == TINY_PRESET:
         from services.common.tiny_model import build_tiny_model
 
-        return BaseModelRef(str(build_tiny_model(models_path / "tiny-llama")), TINY_PRESET)
+        # Manifests record the directory, not the preset's name: the inference service serves an
+        # adapter only when its recorded base is the model it runs, and a name would not match.
+        directory = str(build_tiny_model(models_path / "tiny-llama").resolve())
+        return BaseModelRef(directory, directory)
     if base_model in PRESETS:
         return BaseModelRef(PRESETS[base_model], PRESETS[base_model])
     path = Path(base_model).expanduser()

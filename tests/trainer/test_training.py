@@ -125,3 +125,20 @@ def test_publishing_registers_new_versions(
         (2, second.path.resolve()),
     ]
     assert TrainConfig.model_validate_json((second.path / "training_config.json").read_text()) == config
+
+
+def test_the_tiny_preset_records_a_base_the_inference_service_serves(
+    session_trainer_settings: TrainerSettings, planted_file: Path
+) -> None:
+    from services.inference.registry import discover
+
+    config = lora_config(
+        planted_file, Path("unused"), name="preset-lora", optim={"max_steps": 2, "batch_size": 4}
+    )
+    published = train(config.model_copy(update={"base_model": "tiny"}), session_trainer_settings)
+    base = Path(published.manifest.base_model)
+    assert (base / "config.json").is_file()  # the directory it trained from, not the preset's name
+    records = discover(
+        session_trainer_settings.resolved_database_url, session_trainer_settings.adapters_path, base.name, 16
+    )
+    assert records["preset-lora"].unservable is None
