@@ -106,19 +106,7 @@ def _register_and_rename(
         manifest = manifest.model_copy(update={"version": (latest or 0) + 1})
         final = adapters_path / manifest.name / f"v{manifest.version}"
         (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
-        session.add(
-            Adapter(
-                name=manifest.name,
-                version=manifest.version,
-                base_model=manifest.base_model,
-                method=manifest.method,
-                task=manifest.task,
-                path=str(final.resolve()),
-                sha256=manifest.weights_sha256,
-                manifest=manifest.model_dump(mode="json"),
-                status="ready",
-            )
-        )
+        session.add(Adapter.from_manifest(manifest, str(final.resolve())))
         session.flush()  # reserves the version (unique name+version) before anything moves
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # an orphan from a crash between rename and commit

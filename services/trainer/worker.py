@@ -31,18 +31,21 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def runner_command(claim: jobs.Claim) -> list[str]:
+    """The command line of the child process that runs one claimed job attempt."""
+    return [
+        sys.executable,
+        "-m",
+        "services.trainer.runner",
+        str(claim.job_id),
+        claim.worker_id,
+        str(claim.attempt),
+    ]
+
+
 def spawn_runner(claim: jobs.Claim) -> subprocess.Popen[bytes]:
     """The child inherits the environment, so it reads the same settings as this process."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.trainer.runner",
-            str(claim.job_id),
-            claim.worker_id,
-            str(claim.attempt),
-        ]
-    )
+    return subprocess.Popen(runner_command(claim))
 
 
 def run_one(settings: TrainerSettings, stop: threading.Event | None = None) -> int | None:

@@ -18,6 +18,7 @@ import pytest
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.models import Adapter, Candle, Headline, LabelledRow
+from services.common.schemas import AdapterManifest
 from services.common.settings import get_settings
 
 START = datetime(2019, 1, 1, tzinfo=UTC)
@@ -70,10 +71,7 @@ def register_adapter(
                             "embargo_seconds": embargo_s},
     }  # fmt: skip
     with session_scope(url) as session:
-        session.add(
-            Adapter(name=name, version=1, base_model="tiny", method="lora", task="btc-trend", path=path,
-                    sha256="0" * 64, manifest=manifest)
-        )  # fmt: skip
+        session.add(Adapter.from_manifest(AdapterManifest.model_validate(manifest), path))
 
 
 @pytest.fixture

@@ -18,8 +18,13 @@ def test_migrations_match_models(db_url: str) -> None:
 
 
 def test_upgrade_is_idempotent(db_url: str) -> None:
+    from sqlalchemy import text
+
     upgrade(db_url)
     upgrade(db_url)
+    with get_engine(db_url).connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert versions == ["0001"]
 
 
 def test_times_round_trip_as_aware_utc(db_url: str) -> None:

@@ -49,6 +49,18 @@ def _wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> A
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _final_state(
+    client: httpx.Client, url: str, final: tuple[str, ...], timeout: float = 300
+) -> dict[str, Any]:
+    """Poll a job or run resource until its state is one of ``final``; returns its body then."""
+
+    def check() -> dict[str, Any] | None:
+        body = client.get(url).json()
+        return body if body["state"] in final else None
+
+    return _wait_for(url, check, timeout=timeout, interval=2)
+
+
 @pytest.fixture(scope="module")
 def replay() -> Iterator[ReplayServer]:
     """RSS snapshots and the bundled hourly candles in Coinbase Exchange's raw shape."""
@@ -174,16 +186,7 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
     )
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
-    done = _wait_for(
-        "the training job",
-        lambda: (
-            (state := client.get(f"{url['trainer']}/v1/jobs/{job_id}").json())["state"]
-            in ("succeeded", "failed", "cancelled")
-            and state
-        ),
-        timeout=300,
-        interval=2,
-    )
+    done = _final_state(client, f"{url['trainer']}/v1/jobs/{job_id}", ("succeeded", "failed", "cancelled"))
     assert done["state"] == "succeeded", done
     _wait_for(
         "inference to serve the new adapter",
@@ -225,16 +228,7 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
     )
     assert run.status_code == 202, run.text
     run_id = run.json()["id"]
-    finished = _wait_for(
-        "the backtest",
-        lambda: (
-            (state := client.get(f"{url['backtest']}/v1/backtests/{run_id}").json())["state"]
-            in ("succeeded", "failed")
-            and state
-        ),
-        timeout=300,
-        interval=2,
-    )
+    finished = _final_state(client, f"{url['backtest']}/v1/backtests/{run_id}", ("succeeded", "failed"))
     assert finished["state"] == "succeeded", finished
     listed = client.get(url["backtest"] + "/v1/reports").json()
     assert any(report["id"] == run_id for report in listed)

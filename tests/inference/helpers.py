@@ -60,17 +60,5 @@ def publish_lora(
     (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     if database_url:
         with session_scope(database_url) as session:
-            session.add(
-                Adapter(
-                    name=name,
-                    version=version,
-                    base_model=manifest.base_model,
-                    method="lora",
-                    task=task,
-                    path=str(path.resolve()),
-                    sha256=manifest.weights_sha256,
-                    manifest=manifest.model_dump(mode="json"),
-                    status="ready",
-                )
-            )
+            session.add(Adapter.from_manifest(manifest, str(path.resolve())))
     return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from services.trainer import jobs
 from services.trainer.run import train
 from services.trainer.runner import checkpoint_dir_for
 from services.trainer.settings import TrainerSettings
-from services.trainer.worker import run_one
+from services.trainer.worker import run_one, runner_command
 from tests.trainer.conftest import lora_config
 
 pytestmark = pytest.mark.slow
@@ -56,15 +55,7 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     claim = jobs.claim(url, "doomed-worker")
     # The worker's own command line, at a lower priority so that on a busy machine this test
     # still sees the job part-way (the kill must land between the second checkpoint and the end).
-    command = [
-        sys.executable,
-        "-m",
-        "services.trainer.runner",
-        str(claim.job_id),
-        claim.worker_id,
-        str(claim.attempt),
-    ]
-    child = subprocess.Popen(command, preexec_fn=lambda: os.nice(10))
+    child = subprocess.Popen(runner_command(claim), preexec_fn=lambda: os.nice(10))
     try:
         wait_for(lambda: jobs.get_job(url, job.id).step >= 2 * EVERY + 5, what="two checkpoints")
     finally:

@@ -7,7 +7,7 @@ those describe what crosses HTTP. Every timestamp is stored and returned as awar
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from services.common.schemas import AdapterManifest
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -197,6 +200,21 @@ class Adapter(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="ready")  # ready | deleted
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def from_manifest(cls, manifest: AdapterManifest, path: str, status: str = "ready") -> Adapter:
+        """The registry row of a published adapter: its columns are copied from its manifest."""
+        return cls(
+            name=manifest.name,
+            version=manifest.version,
+            base_model=manifest.base_model,
+            method=manifest.method,
+            task=manifest.task,
+            path=path,
+            sha256=manifest.weights_sha256,
+            manifest=manifest.model_dump(mode="json"),
+            status=status,
+        )
 
 
 class TrainingJob(Base):
