@@ -4,9 +4,10 @@
    included (services.common.labelling): rows/s and peak memory; goal >= 1,000,000 rows/s.
    Beside it, a plain row-by-row Python loop (bisect per headline) on a subset, for scale.
 2. Write 100,000 labelled rows into PostgreSQL with the service's bulk path
-   (services.ingest.store.insert_labelled_rows: multi-row INSERT ... ON CONFLICT DO NOTHING in
-   batches of 5,000, one transaction) against row-at-a-time inserts (one INSERT and commit per
-   row, as a naive loop does), measured on a subset and extrapolated; goal >= 20x.
+   (services.ingest.store.insert_labelled_rows: on PostgreSQL, COPY into a temporary table then
+   one INSERT ... SELECT ... ON CONFLICT DO NOTHING, one transaction) against row-at-a-time
+   inserts (one INSERT and commit per row, as a naive loop does), measured on a subset and
+   extrapolated; goal >= 20x.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--rows 1000000] [--write-rows 100000]
 Needs PostgreSQL at 127.0.0.1:5432 (database `test`), or HSIG_TEST_POSTGRES_URL; it creates
