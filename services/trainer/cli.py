@@ -87,8 +87,8 @@ def run(
         bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
         bar.refresh()
 
-    if launched_distributed():  # under `accelerate launch`: one process per device
-        published = train_distributed(config, settings, hooks=LoopHooks(on_step=on_step))
+    if launched_distributed():  # under a launcher: one process per device, DDP or FSDP
+        published = train_distributed(config, settings, LoopHooks(on_step=on_step), prepared)
     else:
         published = train(
             config,

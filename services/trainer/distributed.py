@@ -1,102 +1,217 @@
-"""Data-parallel training across processes through accelerate, when launched that way.
+"""Training one job across processes: data-parallel (DDP) or sharded (FSDP), when launched so.
 
-    accelerate launch --num_processes 8 -m services.cli train run job.json
+    accelerate launch --multi_gpu --num_processes 8 -m services.cli train run job.json
+    accelerate launch --config_file deploy/accelerate/fsdp.yaml -m services.cli train run job.json
+    torchrun --nproc_per_node 8 -m services.cli train run job.json          # DDP
+    ACCELERATE_USE_FSDP=true torchrun --nproc_per_node 8 -m services.cli train run job.json
 
-starts one process per GPU (or, with ``--cpu``, per CPU process over gloo); each sees
-``WORLD_SIZE`` > 1 and wraps the model in DistributedDataParallel through
-``accelerate.Accelerator``. Every optimizer step still consumes ``optim.batch_size`` examples
-of the same seeded order a single process would: each rank takes every world-th example of
-that global batch, and DDP averages the gradients. Only the main process evaluates, publishes
-and notifies; the others wait for it.
+The launcher starts one process per GPU (or, with ``--cpu`` / ``ACCELERATE_USE_CPU=1``, CPU
+processes over gloo) and sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``. accelerate is the
+launcher; the wrapping is PyTorch's own, done here, so one code path runs on GPUs over NCCL and
+on CPU processes over gloo (where the suite tests it: accelerate's own FSDP refuses CPUs).
 
-A plain ``hsig train run`` (no launcher) never imports accelerate and trains as before. Not
-covered: FSDP and DeepSpeed (``deploy/accelerate/``), whose sharded parameters would need a
-gathered state dict before evaluation and publishing; mid-run checkpoints under several
-processes (a killed distributed job restarts from step 0).
+- DDP: every rank holds the whole model; gradients are averaged.
+- FSDP (``ACCELERATE_USE_FSDP=true``, which accelerate's launch config sets): FSDP2's
+  ``fully_shard`` on every decoder layer, then on the root, so each rank holds 1/world of every
+  parameter, gradient and optimizer state. Evaluation runs on every rank (a sharded forward
+  needs them all), and the full state is gathered to the main rank before it publishes.
+
+Every optimizer step consumes ``optim.batch_size`` examples of the same seeded order a single
+process would: each rank takes every world-th example of that global batch. Only the main rank
+publishes and notifies. Not covered: DeepSpeed (refused with a clear error), QLoRA under FSDP
+(4-bit weights do not shard), and mid-run checkpoints under a launcher (a killed distributed job
+restarts from step 0).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from services.common.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["single", "ddp", "fsdp"]
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in {"1", "true", "yes"}
+
+
+def requested_strategy() -> Strategy:
+    """What the launcher asked for, read from the environment it set."""
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        raise InvalidInput(
+            "DeepSpeed is not supported by the trainer: launch with "
+            "deploy/accelerate/fsdp.yaml (FSDP) or --multi_gpu (DDP) instead"
+        )
+    if _flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"  # even one process: the same sharded path, on one GPU
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
 def launched_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return requested_strategy() != "single"
 
 
 @dataclass
 class Parallel:
-    """The processes training one job together; a single process when ``accelerator`` is None."""
+    """The processes training one job together; one process with strategy ``single``."""
 
-    accelerator: Any | None = None
+    strategy: Strategy = "single"
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    use_cuda: bool = False
 
     @classmethod
     def from_environment(cls) -> Parallel:
-        if not launched_distributed():
+        """Join the process group the launcher describes, before the model loads: it binds
+        this process to its own GPU, so ``.to("cuda")`` lands there."""
+        strategy = requested_strategy()
+        if strategy == "single":
             return cls()
-        from accelerate import Accelerator
+        import torch
+        import torch.distributed as dist
 
-        # Created before the model loads: it binds this process to its own device.
-        return cls(Accelerator())
-
-    @property
-    def world(self) -> int:
-        return int(self.accelerator.num_processes) if self.accelerator else 1
-
-    @property
-    def rank(self) -> int:
-        return int(self.accelerator.process_index) if self.accelerator else 0
+        use_cuda = torch.cuda.is_available() and not _flag("ACCELERATE_USE_CPU")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        return cls(strategy, dist.get_world_size(), dist.get_rank(), local_rank, use_cuda)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def device_name(self, default: str) -> str:
-        """``cuda`` means this rank's GPU once the accelerator bound it; CPU stays ``cpu``."""
-        return str(self.accelerator.device) if self.accelerator else default
+    @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp"
 
-    def prepare(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
-        if self.accelerator is None:
-            return model, optimizer
-        return self.accelerator.prepare(model, optimizer)
+    def check(self, method: str, batch_size: int) -> None:
+        """Refuse, before any weights load, a job this launch cannot run."""
+        if batch_size < self.world:
+            raise InvalidInput(
+                f"batch_size {batch_size} is smaller than the {self.world} processes sharing each batch",
+                param="optim.batch_size",
+            )
+        if self.sharded and method == "qlora":
+            raise InvalidInput(
+                "QLoRA cannot be sharded with FSDP (4-bit weights do not shard): "
+                "use method 'lora', or launch QLoRA data-parallel (--multi_gpu)",
+                param="method",
+            )
+
+    def wrap(self, model: Any) -> Any:
+        """DDP or FSDP around the model, as the launch asked; as is for one process. FSDP
+        replaces the parameters with sharded ones, so build the optimizer after this."""
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(model, device_ids=[self.local_rank] if self.use_cuda else None)
+        if self.sharded:
+            return _fully_shard(model)
+        return model
+
+    def unwrap(self, model: Any) -> Any:
+        """The model itself: DDP's wrapper holds it as ``.module``; FSDP2 shards in place."""
+        return model.module if self.strategy == "ddp" else model
 
     def shard(self, indices: list[int]) -> list[int]:
         """This rank's share of one global batch."""
         return indices[self.rank :: self.world]
 
-    def backward(self, loss: Any) -> None:
-        if self.accelerator is None:
-            loss.backward()
-        else:
-            self.accelerator.backward(loss)
-
-    def clip(self, model: Any, parameters: list[Any], max_norm: float) -> None:
+    def clip(self, parameters: list[Any], max_norm: float) -> None:
+        """Clip by the norm over every rank's gradients (FSDP's are DTensor shards; torch's
+        clip_grad_norm_ reduces their norm across ranks)."""
         import torch
 
-        if self.accelerator is None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        else:
-            self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
     def mean(self, value: float) -> float:
         """The mean of a per-rank figure (the loss each rank saw) over every rank."""
-        if self.accelerator is None:
-            return value
-        import torch
-
-        tensor = torch.tensor([value], device=self.accelerator.device)
-        return float(self.accelerator.reduce(tensor, reduction="mean").item())
+        return self._all_reduce(value) / self.world
 
     def total(self, value: int) -> int:
-        if self.accelerator is None:
-            return value
+        return round(self._all_reduce(value))
+
+    def _all_reduce(self, value: float) -> float:
+        if self.world == 1:
+            return float(value)
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
+        dist.all_reduce(tensor)
+        return float(tensor.item())
+
+    def _device(self) -> Any:
         import torch
 
-        tensor = torch.tensor([value], device=self.accelerator.device)
-        return int(self.accelerator.reduce(tensor, reduction="sum").item())
+        return torch.device("cuda", self.local_rank) if self.use_cuda else torch.device("cpu")
+
+    def full_state_dict(self, model: Any) -> dict[str, Any] | None:
+        """Under FSDP, every rank's shards gathered into one CPU state dict on the main rank
+        (collective: every rank must call it); None when the model already holds its weights."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options)
 
     def wait(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.strategy != "single" and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fully_shard(model: Any) -> Any:
+    """FSDP2 on each transformer block (the launch config's class names, else the model's
+    own ``_no_split_modules``), then on the root; options from accelerate's launch config."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    block_names = _block_class_names(model)
+    options: dict[str, Any] = {"reshard_after_forward": _reshard_after_forward()}
+    if _flag("FSDP_OFFLOAD_PARAMS"):
+        options["offload_policy"] = CPUOffloadPolicy()
+    blocks = [module for module in model.modules() if type(module).__name__ in block_names]
+    if not blocks:
+        raise InvalidInput(f"FSDP: no module of the classes {sorted(block_names)} to shard")
+    for block in blocks:
+        fully_shard(block, **options)
+    fully_shard(model, **options)
+    log.info("FSDP: %d blocks of %s sharded, options %s", len(blocks), sorted(block_names), options)
+    return model
+
+
+def _block_class_names(model: Any) -> set[str]:
+    configured = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
+    if configured.strip():
+        return {name.strip() for name in configured.split(",") if name.strip()}
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    return names
+
+
+def _reshard_after_forward() -> bool:
+    """FULL_SHARD frees each block's gathered weights after its forward; SHARD_GRAD_OP keeps
+    them until backward (more memory, less communication)."""
+    explicit = os.environ.get("FSDP_RESHARD_AFTER_FORWARD")
+    if explicit is not None and explicit.strip().lower() in {"true", "false"}:
+        return explicit.strip().lower() == "true"
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    return strategy not in {"SHARD_GRAD_OP", "2"}

@@ -192,11 +192,12 @@ def run_loop(
 
     hooks = hooks or LoopHooks()
     parallel = parallel or Parallel()
-    if parallel.world > 1 and checkpoint_dir is not None:
-        log.warning("checkpoints are single-process only: a killed %d-process job restarts", parallel.world)
+    if parallel.strategy != "single" and checkpoint_dir is not None:
+        log.warning("checkpoints are single-process only: a killed %s job restarts", parallel.strategy)
         checkpoint_dir = None
     device = next(model.parameters()).device
     steps_per_epoch, total = total_steps_for(optim, len(train_set))
+    model = parallel.wrap(model)  # before the optimizer: FSDP replaces the parameters with shards
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(optim, total))
@@ -207,7 +208,6 @@ def run_loop(
         log.info("resumed from the checkpoint at step %d of %d", result.steps, total)
     else:
         torch.manual_seed(optim.seed)
-    model, optimizer = parallel.prepare(model, optimizer)  # DDP under a launcher; as is otherwise
     model.train()
     started = time.perf_counter() - result.train_seconds
     while result.steps < total:
@@ -217,9 +217,9 @@ def run_loop(
         batch = collate([train_set[i] for i in chosen], pad_id)
         batch = {key: value.to(device) for key, value in batch.items()}
         loss = answer_loss(model, batch)
-        parallel.backward(loss)
+        loss.backward()
         if optim.max_grad_norm:
-            parallel.clip(model, trainable, optim.max_grad_norm)
+            parallel.clip(trainable, optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

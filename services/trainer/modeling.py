@@ -126,7 +126,7 @@ def load_for_training(config: TrainConfig, ref: BaseModelRef, device: str, dtype
             bnb_4bit_compute_dtype=torch_dtype,
             bnb_4bit_use_double_quant=True,
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under a launcher
     torch.manual_seed(config.optim.seed)
     model = AutoModelForCausalLM.from_pretrained(ref.load_from, **kwargs)
     if config.method != "qlora":

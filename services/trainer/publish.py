@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -60,8 +61,12 @@ def weights_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: object, tokenizer: object, directory: Path, full: bool) -> None:
-    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[attr-defined]
+def save_weights(
+    model: object, tokenizer: object, directory: Path, full: bool, state_dict: dict[str, Any] | None = None
+) -> None:
+    """safetensors only. ``state_dict``: the gathered full weights of a sharded (FSDP) model,
+    whose own parameters hold only this rank's shards."""
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)  # type: ignore[attr-defined]
     if full:  # a full model is served on its own, so it carries its tokenizer
         tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]
     pickles = [path.name for path in directory.iterdir() if path.suffix in PICKLE_SUFFIXES]

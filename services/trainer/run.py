@@ -127,18 +127,20 @@ def train(
 
 
 def train_distributed(
-    config: TrainConfig, settings: TrainerSettings | None = None, hooks: LoopHooks | None = None
+    config: TrainConfig,
+    settings: TrainerSettings | None = None,
+    hooks: LoopHooks | None = None,
+    prepared: Prepared | None = None,
 ) -> PublishedAdapter | None:
-    """Under ``accelerate launch``: every rank trains on its share of each batch; the main rank
-    evaluates and publishes (and returns what it published), the others return None."""
+    """Under a launcher (accelerate launch, torchrun): every rank trains on its share of each
+    batch, data-parallel or sharded (services.trainer.distributed); every rank evaluates, and
+    the main rank publishes (and returns what it published), the others return None."""
     parallel = Parallel.from_environment()
-    if config.optim.batch_size < parallel.world:
-        raise InvalidInput(
-            f"batch_size {config.optim.batch_size} is smaller than the {parallel.world} processes "
-            "sharing each batch",
-            param="optim.batch_size",
-        )
-    return _train(config, settings, None, hooks if parallel.is_main else None, None, parallel)
+    try:
+        parallel.check(config.method, config.optim.batch_size)
+        return _train(config, settings, None, hooks if parallel.is_main else None, prepared, parallel)
+    finally:
+        parallel.close()
 
 
 def _train(
@@ -164,11 +166,14 @@ def _train(
     result = run_loop(
         model, job.train_set, config.optim, pad_id, checkpoint_dir, job.fingerprint, hooks, parallel
     )
-    if not parallel.is_main:
-        parallel.wait()  # the main rank evaluates and publishes
-        return None
+    # Every rank evaluates: a sharded model's forward needs all of them (the same batches on
+    # each, so the figures agree); then the shards are gathered for the main rank to save.
     loss_after = mean_answer_loss(model, job.validation_set, pad_id)
     evaluation = evaluate_labels(model, job) if config.evaluate_accuracy and job.dataset.labels else None
+    state = parallel.full_state_dict(model)
+    if not parallel.is_main:
+        parallel.wait()  # the main rank publishes
+        return None
     peak_bytes, peak_kind = read_peak(job.device)
     manifest = _manifest(job, result, trainable, total, peak_bytes, peak_kind)
     manifest.extra.update(
@@ -177,13 +182,16 @@ def _train(
             "validation_loss_after": loss_after,
             "evaluation": evaluation,
             "processes": parallel.world,
+            "parallelism": parallel.strategy,
         }
     )
     published = publish(
         settings.resolved_database_url,
         settings.adapters_path,
         manifest,
-        lambda directory: save_weights(model, job.tokenizer, directory, full=config.method == "full"),
+        lambda directory: save_weights(
+            model, job.tokenizer, directory, full=config.method == "full", state_dict=state
+        ),
         training_config=config.model_dump(mode="json"),
     )
     if checkpoint_dir is not None:

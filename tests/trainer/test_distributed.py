@@ -1,7 +1,9 @@
-"""Data-parallel training under a real launcher (torchrun) with two CPU processes (gloo).
+"""Training one job across processes under a real launcher (torchrun), two CPU processes over
+gloo: data-parallel (DDP) and sharded (FSDP2, as accelerate's FSDP launch config asks).
 
-Two processes train one LoRA job together, each on half of every batch; exactly one adapter
-is published, by the main rank, and it learned the planted rule like a single process does.
+Exactly one adapter (or model) is published, by the main rank. What it published is scored
+again in a fresh single process: under FSDP each rank holds half of every weight, so a
+publish that saved the main rank's shards, or the weights before training, would fail here.
 """
 
 from __future__ import annotations
@@ -18,68 +20,128 @@ from sqlalchemy import func, select
 from services.common.db import session_scope
 from services.common.db.migrate import upgrade
 from services.common.db.models import Adapter
+from services.common.errors import InvalidInput
 from services.common.processes import free_port
-from services.trainer.distributed import Parallel
+from services.common.schemas import AdapterManifest
+from services.trainer.distributed import Parallel, requested_strategy
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import lora_config
+from tests.trainer.test_training import accuracy, held_out_rows
 
 pytestmark = pytest.mark.slow
 
 
+def accelerate_launch_env(config_file: Path) -> dict[str, str]:
+    """The FSDP variables `accelerate launch --config_file ...` would set, from accelerate's
+    own parser, so the test runs what the shipped launch config asks for."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "services.cli"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    return {key: value for key, value in env.items() if key.startswith(("FSDP_", "ACCELERATE_USE_"))}
+
+
+# torchrun is the launcher `accelerate launch` runs for these configs; on CPU it gives gloo.
+LAUNCHES = {
+    "ddp": {},
+    "fsdp": accelerate_launch_env(REPO_ROOT / "deploy" / "accelerate" / "fsdp.yaml"),
+}
+
+
 def test_single_process_shares_nothing() -> None:
     parallel = Parallel()
-    assert (parallel.world, parallel.rank, parallel.is_main) == (1, 0, True)
+    assert (parallel.strategy, parallel.world, parallel.rank, parallel.is_main) == ("single", 1, 0, True)
     assert parallel.shard([5, 6, 7]) == [5, 6, 7]
 
 
-def test_two_processes_train_one_adapter_and_publish_it_once(
-    planted_file: Path, tiny_model_dir: Path, tmp_path: Path
+def test_the_shipped_fsdp_config_asks_for_what_the_trainer_reads() -> None:
+    env = LAUNCHES["fsdp"]
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer"
+    assert env["FSDP_RESHARD_AFTER_FORWARD"] == "true"
+
+
+def test_the_launch_environment_picks_the_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(name, raising=False)
+    assert requested_strategy() == "single"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert requested_strategy() == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert requested_strategy() == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(InvalidInput, match="DeepSpeed is not supported"):
+        requested_strategy()
+
+
+def test_qlora_and_undersized_batches_are_refused_before_loading() -> None:
+    sharded = Parallel(strategy="fsdp", world=4)
+    with pytest.raises(InvalidInput, match="QLoRA cannot be sharded"):
+        sharded.check("qlora", 8)
+    with pytest.raises(InvalidInput, match="smaller than the 4 processes"):
+        sharded.check("lora", 2)
+    sharded.check("lora", 8)
+
+
+def _launch(
+    strategy: str, config_path: Path, data_dir: Path, database_url: str
+) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(free_port()), "-m", "services.cli", "train", "run", str(config_path)]
+    env = {
+        **os.environ,
+        **LAUNCHES[strategy],
+        "HSIG_DATA_DIR": str(data_dir),
+        "HSIG_DATABASE_URL": database_url,
+        "HSIG_INFERENCE_URL": "",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+    }
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "method"), [("ddp", "lora"), ("fsdp", "lora"), ("fsdp", "full")], ids=str
+)
+def test_two_processes_train_one_job_and_publish_it_once(
+    strategy: str, method: str, planted_file: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     data_dir = tmp_path / "var"
     database_url = f"sqlite:///{data_dir / 'db.sqlite'}"
     data_dir.mkdir()
     upgrade(database_url)
-    config = lora_config(planted_file, tiny_model_dir, name="ddp-lora")
+    name = f"{strategy}-{method}"
+    overrides = {"method": method}
+    if method == "full":
+        overrides["optim"] = {"max_steps": 40, "batch_size": 8, "learning_rate": 1e-3}
+    config = lora_config(planted_file, tiny_model_dir, name=name, **overrides)
     config_path = tmp_path / "job.json"
     config_path.write_text(config.model_dump_json())
-    # torchrun is the launcher `accelerate launch --multi_gpu` uses; on CPU it gives gloo
-    # processes that accelerate's Accelerator picks up as MULTI_CPU.
-    torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "services.cli",
-            "train",
-            "run",
-            str(config_path),
-        ],
-        env={
-            **os.environ,
-            "HSIG_DATA_DIR": str(data_dir),
-            "HSIG_DATABASE_URL": database_url,
-            "HSIG_INFERENCE_URL": "",
-            "OMP_NUM_THREADS": "1",
-            "ACCELERATE_USE_CPU": "1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
+
+    result = _launch(strategy, config_path, data_dir, database_url)
+
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("published ddp-lora v1") == 1, result.stdout
+    assert result.stdout.count(f"published {name} v1") == 1, result.stdout
     with session_scope(database_url) as session:
-        assert (
-            session.scalar(select(func.count()).select_from(Adapter).where(Adapter.name == "ddp-lora")) == 1
-        )
-        adapter = session.scalars(select(Adapter).where(Adapter.name == "ddp-lora")).one()
-    extra = json.loads((Path(adapter.path) / "manifest.json").read_text())["extra"]
-    assert extra["processes"] == 2  # really data-parallel, not one process run twice
-    assert extra["evaluation"]["accuracy"] >= 0.9, extra["evaluation"]
+        assert session.scalar(select(func.count()).select_from(Adapter).where(Adapter.name == name)) == 1
+        adapter = session.scalars(select(Adapter).where(Adapter.name == name)).one()
+    manifest = AdapterManifest.model_validate_json((Path(adapter.path) / "manifest.json").read_text())
+    assert manifest.extra["processes"] == 2  # really two ranks, not one process run twice
+    assert manifest.extra["parallelism"] == strategy
+    assert manifest.extra["evaluation"]["accuracy"] >= 0.9, manifest.extra["evaluation"]
+    # The published weights, loaded in this process, know the rule as well as the ranks did.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if method == "full":
+        model = AutoModelForCausalLM.from_pretrained(adapter.path)
+        assert manifest.trainable_parameters == manifest.total_parameters
+    else:
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        model = PeftModel.from_pretrained(base, adapter.path)
+    assert accuracy(model, tokenizer, held_out_rows(planted_file, manifest)) >= 0.9
+    saved = json.loads((Path(adapter.path) / "training_config.json").read_text())
+    assert saved["method"] == method
