@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from services.common.errors import InvalidInput
@@ -176,6 +177,17 @@ class Parallel:
 
         if self.strategy != "single" and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def accelerate_launch_env(config_file: Path) -> dict[str, str]:
+    """The ``ACCELERATE_USE_*`` and ``FSDP_*`` variables ``accelerate launch --config_file``
+    sets for a launch config, from accelerate's own parser: what the trainer here reads."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "services.cli"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    return {key: value for key, value in env.items() if key.startswith(("FSDP_", "ACCELERATE_USE_"))}
 
 
 def _fully_shard(model: Any) -> Any:

@@ -23,23 +23,12 @@ from services.common.db.models import Adapter
 from services.common.errors import InvalidInput
 from services.common.processes import free_port
 from services.common.schemas import AdapterManifest
-from services.trainer.distributed import Parallel, requested_strategy
+from services.trainer.distributed import Parallel, accelerate_launch_env, requested_strategy
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import lora_config
 from tests.trainer.test_training import accuracy, held_out_rows
 
 pytestmark = pytest.mark.slow
-
-
-def accelerate_launch_env(config_file: Path) -> dict[str, str]:
-    """The FSDP variables `accelerate launch --config_file ...` would set, from accelerate's
-    own parser, so the test runs what the shipped launch config asks for."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
-
-    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "services.cli"])
-    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
-    return {key: value for key, value in env.items() if key.startswith(("FSDP_", "ACCELERATE_USE_"))}
 
 
 # torchrun is the launcher `accelerate launch` runs for these configs; on CPU it gives gloo.
