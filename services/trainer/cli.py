@@ -76,6 +76,7 @@ def run(
 
     settings = get_settings(TrainerSettings)
     config = _load_config(config_path, name)
+    distributed = launched_distributed()  # refuses a launch it cannot run (DeepSpeed) first
     prepared = prepare(config, settings)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
@@ -87,7 +88,7 @@ def run(
         bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
         bar.refresh()
 
-    if launched_distributed():  # under a launcher: one process per device, DDP or FSDP
+    if distributed:  # under a launcher: one process per device, DDP or FSDP
         published = train_distributed(config, settings, LoopHooks(on_step=on_step), prepared)
     else:
         published = train(

@@ -64,6 +64,26 @@ def test_the_launch_environment_picks_the_strategy(monkeypatch: pytest.MonkeyPat
         requested_strategy()
 
 
+def test_a_deepspeed_launch_is_refused_in_one_line(
+    planted_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "var"
+    config_path = tmp_path / "job.json"
+    config_path.write_text(lora_config(planted_file, tiny_model_dir, name="ds").model_dump_json())
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "train", "run", str(config_path)],
+        env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true", "HSIG_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hsig: error:") and "DeepSpeed is not supported" in last
+    assert not (data_dir / "adapters").exists() or not any((data_dir / "adapters").iterdir())
+
+
 def test_qlora_and_undersized_batches_are_refused_before_loading() -> None:
     sharded = Parallel(strategy="fsdp", world=4)
     with pytest.raises(InvalidInput, match="QLoRA cannot be sharded"):
