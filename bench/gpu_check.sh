@@ -5,11 +5,12 @@
 #
 # Needs: the wheels in .whl/ (carried: pydantic, pydantic_core, pydantic_settings, python_dotenv,
 # sqlalchemy, annotated_types, typing_inspection, alembic, mako, peft, bitsandbytes) and $OUT,
-# the folder whose files come back. Budget: about 7 minutes in all. The benchmark part ends by
-# BENCH_DEADLINE_S (300 s after the start; `timeout` enforces it); the rest of the budget is for
-# the lead's FSDP check at the bottom.
+# the folder whose files come back. Budget: about 7.5 minutes in all: the FSDP check first (at
+# most 150 s), then the benchmark, which ends by BENCH_DEADLINE_S (420 s after the start;
+# `timeout` enforces it).
 #
-# Files in $OUT from this part (at most 4):
+# Files in $OUT (at most 6):
+#   gpu_fsdp.log, gpu_fsdp.json   bench/gpu_fsdp_check.py's output and rows
 #   env.txt                 GPU, Python and package versions (and where each is imported from)
 #   gpu_train.log           bench/gpu_train.py's output (and the fallback run's, if any)
 #   gpu_train.json          its rows (rewritten after each run, so a cut-short run keeps them)
@@ -20,7 +21,7 @@ set -uo pipefail
 SECONDS=0
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
-BENCH_DEADLINE_S=${BENCH_DEADLINE_S:-300}
+BENCH_DEADLINE_S=${BENCH_DEADLINE_S:-420}
 left() { echo $((BENCH_DEADLINE_S - SECONDS)); }
 
 echo "== install wheels ($(date -u +%H:%M:%S) UTC)"
@@ -55,6 +56,12 @@ for name in ("torch", "transformers", "accelerate", "peft", "bitsandbytes", "pyd
     print(name, version, spec.origin if spec else "NOT FOUND")
 '
 } 2>&1 | tee "$OUT/env.txt"
+
+echo "== FSDP trainer check: accelerate launch with deploy/accelerate/fsdp.yaml ($(left) s left)"
+# The trainer's sharded path end to end on CUDA/NCCL, one process per GPU: LoRA and full jobs
+# through `hsig train run`, then what was published is loaded afresh and scored.
+timeout -k 10 150 python3 bench/gpu_fsdp_check.py --json "$OUT/gpu_fsdp.json" 2>&1 | tee "$OUT/gpu_fsdp.log"
+echo "gpu_fsdp_check.py exit status ${PIPESTATUS[0]} at ${SECONDS} s"
 
 echo "== bench/gpu_train.py: 7b and 13b, lora and full, then qlora ($(left) s left)"
 # gpu_train.py runs lora and full for both shapes first and qlora last; each (shape, method) is
@@ -92,4 +99,3 @@ sys.exit(0 if any(r["shape"] == "13b" and r["method"] == "full" for r in rows) e
 fi
 echo "== benchmark part done at ${SECONDS} s"
 
-# --- FSDP trainer check (filled in by the lead) ---
