@@ -5,12 +5,13 @@
 #
 # Needs: the wheels in .whl/ (carried: pydantic, pydantic_core, pydantic_settings, python_dotenv,
 # sqlalchemy, annotated_types, typing_inspection, alembic, mako, peft, bitsandbytes) and $OUT,
-# the folder whose files come back. Budget: about 7.5 minutes in all: the FSDP check first (at
-# most 150 s), then the benchmark, which ends by BENCH_DEADLINE_S (420 s after the start;
-# `timeout` enforces it).
+# the folder whose files come back. Budget: about 8 minutes in all: the FSDP check first (at
+# most 150 s), the trainer's QLoRA check (at most 100 s), then the benchmark, which ends by
+# BENCH_DEADLINE_S (480 s after the start; `timeout` enforces it). It took 4 to 5 min on an H200.
 #
-# Files in $OUT (at most 6):
-#   gpu_fsdp.log, gpu_fsdp.json   bench/gpu_fsdp_check.py's output and rows
+# Files in $OUT (at most 8):
+#   gpu_fsdp.log, gpu_fsdp.json     bench/gpu_trainer_check.py --launch fsdp: output and rows
+#   gpu_qlora.log, gpu_qlora.json   bench/gpu_trainer_check.py --launch single --methods qlora
 #   env.txt                 GPU, Python and package versions (and where each is imported from)
 #   gpu_train.log           bench/gpu_train.py's output (and the fallback run's, if any)
 #   gpu_train.json          its rows (rewritten after each run, so a cut-short run keeps them)
@@ -21,7 +22,7 @@ set -uo pipefail
 SECONDS=0
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
-BENCH_DEADLINE_S=${BENCH_DEADLINE_S:-420}
+BENCH_DEADLINE_S=${BENCH_DEADLINE_S:-480}
 left() { echo $((BENCH_DEADLINE_S - SECONDS)); }
 
 echo "== install wheels ($(date -u +%H:%M:%S) UTC)"
@@ -60,8 +61,16 @@ for name in ("torch", "transformers", "accelerate", "peft", "bitsandbytes", "pyd
 echo "== FSDP trainer check: accelerate launch with deploy/accelerate/fsdp.yaml ($(left) s left)"
 # The trainer's sharded path end to end on CUDA/NCCL, one process per GPU: LoRA and full jobs
 # through `hsig train run`, then what was published is loaded afresh and scored.
-timeout -k 10 150 python3 bench/gpu_fsdp_check.py --json "$OUT/gpu_fsdp.json" 2>&1 | tee "$OUT/gpu_fsdp.log"
-echo "gpu_fsdp_check.py exit status ${PIPESTATUS[0]} at ${SECONDS} s"
+timeout -k 10 150 python3 bench/gpu_trainer_check.py --launch fsdp --methods lora full \
+    --json "$OUT/gpu_fsdp.json" 2>&1 | tee "$OUT/gpu_fsdp.log"
+echo "gpu_trainer_check.py (fsdp) exit status ${PIPESTATUS[0]} at ${SECONDS} s"
+
+echo "== QLoRA through the trainer: hsig train run, one process ($(left) s left)"
+# The trainer's own 4-bit path (from_pretrained with BitsAndBytesConfig), which the CPU suite
+# cannot run; the adapter it publishes is scored again on a plain base.
+timeout -k 10 100 python3 bench/gpu_trainer_check.py --launch single --methods qlora \
+    --json "$OUT/gpu_qlora.json" 2>&1 | tee "$OUT/gpu_qlora.log"
+echo "gpu_trainer_check.py (single qlora) exit status ${PIPESTATUS[0]} at ${SECONDS} s"
 
 echo "== bench/gpu_train.py: 7b and 13b, lora and full, then qlora ($(left) s left)"
 # gpu_train.py runs lora and full for both shapes first and qlora last; each (shape, method) is

@@ -1,13 +1,17 @@
-"""The trainer's FSDP path end to end, as a cluster would run it: `accelerate launch` with
-deploy/accelerate/fsdp.yaml, one process per GPU, `hsig train run` on the planted-rule rows
-(the suite's trainer data) with the tiny Llama, then the published weights loaded in a fresh
-process and scored on the held-out rows. Prints one JSON line per job and a summary.
+"""The trainer end to end on a GPU, as a user runs it: `hsig train run` on the planted-rule
+rows (the suite's trainer data) with the tiny Llama, then the published weights loaded in a
+fresh process with transformers and peft and scored on the held-out rows. Prints one JSON line
+per job and a summary; fails unless every job publishes weights that score at least 0.9.
 
-    python bench/gpu_fsdp_check.py                          # every GPU here, LoRA and full
-    python bench/gpu_fsdp_check.py --launcher torchrun --cpu --processes 2   # without a GPU
+    python bench/gpu_trainer_check.py                       # FSDP, every GPU, LoRA and full
+    python bench/gpu_trainer_check.py --launch single --methods qlora lora   # one process
+    python bench/gpu_trainer_check.py --launcher torchrun --cpu --processes 2   # without a GPU
 
-On GPUs this runs over NCCL; the suite (tests/trainer/test_distributed.py) runs the same
-code with CPU processes over gloo. A check, not a benchmark: it prints no speed ratio.
+`--launch fsdp` (the default) runs `accelerate launch --config_file deploy/accelerate/fsdp.yaml`,
+one process per GPU, over NCCL; the suite (tests/trainer/test_distributed.py) runs the same
+code with CPU processes over gloo. `--launch single` is a plain `hsig train run`, the only
+way QLoRA runs (bitsandbytes 4-bit needs CUDA, so the suite cannot). A check, not a
+benchmark: it prints no speed ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def launch_command(args: argparse.Namespace, job: Path) -> tuple[list[str], dict
     from services.trainer.distributed import accelerate_launch_env
 
     target = ["-m", "services.cli", "train", "run", str(job)]
+    if args.launch == "single":
+        return [sys.executable, *target], {}
     port = str(free_port())
     if args.launcher == "accelerate":
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG)]
@@ -47,7 +53,7 @@ def launch_command(args: argparse.Namespace, job: Path) -> tuple[list[str], dict
 def run_job(args: argparse.Namespace, method: str, work: Path, rows: Path, model_dir: Path) -> dict:
     from services.trainer.config import TrainConfig
 
-    name = f"fsdp-{method}"
+    name = f"{args.launch}-{method}"
     optim = {"max_steps": 75, "batch_size": 8, "learning_rate": 5e-3, "schedule": "constant", "seed": 0}
     if method == "full":
         optim = {"max_steps": 40, "batch_size": 8, "learning_rate": 1e-3}
@@ -99,7 +105,7 @@ def rescore(published: Path, method: str, model_dir: Path, rows: Path, manifest:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if method == "full":
-        model = AutoModelForCausalLM.from_pretrained(published)
+        model = AutoModelForCausalLM.from_pretrained(published)  # a complete model directory
     else:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), published)
     return accuracy(model, tokenizer, held_out_rows(rows, AdapterManifest.model_validate(manifest)))
@@ -109,10 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--launch", choices=["fsdp", "single"], default="fsdp")
     parser.add_argument("--launcher", choices=["accelerate", "torchrun"], default="accelerate")
     parser.add_argument("--processes", type=int, default=0, help="Default: every visible GPU.")
     parser.add_argument("--cpu", action="store_true", help="CPU processes over gloo (torchrun only).")
-    parser.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    parser.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "qlora", "full"])
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
     args = parser.parse_args()
     import torch
@@ -123,11 +130,14 @@ def main() -> None:
 
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: pass --cpu --launcher torchrun for the CPU check")
-    if args.cpu and args.launcher == "accelerate":
+    if args.cpu and args.launch == "fsdp" and args.launcher == "accelerate":
         parser.error("accelerate's FSDP launcher needs GPUs: use --launcher torchrun with --cpu")
+    if args.launch == "fsdp" and "qlora" in args.methods:
+        parser.error("QLoRA cannot be sharded: use --launch single for it")
+    args.processes = 1 if args.launch == "single" else args.processes
     args.processes = args.processes or (2 if args.cpu else torch.cuda.device_count())
-    print(f"FSDP check: {args.processes} process(es), launcher {args.launcher}, cpu={args.cpu}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="fsdp-check-") as tmp:
+    print(f"trainer check: {args.launch}, {args.processes} process(es), cpu={args.cpu}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="trainer-check-") as tmp:
         work = Path(tmp)
         (work / "var").mkdir()
         upgrade(f"sqlite:///{work / 'var' / 'db.sqlite'}")
@@ -141,7 +151,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     ok = all(r["returncode"] == 0 and r["accuracy_published"] >= 0.9 for r in results)
-    print("FSDP check:", "passed" if ok else "FAILED")
+    print("trainer check:", "passed" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 
 
