@@ -14,9 +14,11 @@ from services.backtest.runner import preflight
 from services.backtest.schedule import BacktestScheduler
 from services.backtest.schemas import BacktestConfig, RunOut
 from services.backtest.settings import BacktestSettings
+from services.common import idempotency
 from services.common.auth import Authorized
 from services.common.db.models import BacktestRun
 from services.common.errors import InvalidInput, NotFound
+from services.common.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["backtest"])
 
@@ -47,16 +49,26 @@ def run_out(run: BacktestRun) -> RunOut:
 
 
 @router.post("/backtests", status_code=status.HTTP_202_ACCEPTED, dependencies=[Authorized])
-async def start_backtest(config: BacktestConfig, request: Request) -> JSONResponse:
-    """Check the request at once (rows, adapters, leakage), then queue it; 202 with the run."""
+async def start_backtest(
+    config: BacktestConfig, request: Request, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Check the request at once (rows, adapters, leakage), then queue it; 202 with the run.
+    With an ``Idempotency-Key`` a repeat returns the run the key queued, and queues nothing."""
     settings = _settings(request)
-    await asyncio.to_thread(preflight, settings, config)
-    run_id = await asyncio.to_thread(_scheduler(request).submit, config, "api")
-    run = await asyncio.to_thread(store.get_run, settings.resolved_database_url, run_id)
+    key = idempotency.checked(idempotency_key)
+    url = settings.resolved_database_url
+    body = config.model_dump(mode="json")
+    known = await asyncio.to_thread(idempotency.replay, url, BacktestRun, key, body) if key else None
+    replayed = known is not None
+    if known is None:
+        await asyncio.to_thread(preflight, settings, config)
+        run_id, replayed = await asyncio.to_thread(_scheduler(request).submit, config, "api", key)
+        known = await asyncio.to_thread(store.get_run, url, run_id)
+    headers = {"Location": f"/v1/backtests/{known.id}"}
+    if replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
     return JSONResponse(
-        run_out(run).model_dump(mode="json"),
-        status_code=status.HTTP_202_ACCEPTED,
-        headers={"Location": f"/v1/backtests/{run_id}"},
+        run_out(known).model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED, headers=headers
     )
 
 

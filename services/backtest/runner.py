@@ -168,7 +168,7 @@ def run_backtest(
 
     url = settings.resolved_database_url
     if run_id is None:
-        run_id = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
+        run_id, _ = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
         store.start_attempt(url, run_id)
     try:
         report = build_report(settings, config, run_id)

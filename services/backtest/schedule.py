@@ -125,14 +125,21 @@ class BacktestScheduler:
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=False)
 
-    def submit(self, config: BacktestConfig, trigger: str = "api") -> int:
-        run_id = store.create_run(self.url, config.model_dump(mode="json"), trigger)
-        self._enqueue(run_id, delay_s=0)
-        return run_id
+    def submit(
+        self, config: BacktestConfig, trigger: str = "api", idempotency_key: str | None = None
+    ) -> tuple[int, bool]:
+        """Queue a run: (run id, whether the idempotency key had queued it already, in which
+        case nothing new is queued)."""
+        run_id, replayed = store.create_run(
+            self.url, config.model_dump(mode="json"), trigger, idempotency_key=idempotency_key
+        )
+        if not replayed:
+            self._enqueue(run_id, delay_s=0)
+        return run_id, replayed
 
     def run_rolling(self) -> None:
         """One scheduled run: recorded first, so even a failure to build its config is kept."""
-        run_id = store.create_run(self.url, {"title": "rolling backtest"}, "schedule")
+        run_id, _ = store.create_run(self.url, {"title": "rolling backtest"}, "schedule")
         self.attempt(run_id)
 
     def attempt(self, run_id: int) -> None:

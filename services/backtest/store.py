@@ -13,16 +13,23 @@ from sqlalchemy import select
 from services.common.db import session_scope
 from services.common.db.models import BacktestRun, utcnow
 from services.common.errors import NotFound
+from services.common.idempotency import create_once
 
 TERMINAL = ("succeeded", "failed")
 
 
-def create_run(url: str, config: dict[str, Any], trigger: str, state: str = "queued") -> int:
-    with session_scope(url) as session:
-        run = BacktestRun(state=state, trigger=trigger, config=config, attempts=0)
-        session.add(run)
-        session.flush()
-        return run.id
+def create_run(
+    url: str, config: dict[str, Any], trigger: str, state: str = "queued", idempotency_key: str | None = None
+) -> tuple[int, bool]:
+    """(run id, whether the idempotency key had created it already)."""
+    run, replayed = create_once(
+        url,
+        BacktestRun,
+        idempotency_key,
+        config,
+        lambda: BacktestRun(state=state, trigger=trigger, config=config, attempts=0),
+    )
+    return run.id, replayed
 
 
 def start_attempt(url: str, run_id: int) -> int:

@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 
+from services.common import idempotency
 from services.common.auth import Authorized
+from services.common.db.models import TrainingJob
 from services.common.http import create_app
+from services.common.idempotency import IdempotencyKey
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
 from services.trainer.run import prepare
@@ -28,18 +31,30 @@ def _settings(request: Request) -> TrainerSettings:
 
 
 @router.post("/jobs", status_code=201, dependencies=[Authorized])
-async def submit_job(config: TrainConfig, request: Request) -> JobOut:
-    """Validate the job (base model, rank, windows, classes, corpus) and queue it."""
+async def submit_job(
+    config: TrainConfig, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+) -> JobOut:
+    """Validate the job (base model, rank, windows, classes, corpus) and queue it. With an
+    ``Idempotency-Key`` a repeat returns the job the key queued, and queues nothing."""
     settings = _settings(request)
+    key = idempotency.checked(idempotency_key)
+    body = config.model_dump(mode="json")
+    if key is not None and (known := await asyncio.to_thread(_replay, settings, key, body)) is not None:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        return known
     prepared = await asyncio.to_thread(prepare, config, settings)  # raises InvalidInput -> 400
-    job = await asyncio.to_thread(
-        jobs.submit,
-        settings.resolved_database_url,
-        config.model_dump(mode="json"),
-        config.name,
-        prepared.total_steps,
+    job, replayed = await asyncio.to_thread(
+        jobs.submit_once, settings.resolved_database_url, body, config.name, prepared.total_steps, key
     )
+    if replayed:  # a concurrent request with the same key queued it first
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
     return JobOut.of(job)
+
+
+def _replay(settings: TrainerSettings, key: str, body: dict) -> JobOut | None:
+    """The job an earlier request with this key queued, before the costly checks run again."""
+    job = idempotency.replay(settings.resolved_database_url, TrainingJob, key, body)
+    return None if job is None else JobOut.of(job)
 
 
 @router.get("/jobs")

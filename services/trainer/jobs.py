@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from services.common.db import session_scope
 from services.common.db.models import TrainingJob, utcnow
 from services.common.errors import Conflict, NotFound
+from services.common.idempotency import create_once
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,20 @@ class Claim:
 
 
 def submit(database_url: str, config: dict[str, Any], adapter_name: str, total_steps: int) -> TrainingJob:
-    with session_scope(database_url) as session:
-        job = TrainingJob(state=QUEUED, config=config, adapter_name=adapter_name, total_steps=total_steps)
-        session.add(job)
-        session.flush()
-        return job
+    return submit_once(database_url, config, adapter_name, total_steps, None)[0]
+
+
+def submit_once(
+    database_url: str, config: dict[str, Any], adapter_name: str, total_steps: int, key: str | None
+) -> tuple[TrainingJob, bool]:
+    """Queue a job, once per idempotency key: (the job, whether the key had queued it already)."""
+    return create_once(
+        database_url,
+        TrainingJob,
+        key,
+        config,
+        lambda: TrainingJob(state=QUEUED, config=config, adapter_name=adapter_name, total_steps=total_steps),
+    )
 
 
 def get_job(database_url: str, job_id: int) -> TrainingJob:

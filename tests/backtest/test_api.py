@@ -57,6 +57,25 @@ def test_post_runs_a_backtest_and_serves_its_report(client: TestClient) -> None:
     assert 'hsig_backtest_runs_total{outcome="succeeded",trigger="api"}' in metrics
 
 
+def test_a_repeated_post_with_an_idempotency_key_starts_one_run(client: TestClient) -> None:
+    keyed = {**AUTH, "Idempotency-Key": "backtest-retry-1"}
+    first = client.post("/v1/backtests", json=BODY, headers=keyed)
+    assert first.status_code == 202, first.text
+    assert "idempotent-replayed" not in first.headers
+    again = client.post("/v1/backtests", json=BODY, headers=keyed)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == f"/v1/backtests/{first.json()['id']}"
+    other = client.post("/v1/backtests", json={**BODY, "title": "another"}, headers=keyed)
+    assert other.status_code == 409 and "different request" in other.json()["error"]["message"]
+    malformed = client.post("/v1/backtests", json=BODY, headers={**AUTH, "Idempotency-Key": "has space"})
+    assert malformed.status_code == 400 and malformed.json()["error"]["param"] == "Idempotency-Key"
+    assert _wait_for(client, first.json()["id"])["state"] == "succeeded"
+    assert [run["id"] for run in client.get("/v1/reports", params={"state": ""}).json()] == [
+        first.json()["id"]
+    ]
+
+
 def test_post_needs_the_token(client: TestClient) -> None:
     assert client.post("/v1/backtests", json=BODY).status_code == 401
     assert (

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from services.common.db import get_engine, session_scope
-from services.common.db.migrate import upgrade
+from services.common.db.migrate import alembic_config, upgrade
 from services.common.db.models import Base, Candle
 
 
@@ -24,7 +25,7 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     upgrade(db_url)
     with get_engine(db_url).connect() as connection:
         versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == ["0001"]
+    assert versions == [ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()] == ["0002"]
 
 
 def test_times_round_trip_as_aware_utc(db_url: str) -> None:
