@@ -88,15 +88,12 @@ def run(
         bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
         bar.refresh()
 
+    checkpoints = checkpoint_dir or settings.checkpoints_path / f"cli-{config.name}"
     if distributed:  # under a launcher: one process per device, DDP or FSDP
-        published = train_distributed(config, settings, LoopHooks(on_step=on_step), prepared)
+        published = train_distributed(config, settings, LoopHooks(on_step=on_step), prepared, checkpoints)
     else:
         published = train(
-            config,
-            settings,
-            checkpoint_dir=checkpoint_dir or settings.checkpoints_path / f"cli-{config.name}",
-            hooks=LoopHooks(on_step=on_step),
-            prepared=prepared,
+            config, settings, checkpoint_dir=checkpoints, hooks=LoopHooks(on_step=on_step), prepared=prepared
         )
     bar.close()
     if published is None:  # another rank published it

@@ -18,9 +18,12 @@ on CPU processes over gloo (where the suite tests it: accelerate's own FSDP refu
 
 Every optimizer step consumes ``optim.batch_size`` examples of the same seeded order a single
 process would: each rank takes every world-th example of that global batch. Only the main rank
-publishes and notifies. Not covered: DeepSpeed (refused with a clear error), QLoRA under FSDP
-(4-bit weights do not shard), and mid-run checkpoints under a launcher (a killed distributed job
-restarts from step 0).
+publishes and notifies. Checkpoints: every rank takes part in gathering the weights that train
+and the optimizer state (whole, so they reshard on resume), the main rank writes them with
+every rank's RNG state; a relaunch with the same strategy and process count resumes. The
+checkpoint directory must be one every rank can read (one machine, or shared storage). Not
+covered: DeepSpeed (refused with a clear error) and QLoRA under FSDP (4-bit weights do not
+shard).
 """
 
 from __future__ import annotations
@@ -166,6 +169,68 @@ class Parallel:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=options)
 
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint must have been written by to be resumed here."""
+        return {"strategy": self.strategy, "world": self.world}
+
+    def training_state(self, model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the weights that train, the optimizer's state), whole, on the main rank (collective
+        under a launcher: FSDP's shards are gathered; the other ranks get empty dicts)."""
+        if self.strategy == "single":
+            return _trainable_tensors(model), optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+        trains = {name for name, p in self.unwrap(model).named_parameters() if p.requires_grad}
+        return {name: t for name, t in model_state.items() if name in trains}, optimizer_state
+
+    def load_training_state(
+        self, model: Any, optimizer: Any, trainable: dict[str, Any], optimizer_state: dict[str, Any]
+    ) -> None:
+        """The inverse of ``training_state``; under a launcher every rank passes the whole
+        state (each read the checkpoint) and keeps its own shard of it."""
+        import torch
+
+        if self.strategy == "single":
+            parameters = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in trainable.items():
+                    parameters[name].copy_(tensor.to(parameters[name].device))
+            optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        options = StateDictOptions(full_state_dict=True, strict=False)  # frozen weights are not saved
+        set_state_dict(
+            model, optimizer, model_state_dict=trainable, optim_state_dict=optimizer_state, options=options
+        )
+
+    def rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random state (dropout draws differ per rank), indexed by rank."""
+        import torch
+
+        state = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        if self.world == 1:
+            return [state]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def restore_rng(self, states: list[dict[str, Any]]) -> None:
+        import torch
+
+        own = states[self.rank]
+        torch.set_rng_state(own["cpu"])
+        if own["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(own["cuda"])
+
     def wait(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -177,6 +242,10 @@ class Parallel:
 
         if self.strategy != "single" and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _trainable_tensors(model: Any) -> dict[str, Any]:
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def accelerate_launch_env(config_file: Path) -> dict[str, str]:

@@ -150,10 +150,6 @@ def _epoch_order(seed: int, epoch: int, size: int) -> list[int]:
     return torch.randperm(size, generator=generator).tolist()
 
 
-def _trainable_state(model: Any) -> dict[str, Any]:
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     """Write aside and rename: a kill mid-write leaves the previous checkpoint intact."""
     import torch
@@ -166,7 +162,11 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     return final
 
 
-def load_checkpoint(directory: Path | None, fingerprint: str) -> dict[str, Any] | None:
+def load_checkpoint(
+    directory: Path | None, fingerprint: str, layout: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The checkpoint a killed run of this job left, or None. ``layout``: the strategy and
+    process count it must have been written by (each rank resumes its own RNG stream)."""
     import torch
 
     if directory is None or not (directory / CHECKPOINT_FILE).is_file():
@@ -174,6 +174,15 @@ def load_checkpoint(directory: Path | None, fingerprint: str) -> dict[str, Any] 
     state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != fingerprint:
         log.warning("checkpoint in %s belongs to another configuration; starting afresh", directory)
+        return None
+    layout = layout or Parallel().layout
+    if state.get("layout") != layout:
+        log.warning(
+            "checkpoint in %s was written by %s, this run is %s; starting afresh",
+            directory,
+            state.get("layout"),
+            layout,
+        )
         return None
     return state
 
@@ -210,9 +219,6 @@ def run_loop(
 
     hooks = hooks or LoopHooks()
     parallel = parallel or Parallel()
-    if parallel.strategy != "single" and checkpoint_dir is not None:
-        log.warning("checkpoints are single-process only: a killed %s job restarts", parallel.strategy)
-        checkpoint_dir = None
     device = next(model.parameters()).device
     steps_per_epoch, total = total_steps_for(optim, len(train_set))
     model = parallel.wrap(model)  # before the optimizer: FSDP replaces the parameters with shards
@@ -220,9 +226,9 @@ def run_loop(
     optimizer = torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(optim, total))
     result = LoopResult(0, total, steps_per_epoch, 0.0, 0)
-    state = load_checkpoint(checkpoint_dir, fingerprint)
+    state = load_checkpoint(checkpoint_dir, fingerprint, parallel.layout)
     if state is not None:
-        _restore(model, optimizer, scheduler, state, result)
+        _restore(model, optimizer, scheduler, state, result, parallel)
         log.info("resumed from the checkpoint at step %d of %d", result.steps, total)
     else:
         torch.manual_seed(optim.seed)
@@ -250,45 +256,59 @@ def run_loop(
         if hooks.on_step:
             hooks.on_step(StepReport(result.steps, total, result.losses[-1], result.train_seconds))
         if checkpoint_dir is not None and result.steps % optim.checkpoint_every == 0 and result.steps < total:
-            path = save_checkpoint(checkpoint_dir, _state(model, optimizer, scheduler, result, fingerprint))
-            if hooks.on_checkpoint:
-                hooks.on_checkpoint(result.steps, path)
+            _checkpoint(checkpoint_dir, model, optimizer, scheduler, result, fingerprint, parallel, hooks)
         if hooks.should_stop and hooks.should_stop():
             raise Stopped(f"stopped at step {result.steps} of {total}")
     return result
 
 
-def _state(
-    model: Any, optimizer: Any, scheduler: Any, result: LoopResult, fingerprint: str
-) -> dict[str, Any]:
-    import torch
+def _checkpoint(
+    directory: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    result: LoopResult,
+    fingerprint: str,
+    parallel: Parallel,
+    hooks: LoopHooks,
+) -> None:
+    """Every rank takes part (the state is gathered); the main rank writes it."""
+    state = _state(model, optimizer, scheduler, result, fingerprint, parallel)
+    if state is not None:
+        path = save_checkpoint(directory, state)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(result.steps, path)
+    parallel.wait()  # no rank runs ahead of a checkpoint it may need to resume from
 
+
+def _state(
+    model: Any, optimizer: Any, scheduler: Any, result: LoopResult, fingerprint: str, parallel: Parallel
+) -> dict[str, Any] | None:
+    """The whole checkpoint on the main rank, None on the others."""
+    trainable, optimizer_state = parallel.training_state(model, optimizer)
+    rng = parallel.rng_states()
+    if not parallel.is_main:
+        return None
     return {
         "fingerprint": fingerprint,
+        "layout": parallel.layout,
         "step": result.steps,
         "tokens": result.tokens,
         "train_seconds": result.train_seconds,
         "losses": list(result.losses),
-        "trainable": _trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "trainable": trainable,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
-        "cpu_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": rng,
     }
 
 
-def _restore(model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], result: LoopResult) -> None:
-    import torch
-
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            parameters[name].copy_(tensor.to(parameters[name].device))
-    optimizer.load_state_dict(state["optimizer"])
+def _restore(
+    model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], result: LoopResult, parallel: Parallel
+) -> None:
+    parallel.load_training_state(model, optimizer, state["trainable"], state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["cpu_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    parallel.restore_rng(state["rng"])
     result.steps = int(state["step"])
     result.tokens = int(state["tokens"])
     result.train_seconds = float(state["train_seconds"])

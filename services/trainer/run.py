@@ -131,14 +131,17 @@ def train_distributed(
     settings: TrainerSettings | None = None,
     hooks: LoopHooks | None = None,
     prepared: Prepared | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> PublishedAdapter | None:
     """Under a launcher (accelerate launch, torchrun): every rank trains on its share of each
     batch, data-parallel or sharded (services.trainer.distributed); every rank evaluates, and
-    the main rank publishes (and returns what it published), the others return None."""
+    the main rank publishes (and returns what it published), the others return None. With
+    ``checkpoint_dir`` (one every rank reads) a relaunch of a killed job resumes."""
     parallel = Parallel.from_environment()
     try:
         parallel.check(config.method, config.optim.batch_size)
-        return _train(config, settings, None, hooks if parallel.is_main else None, prepared, parallel)
+        main_hooks = hooks if parallel.is_main else None
+        return _train(config, settings, checkpoint_dir, main_hooks, prepared, parallel)
     finally:
         parallel.close()
 

@@ -4,14 +4,17 @@ gloo: data-parallel (DDP) and sharded (FSDP2, as accelerate's FSDP launch config
 Exactly one adapter (or model) is published, by the main rank. What it published is scored
 again in a fresh single process: under FSDP each rank holds half of every weight, so a
 publish that saved the main rank's shards, or the weights before training, would fail here.
+A launch killed part-way resumes from its checkpoint when relaunched, to the same weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,9 +96,9 @@ def test_qlora_and_undersized_batches_are_refused_before_loading() -> None:
     sharded.check("lora", 8)
 
 
-def _launch(
+def _launch_command(
     strategy: str, config_path: Path, data_dir: Path, database_url: str
-) -> subprocess.CompletedProcess:
+) -> tuple[list[str], dict[str, str]]:
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     command += ["--master_port", str(free_port()), "-m", "services.cli", "train", "run", str(config_path)]
@@ -108,6 +111,13 @@ def _launch(
         "OMP_NUM_THREADS": "1",
         "ACCELERATE_USE_CPU": "1",
     }
+    return command, env
+
+
+def _launch(
+    strategy: str, config_path: Path, data_dir: Path, database_url: str
+) -> subprocess.CompletedProcess:
+    command, env = _launch_command(strategy, config_path, data_dir, database_url)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 
@@ -154,3 +164,86 @@ def test_two_processes_train_one_job_and_publish_it_once(
     assert accuracy(model, tokenizer, held_out_rows(planted_file, manifest)) >= 0.9
     saved = json.loads((Path(adapter.path) / "training_config.json").read_text())
     assert saved["method"] == method
+
+
+RESUME_STEPS, RESUME_EVERY = 120, 20
+
+
+def _checkpoint_step(path: Path) -> int:
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (FileNotFoundError, RuntimeError, EOFError):  # not written yet (it is renamed into place)
+        return 0
+
+
+def _kill_launch(launcher: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks at once, as a lost machine would. torchrun starts each
+    rank in a session of its own, so killing its process group alone would leave them running."""
+    import psutil
+
+    ranks = psutil.Process(launcher.pid).children(recursive=True)
+    for process in [psutil.Process(launcher.pid), *ranks]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    launcher.wait()
+    psutil.wait_procs(ranks, timeout=30)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_killed_two_process_job_resumes_from_its_checkpoint(
+    strategy: str, planted_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    data_dir = tmp_path / "var"
+    database_url = f"sqlite:///{data_dir / 'db.sqlite'}"
+    data_dir.mkdir()
+    upgrade(database_url)
+    optim = {
+        "max_steps": RESUME_STEPS,
+        "batch_size": 8,
+        "learning_rate": 5e-3,
+        "checkpoint_every": RESUME_EVERY,
+    }
+    config = lora_config(planted_file, tiny_model_dir, name="resumed", optim=optim, evaluate_accuracy=False)
+    config_path = tmp_path / "resumed.json"
+    config_path.write_text(config.model_dump_json())
+    checkpoint = data_dir / "checkpoints" / "cli-resumed" / "checkpoint.pt"
+
+    # Kill the whole launch (torchrun and both ranks) once two checkpoints are written, at a
+    # lower priority so that on a busy machine the kill still lands part-way.
+    command, env = _launch_command(strategy, config_path, data_dir, database_url)
+    doomed = subprocess.Popen(
+        command, env=env, cwd=REPO_ROOT, preexec_fn=lambda: os.nice(10),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpoint_step(checkpoint) < 2 * RESUME_EVERY and doomed.poll() is None:
+            assert time.monotonic() < deadline, "no second checkpoint"
+            time.sleep(0.05)
+    finally:
+        _kill_launch(doomed)
+    killed_at = _checkpoint_step(checkpoint)
+    assert 2 * RESUME_EVERY <= killed_at < RESUME_STEPS, "the kill did not land part-way"
+    assert not (data_dir / "adapters" / "resumed").exists()  # nothing half-published
+
+    result = _launch(strategy, config_path, data_dir, database_url)  # the same command again
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((data_dir / "adapters" / "resumed" / "v1" / "manifest.json").read_text())
+    resumed_from = manifest["extra"]["resumed_from_step"]
+    assert resumed_from >= 2 * RESUME_EVERY and resumed_from % RESUME_EVERY == 0
+    assert manifest["extra"]["steps"] == RESUME_STEPS and manifest["extra"]["parallelism"] == strategy
+    assert not checkpoint.parent.exists()  # cleaned up once published
+
+    # Resuming changed nothing: an uninterrupted launch of the same job gives the same weights.
+    straight_path = tmp_path / "straight.json"
+    straight_path.write_text(config.model_copy(update={"name": "straight"}).model_dump_json())
+    assert _launch(strategy, straight_path, data_dir, database_url).returncode == 0
+    resumed = load_file(data_dir / "adapters" / "resumed" / "v1" / "adapter_model.safetensors")
+    straight = load_file(data_dir / "adapters" / "straight" / "v1" / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    for name in resumed:
+        assert (resumed[name] - straight[name]).abs().max() <= 1e-6, name
