@@ -27,6 +27,12 @@ LAST_REPORT = Gauge("hsig_backtest_last_report_timestamp_seconds", "Unix time th
 RUNS = Counter(
     "hsig_backtest_runs_total", "Backtest run attempts, by trigger and outcome.", ["trigger", "outcome"]
 )
+SCHEDULED_SKIPPED = Counter(
+    "hsig_backtest_scheduled_skipped_total",
+    "Work this replica skipped because another replica had claimed it: a rolling-backtest cron fire"
+    " (job=rolling) or a run's attempt (job=run).",
+    ["job"],
+)
 
 
 def _set(gauge: Gauge, predictor: str, value: Any) -> None:

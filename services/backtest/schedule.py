@@ -6,11 +6,23 @@ at ERROR and counted in ``hsig_backtest_runs_total{outcome="failed"}``. Nothing 
 silently: runs left queued, running or retrying when the service stopped are picked up
 again when it starts. Bad input (an unknown adapter in an API request) is not retried; a
 scheduled run is, since the rows it lacked may have arrived by the next attempt.
+
+Several replicas may share one database. Each cron fire is claimed in ``schedule_claims``
+(slot: the fire time), so one replica runs it and the others skip it. Each attempt is claimed
+on the run itself (``store.claim_attempt``), so two replicas that both resume (or are both
+handed) a run start it once; the holder renews a heartbeat while it runs, and a run whose
+heartbeat is older than ``run_lease_s`` (its replica died) is taken over by the next replica
+that starts or sweeps (every half lease). Skips are logged at debug level and counted in
+``hsig_backtest_scheduled_skipped_total{job}``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -19,17 +31,21 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 
 from services.backtest import store
+from services.backtest.metrics_export import SCHEDULED_SKIPPED
 from services.backtest.predictors.registry import registered_adapters
 from services.backtest.runner import run_backtest
 from services.backtest.schemas import BASELINES, BacktestConfig, BaselineSpec, ServiceSpec
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
-from services.common.db.models import LabelledRow
+from services.common.db.models import LabelledRow, utcnow
 from services.common.errors import HsigError, InvalidInput, TemporaryError
+from services.common.schedule_claims import HOLDER, claim
 from services.common.schemas import BASE_MODEL_NAME, TrainingWindow
 
 log = logging.getLogger(__name__)
 ROLLING_JOB_ID = "rolling-backtest"
+ROLLING_CLAIM_JOB = "backtest-rolling"  # the job name its slots are claimed under
+SWEEP_JOB_ID = "sweep-orphaned-runs"
 
 
 def cron_trigger(expression: str) -> CronTrigger | None:
@@ -55,6 +71,26 @@ def cron_trigger(expression: str) -> CronTrigger | None:
             f"HSIG_SCHEDULE_CRON {expression!r} is not a crontab (5 fields, or 6 with seconds first): {exc}",
             param="schedule_cron",
         ) from exc
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
+    """The trigger's latest fire time at or before ``now``; None if it never fired in 2 years.
+
+    APScheduler does not hand a job the time it was scheduled for. A late fire (the one worker
+    thread was busy with another backtest) still names the fire it belongs to, or a later one
+    if more fires have passed since (coalesced: one run for the backlog, as the job runs).
+    Each replica reads its own clock: replicas agree on the slot unless their clocks differ
+    by about the time between two fires.
+    """
+    lookback = timedelta(seconds=1)
+    while lookback < timedelta(days=800):  # double back until a fire lies inside the window
+        fire = trigger.get_next_fire_time(None, now - lookback)
+        if fire is not None and fire <= now:
+            while (later := trigger.get_next_fire_time(fire, now)) is not None and later <= now:
+                fire = later
+            return fire.astimezone(UTC)
+        lookback *= 2
+    return None
 
 
 def rolling_config(settings: BacktestSettings) -> BacktestConfig:
@@ -104,7 +140,11 @@ class BacktestScheduler:
         self.settings = settings
         self.url = settings.resolved_database_url
         self.trigger = cron_trigger(settings.schedule_cron)  # bad cron fails at start-up
-        self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=UTC)
+        self.holder = f"{HOLDER}:{uuid.uuid4().hex[:8]}"  # this scheduler, among replicas
+        self.lease = timedelta(seconds=settings.run_lease_s)
+        # The sweep has its own thread: the worker may be busy with a backtest for a long time.
+        executors = {"default": ThreadPoolExecutor(1), "sweep": ThreadPoolExecutor(1)}
+        self.scheduler = BackgroundScheduler(executors=executors, timezone=UTC)
 
     def start(self) -> None:
         if self.trigger is not None:
@@ -117,8 +157,23 @@ class BacktestScheduler:
                 misfire_grace_time=None,  # late is better than skipped
             )
             log.info("rolling backtest scheduled: %s (UTC)", self.settings.schedule_cron)
+        self.scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self.settings.run_lease_s / 2,
+            id=SWEEP_JOB_ID,
+            executor="sweep",
+            coalesce=True,
+            max_instances=1,
+        )
         self.scheduler.start()
+        stale_before = utcnow() - self.lease
         for run in store.unfinished_runs(self.url):
+            if run.state == "running" and run.heartbeat_at is not None and run.heartbeat_at >= stale_before:
+                # Another replica runs it (or this host's last process did, and its lease has
+                # not run out yet: the sweep takes it over once it has).
+                log.info("backtest run %d is running on %s; not resumed", run.id, run.holder)
+                continue
             log.info("resuming backtest run %d (was %s)", run.id, run.state)
             self._enqueue(run.id, delay_s=0)
 
@@ -137,26 +192,76 @@ class BacktestScheduler:
             self._enqueue(run_id, delay_s=0)
         return run_id, replayed
 
-    def run_rolling(self) -> None:
-        """One scheduled run: recorded first, so even a failure to build its config is kept."""
+    def run_rolling(self, now: datetime | None = None) -> None:
+        """One scheduled run: recorded first, so even a failure to build its config is kept.
+
+        With a cron, the fire is claimed first (slot: the fire time, ``last_fire_time``); a
+        replica that loses the claim skips it. ``now`` is for tests.
+        """
+        if self.trigger is not None:
+            now = now or datetime.now(UTC)
+            fire = last_fire_time(self.trigger, now) or now.replace(second=0, microsecond=0)
+            slot = fire.isoformat(timespec="seconds")
+            if not claim(self.url, ROLLING_CLAIM_JOB, slot, self.holder):
+                log.debug("rolling backtest %s already claimed by another replica, skipped", slot)
+                SCHEDULED_SKIPPED.labels("rolling").inc()
+                return
         run_id, _ = store.create_run(self.url, {"title": "rolling backtest"}, "schedule")
         self.attempt(run_id)
 
     def attempt(self, run_id: int) -> None:
-        store.start_attempt(self.url, run_id)
-        run = store.get_run(self.url, run_id)
+        if store.claim_attempt(self.url, run_id, self.holder, stale_before=utcnow() - self.lease) is None:
+            log.debug("backtest run %d is another replica's (or finished), skipped", run_id)
+            SCHEDULED_SKIPPED.labels("run").inc()
+            return
+        with self._heartbeat(run_id):
+            run = store.get_run(self.url, run_id)
+            try:
+                if run.trigger == "schedule":  # each attempt looks at the newest rows and adapters
+                    config = rolling_config(self.settings)
+                    store.set_config(self.url, run_id, config.model_dump(mode="json"))
+                else:
+                    config = BacktestConfig.model_validate(run.config)
+                run_backtest(self.settings, config, trigger=run.trigger, run_id=run_id)
+            except Exception as exc:  # recorded and maybe retried: never a silent skip
+                message = exc.message if isinstance(exc, HsigError) else f"{type(exc).__name__}: {exc}"
+                # Bad input stays bad; a scheduled run may find the rows it lacked on the next try.
+                retry = run.trigger == "schedule" or isinstance(exc, TemporaryError)
+                self._failed(run_id, message, retry=retry)
+
+    def sweep(self) -> None:
+        """Queue here the runs whose replica seems gone (``store.orphaned_runs``)."""
         try:
-            if run.trigger == "schedule":  # each attempt looks at the newest rows and adapters
-                config = rolling_config(self.settings)
-                store.set_config(self.url, run_id, config.model_dump(mode="json"))
-            else:
-                config = BacktestConfig.model_validate(run.config)
-            run_backtest(self.settings, config, trigger=run.trigger, run_id=run_id)
-        except Exception as exc:  # recorded and maybe retried: never a silent skip
-            message = exc.message if isinstance(exc, HsigError) else f"{type(exc).__name__}: {exc}"
-            # Bad input stays bad; a scheduled run may find the rows it lacked on the next try.
-            retry = run.trigger == "schedule" or isinstance(exc, TemporaryError)
-            self._failed(run_id, message, retry=retry)
+            for run in store.orphaned_runs(self.url, self.settings.run_lease_s, self.settings.retry_delay_s):
+                if self.scheduler.get_job(f"run-{run.id}") is None:  # not already queued here
+                    log.info("taking over backtest run %d (%s, held by %s)", run.id, run.state, run.holder)
+                    self._enqueue(run.id, delay_s=0)
+        except Exception:  # the database may be down for a moment; the next sweep tries again
+            log.warning("sweeping orphaned backtest runs failed", exc_info=True)
+
+    @contextmanager
+    def _heartbeat(self, run_id: int) -> Iterator[None]:
+        """Renew this scheduler's claim on the run every quarter lease while the attempt runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.run_lease_s / 4):
+                try:
+                    if not store.heartbeat(self.url, run_id, self.holder):
+                        run = store.get_run(self.url, run_id)  # finished just now, or taken over?
+                        if run.state == "running" and run.holder != self.holder:
+                            log.warning("backtest run %d was taken over by %s", run_id, run.holder)
+                        return
+                except Exception:
+                    log.warning("heartbeat of backtest run %d failed", run_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, name=f"backtest-heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def _failed(self, run_id: int, message: str, retry: bool) -> None:
         attempts = store.get_run(self.url, run_id).attempts

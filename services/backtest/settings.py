@@ -36,3 +36,11 @@ class BacktestSettings(CommonSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Attempts of a scheduled run before it stays failed.")
     retry_delay_s: float = Field(300.0, ge=0, description="Wait before retrying a failed scheduled run.")
+    run_lease_s: float = Field(
+        120.0,
+        gt=0,
+        description=(
+            "A replica running a backtest renews its claim every quarter of this; a run not renewed "
+            "for this long (its replica died) is taken over by another replica."
+        ),
+    )

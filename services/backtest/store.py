@@ -1,14 +1,18 @@
 """Backtest runs in the database (``backtest_runs``): queued -> running -> succeeded | retrying | failed.
 
 Every state change is one short transaction, so a crash leaves a run in the state it had
-reached (a "running" run whose process died is picked up again by the scheduler's start).
+reached. Several scheduler replicas may share the database: an attempt starts only through
+``claim_attempt``, one conditional UPDATE, so exactly one replica runs each attempt. The
+replica running it renews ``heartbeat_at`` (``heartbeat``); a "running" run whose heartbeat
+lapsed (its process died) is claimable again, and ``orphaned_runs`` finds such runs.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 
 from services.common.db import session_scope
 from services.common.db.models import BacktestRun, utcnow
@@ -16,6 +20,7 @@ from services.common.errors import NotFound
 from services.common.idempotency import create_once
 
 TERMINAL = ("succeeded", "failed")
+WAITING = ("queued", "retrying")
 
 
 def create_run(
@@ -33,11 +38,85 @@ def create_run(
 
 
 def start_attempt(url: str, run_id: int) -> int:
-    """Mark the run running and count the attempt; returns the attempt number."""
+    """Mark the run running and count the attempt, whatever its state; returns the attempt
+    number. For a run this process has just created (``run_backtest`` without a scheduler);
+    a scheduler uses ``claim_attempt``."""
     with session_scope(url) as session:
         run = _get(session, run_id)
         run.state, run.attempts, run.started_at, run.error = "running", run.attempts + 1, utcnow(), None
         return run.attempts
+
+
+def claim_attempt(url: str, run_id: int, holder: str, stale_before: datetime) -> int | None:
+    """Start the run's next attempt for ``holder`` if nobody else runs it; the attempt number,
+    or None when another replica has it (or it has finished).
+
+    Claimable: a queued or retrying run; a running one whose heartbeat is older than
+    ``stale_before`` (its replica died) or absent (left running by ``run_backtest`` without a
+    scheduler, e.g. the CLI, or by a version before heartbeats). One UPDATE with that condition:
+    of replicas racing for a run, the first to write changes what the others' condition sees.
+    """
+    now = utcnow()
+    with session_scope(url) as session:
+        result = session.execute(
+            update(BacktestRun)
+            .where(
+                BacktestRun.id == run_id,
+                or_(
+                    BacktestRun.state.in_(WAITING),
+                    and_(
+                        BacktestRun.state == "running",
+                        or_(BacktestRun.heartbeat_at.is_(None), BacktestRun.heartbeat_at < stale_before),
+                    ),
+                ),
+            )
+            .values(
+                state="running",
+                attempts=BacktestRun.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                holder=holder,
+                error=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            _get(session, run_id)  # NotFound for a run that does not exist
+            return None
+        return session.scalar(select(BacktestRun.attempts).where(BacktestRun.id == run_id))
+
+
+def heartbeat(url: str, run_id: int, holder: str) -> bool:
+    """Renew ``holder``'s claim on a running run; False when it no longer holds it."""
+    with session_scope(url) as session:
+        result = session.execute(
+            update(BacktestRun)
+            .where(BacktestRun.id == run_id, BacktestRun.holder == holder, BacktestRun.state == "running")
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def orphaned_runs(url: str, lease_s: float, retry_delay_s: float) -> list[BacktestRun]:
+    """Unfinished runs nobody seems to be moving: running with a heartbeat older than the lease,
+    queued for longer than the lease, or retrying a lease past their retry time. Their replica
+    died (or is busy: a queued run another replica takes from its backlog is simply run there);
+    ``claim_attempt`` still decides who runs each."""
+    now = utcnow()
+    lease = timedelta(seconds=lease_s)
+    with session_scope(url) as session:
+        query = select(BacktestRun).where(
+            or_(
+                and_(BacktestRun.state == "running", BacktestRun.heartbeat_at < now - lease),
+                and_(BacktestRun.state == "queued", BacktestRun.created_at < now - lease),
+                and_(
+                    BacktestRun.state == "retrying",
+                    BacktestRun.finished_at < now - lease - timedelta(seconds=retry_delay_s),
+                ),
+            )
+        )
+        return list(session.scalars(query.order_by(BacktestRun.id)).all())
 
 
 def set_config(url: str, run_id: int, config: dict[str, Any]) -> None:

@@ -34,3 +34,8 @@ CANDLES = Counter(
     "Closed candles written per market source.",
     ["source"],
 )
+SCHEDULED_SKIPPED = Counter(
+    "hsig_ingest_scheduled_skipped_total",
+    "Scheduled slots this replica skipped because another replica had claimed them, by job.",
+    ["job"],
+)

@@ -263,3 +263,21 @@ class BacktestRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The scheduler (replica) running the current attempt, and when it last said so: a run whose
+    # heartbeat is older than HSIG_RUN_LEASE_S is taken over by another replica.
+    holder: Mapped[str | None] = mapped_column(String(128), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- scheduling ---------------------------------------------------------------------------
+
+
+class ScheduleClaim(Base):
+    """One replica's claim on one slot of a scheduled job: the key lets one insert land."""
+
+    __tablename__ = "schedule_claims"
+
+    job: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))  # hostname:pid (and a scheduler's id)
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
