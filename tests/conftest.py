@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from services.common.db.engine import get_engine, normalise_url
-from services.common.db.migrate import upgrade
+from services.common.db.migrate import alembic_config, upgrade
 from services.common.db.models import Base
 from services.common.settings import get_settings
 
@@ -74,6 +75,21 @@ def _truncate_all(url: str) -> None:
     with get_engine(url).begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
             connection.execute(table.delete())
+
+
+@contextmanager
+def stored_at(db_url: str, revision: str) -> Iterator[Connection]:
+    """The database as the migration ``revision`` left it: what is written through the
+    connection is stored the old way, then every later migration runs on it (on exit, even
+    after a failure, so the session's database is at head again)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(db_url), revision)
+    try:
+        with get_engine(db_url).begin() as connection:
+            yield connection
+    finally:
+        upgrade(db_url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -8,21 +8,38 @@ independent of it; the reproduce test uses the real one on the bundled data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
-from services.common.db.models import Adapter, Candle, Headline, LabelledRow
+from services.common.db.models import Adapter, BacktestRun, Candle, Headline, LabelledRow
 from services.common.schemas import AdapterManifest
 from services.common.settings import get_settings
 
 START = datetime(2019, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+
+
+def stored_runs(url: str) -> list[BacktestRun]:
+    """Every backtest run in the database, oldest first."""
+    with session_scope(url) as session:
+        return list(session.scalars(select(BacktestRun).order_by(BacktestRun.id)).all())
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the scheduler")
 
 
 def seed_market(url: str, hours: int = 400, headlines: int = 600, seed: int = 7) -> dict[str, int]:

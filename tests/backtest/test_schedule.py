@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from services.backtest.schedule import BacktestScheduler, cron_trigger, rolling_config
 from services.backtest.settings import BacktestSettings
-from services.common.db import session_scope
-from services.common.db.models import BacktestRun
 from services.common.errors import InvalidInput
-from tests.backtest.conftest import START, register_adapter, seed_market
-
-
-def _runs(url: str) -> list[BacktestRun]:
-    with session_scope(url) as session:
-        return list(session.scalars(select(BacktestRun).order_by(BacktestRun.id)).all())
-
-
-def _wait(condition, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for the scheduler")
+from tests.backtest.conftest import START, register_adapter, seed_market, stored_runs, wait_until
 
 
 @pytest.fixture
@@ -50,10 +32,10 @@ def test_schedule_fires_and_a_report_appears(fast_settings: BacktestSettings) ->
     scheduler = BacktestScheduler(fast_settings)
     scheduler.start()
     try:
-        _wait(lambda: any(run.state == "succeeded" for run in _runs(url)))
+        wait_until(lambda: any(run.state == "succeeded" for run in stored_runs(url)))
     finally:
         scheduler.shutdown()
-    run = next(run for run in _runs(url) if run.state == "succeeded")
+    run = next(run for run in stored_runs(url) if run.state == "succeeded")
     assert run.trigger == "schedule"
     assert Path(run.html_path).read_text().count('id="summary"') == 1
     assert run.config["title"] == "Rolling 3-day backtest"
@@ -68,15 +50,15 @@ def test_failed_run_is_recorded_and_retried(fast_settings: BacktestSettings) -> 
     scheduler.start()
     try:
         scheduler.run_rolling()
-        first = _runs(url)[0]
+        first = stored_runs(url)[0]
         assert first.state == "retrying" and first.attempts == 1
         assert "no labelled rows" in first.error
         seed_market(url)  # the data arrives before the retry
-        _wait(lambda: _runs(url)[0].state == "succeeded")
+        wait_until(lambda: stored_runs(url)[0].state == "succeeded")
     finally:
         scheduler.shutdown()
-    run = _runs(url)[0]
-    assert run.attempts >= 2 and run.error is None and len(_runs(url)) == 1
+    run = stored_runs(url)[0]
+    assert run.attempts >= 2 and run.error is None and len(stored_runs(url)) == 1
 
 
 def test_run_stays_failed_after_its_last_attempt(fast_settings: BacktestSettings) -> None:
@@ -86,10 +68,10 @@ def test_run_stays_failed_after_its_last_attempt(fast_settings: BacktestSettings
     scheduler.start()
     try:
         scheduler.run_rolling()
-        _wait(lambda: _runs(url)[0].state == "failed")
+        wait_until(lambda: stored_runs(url)[0].state == "failed")
     finally:
         scheduler.shutdown()
-    run = _runs(url)[0]
+    run = stored_runs(url)[0]
     assert run.attempts == 2 and "no labelled rows" in run.error
 
 

@@ -27,21 +27,7 @@ from services.backtest.schemas import BacktestConfig, BaselineSpec
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.models import BacktestRun, ScheduleClaim, utcnow
-from tests.backtest.conftest import START, seed_market
-
-
-def _runs(url: str) -> list[BacktestRun]:
-    with session_scope(url) as session:
-        return list(session.scalars(select(BacktestRun).order_by(BacktestRun.id)).all())
-
-
-def _wait(condition, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the schedulers")
+from tests.backtest.conftest import START, seed_market, stored_runs, wait_until
 
 
 def _skipped(job: str) -> float:
@@ -114,11 +100,11 @@ def test_two_replicas_firing_one_minute_create_one_run(settings: BacktestSetting
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(fire, range(8)))
-    runs = _runs(url)
+    runs = stored_runs(url)
     assert [(run.trigger, run.state, run.attempts) for run in runs] == [("schedule", "succeeded", 1)]
     assert _skipped("rolling") - skipped == 7
     replicas[1].run_rolling(now=minute + timedelta(minutes=1, seconds=2))  # the next minute's fire
-    assert [run.state for run in _runs(url)] == ["succeeded", "succeeded"]
+    assert [run.state for run in stored_runs(url)] == ["succeeded", "succeeded"]
     with session_scope(url) as session:
         slots = session.scalars(
             select(ScheduleClaim.slot).where(ScheduleClaim.job == ROLLING_CLAIM_JOB)
@@ -141,7 +127,7 @@ def test_two_running_replicas_run_each_fire_once(settings: BacktestSettings, att
         fires = session.scalars(
             select(ScheduleClaim.slot).where(ScheduleClaim.job == ROLLING_CLAIM_JOB)
         ).all()
-    runs = _runs(url)
+    runs = stored_runs(url)
     assert len(fires) >= 2 and len(runs) == len(fires)  # one run per claimed fire
     assert set(attempts.values()) == {1} and len(attempts) == len(runs)
     assert all(run.state == "succeeded" and run.attempts == 1 for run in runs)
@@ -166,12 +152,12 @@ def test_replicas_starting_together_run_each_unfinished_run_once(
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(boot, replicas))
-        _wait(lambda: all(run.state == "succeeded" for run in _runs(url)))
+        wait_until(lambda: all(run.state == "succeeded" for run in stored_runs(url)))
     finally:
         for replica in replicas:
             replica.shutdown()
     assert attempts == dict.fromkeys([*queued, retrying, crashed], 1)
-    by_id = {run.id: run for run in _runs(url)}
+    by_id = {run.id: run for run in stored_runs(url)}
     assert [by_id[run_id].attempts for run_id in queued] == [1, 1, 1, 1]
     assert by_id[retrying].attempts == by_id[crashed].attempts == 2
     assert {by_id[run_id].holder for run_id in by_id} <= {replica.holder for replica in replicas}
@@ -217,13 +203,13 @@ def test_a_dead_replicas_run_is_taken_over_and_a_live_ones_is_not(
     replica = BacktestScheduler(settings)
     replica.start()
     try:
-        _wait(lambda: store.get_run(url, dead).state == "succeeded")
+        wait_until(lambda: store.get_run(url, dead).state == "succeeded")
         time.sleep(2.0)  # five sweeps
         run = store.get_run(url, live)
         assert (run.state, run.attempts, run.holder) == ("running", 1, "alive:2")
         alive.set()  # the live replica dies: its lease runs out and a sweep takes the run over
         beating.join()
-        _wait(lambda: store.get_run(url, live).state == "succeeded", timeout_s=20)
+        wait_until(lambda: store.get_run(url, live).state == "succeeded", timeout_s=20)
     finally:
         replica.shutdown()
     assert attempts == {dead: 1, live: 1}
@@ -241,7 +227,7 @@ def test_a_long_attempt_keeps_its_run_through_heartbeats(
     second.start()
     try:
         run_id = first.submit(BacktestConfig(start=START, predictors=[BaselineSpec(name="majority")]))[0]
-        _wait(lambda: store.get_run(url, run_id).state == "succeeded")
+        wait_until(lambda: store.get_run(url, run_id).state == "succeeded")
     finally:
         first.shutdown()
         second.shutdown()

@@ -7,14 +7,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from alembic import command
 from sqlalchemy import func, select, text
 
-from services.common.db import get_engine, session_scope
-from services.common.db.migrate import alembic_config, upgrade
+from services.common.db import session_scope
 from services.common.db.models import TrainingJob
 from services.common.errors import Conflict, InvalidInput
 from services.common.idempotency import checked, create_once
+from tests.conftest import stored_at
 
 BODY = {"name": "job", "optim": {"max_steps": 10}}
 
@@ -65,17 +64,13 @@ def test_well_formed_keys_pass() -> None:
 
 
 def test_the_migration_keeps_rows_stored_before_it(db_url: str) -> None:
-    command.downgrade(alembic_config(db_url), "0001")
-    try:
-        with get_engine(db_url).begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO training_jobs (state, config, step, total_steps, attempts, metrics, created_at)"
-                    " VALUES ('queued', '{}', 0, 5, 0, '{}', CURRENT_TIMESTAMP)"
-                )
+    with stored_at(db_url, "0001") as connection:
+        connection.execute(
+            text(
+                "INSERT INTO training_jobs (state, config, step, total_steps, attempts, metrics, created_at)"
+                " VALUES ('queued', '{}', 0, 5, 0, '{}', CURRENT_TIMESTAMP)"
             )
-    finally:
-        upgrade(db_url)
+        )
     with session_scope(db_url) as session:
         job = session.scalars(select(TrainingJob)).one()
     assert job.total_steps == 5 and job.idempotency_key is None

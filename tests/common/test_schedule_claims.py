@@ -8,14 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from alembic import command
 from sqlalchemy import inspect, select, text
 
 from services.common import schedule_claims
-from services.common.db import get_engine, session_scope
-from services.common.db.migrate import alembic_config, upgrade
+from services.common.db import session_scope
 from services.common.db.models import BacktestRun, ScheduleClaim, utcnow
 from services.common.schedule_claims import claim, prune
+from tests.conftest import stored_at
 
 
 def _claims(url: str) -> list[tuple[str, str, str]]:
@@ -75,19 +74,14 @@ def test_winning_claims_prune_now_and_then(db_url: str, monkeypatch: pytest.Monk
 
 
 def test_the_migration_keeps_rows_stored_before_it(db_url: str) -> None:
-    command.downgrade(alembic_config(db_url), "0002")
-    try:
-        engine = get_engine(db_url)
-        assert "schedule_claims" not in inspect(engine).get_table_names()
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    'INSERT INTO backtest_runs (state, "trigger", config, attempts, summary, created_at)'
-                    " VALUES ('running', 'api', '{}', 1, '{}', CURRENT_TIMESTAMP)"
-                )
+    with stored_at(db_url, "0002") as connection:
+        assert "schedule_claims" not in inspect(connection).get_table_names()
+        connection.execute(
+            text(
+                'INSERT INTO backtest_runs (state, "trigger", config, attempts, summary, created_at)'
+                " VALUES ('running', 'api', '{}', 1, '{}', CURRENT_TIMESTAMP)"
             )
-    finally:
-        upgrade(db_url)
+        )
     with session_scope(db_url) as session:
         run = session.scalars(select(BacktestRun)).one()
     assert (run.state, run.attempts, run.holder, run.heartbeat_at) == ("running", 1, None, None)
