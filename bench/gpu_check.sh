@@ -7,7 +7,7 @@
 # sqlalchemy, annotated_types, typing_inspection, alembic, mako, peft, bitsandbytes) and $OUT,
 # the folder whose files come back. Budget: about 8 minutes in all: the FSDP check first (at
 # most 150 s), the trainer's QLoRA check (at most 100 s), then the benchmark, which ends by
-# BENCH_DEADLINE_S (480 s after the start; `timeout` enforces it). It took 4 to 5 min on an H200.
+# BENCH_DEADLINE_S (480 s after the start; `timeout` enforces it). It took 5.5 min on an H200.
 #
 # Files in $OUT (at most 8):
 #   gpu_fsdp.log, gpu_fsdp.json     bench/gpu_trainer_check.py --launch fsdp: output and rows
