@@ -51,22 +51,15 @@ def launch_command(args: argparse.Namespace, job: Path) -> tuple[list[str], dict
 
 
 def run_job(args: argparse.Namespace, method: str, work: Path, rows: Path, model_dir: Path) -> dict:
-    from services.trainer.config import TrainConfig
+    """One job as the suite's trainer tests define it (tests/trainer/conftest.py), launched as
+    asked; what it published is scored again here (tests/trainer/test_training.py)."""
+    from services.common.schemas import AdapterManifest
+    from tests.trainer.conftest import FULL_OPTIM, LORA_OPTIM, lora_config
+    from tests.trainer.test_training import published_accuracy
 
     name = f"{args.launch}-{method}"
-    optim = {"max_steps": 75, "batch_size": 8, "learning_rate": 5e-3, "schedule": "constant", "seed": 0}
-    if method == "full":
-        optim = {"max_steps": 40, "batch_size": 8, "learning_rate": 1e-3}
-    config = TrainConfig.model_validate(
-        {
-            "name": name,
-            "base_model": str(model_dir),
-            "method": method,
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "data": {"source": "file", "path": str(rows)},
-            "optim": optim,
-        }
-    )
+    optim = FULL_OPTIM if method == "full" else LORA_OPTIM
+    config = lora_config(rows, model_dir, name=name, method=method, optim=optim)
     job = work / f"{name}.json"
     job.write_text(config.model_dump_json())
     command, launch_env = launch_command(args, job)
@@ -79,36 +72,19 @@ def run_job(args: argparse.Namespace, method: str, work: Path, rows: Path, model
         row["error"] = (done.stderr.strip().splitlines() or ["(no stderr)"])[-12:]
         return row
     published = work / "var" / "adapters" / name / "v1"
-    manifest = json.loads((published / "manifest.json").read_text())
-    extra = manifest["extra"]
+    manifest = AdapterManifest.model_validate_json((published / "manifest.json").read_text())
+    extra = manifest.extra
     row.update(
         processes=extra["processes"],
         parallelism=extra["parallelism"],
         device=extra["device"],
         dtype=extra["dtype"],
-        peak_memory_gib=manifest["peak_memory_bytes"] / 2**30,
-        peak_memory_kind=manifest["peak_memory_kind"],
+        peak_memory_gib=manifest.peak_memory_bytes / 2**30,
+        peak_memory_kind=manifest.peak_memory_kind,
         accuracy_on_ranks=extra["evaluation"]["accuracy"],
-        accuracy_published=rescore(published, method, model_dir, rows, manifest),
+        accuracy_published=published_accuracy(published, model_dir, rows, manifest),
     )
     return row
-
-
-def rescore(published: Path, method: str, model_dir: Path, rows: Path, manifest: dict) -> float:
-    """Held-out accuracy of what was published, loaded in this process with plain transformers
-    and peft: proof that the gathered weights are the trained ones."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from services.common.schemas import AdapterManifest
-    from tests.trainer.test_training import accuracy, held_out_rows
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if method == "full":
-        model = AutoModelForCausalLM.from_pretrained(published)  # a complete model directory
-    else:
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), published)
-    return accuracy(model, tokenizer, held_out_rows(rows, AdapterManifest.model_validate(manifest)))
 
 
 def main() -> None:

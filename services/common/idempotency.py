@@ -45,15 +45,11 @@ def checked(key: str | None) -> str | None:
     return key
 
 
-def find(database_url: str, model: type[Row], key: str) -> Row | None:
-    with session_scope(database_url) as session:
-        return session.scalars(select(model).where(model.idempotency_key == key)).one_or_none()  # type: ignore[attr-defined]
-
-
 def replay(database_url: str, model: type[Row], key: str, body: dict[str, Any]) -> Row | None:
     """The row an earlier request with this key created (checked to be the same request), or
     None: lets a service answer a repeat before re-running its costly checks."""
-    existing = find(database_url, model, key)
+    with session_scope(database_url) as session:
+        existing = session.scalars(select(model).where(model.idempotency_key == key)).one_or_none()  # type: ignore[attr-defined]
     return None if existing is None else _same_request(existing, key, body)
 
 
@@ -61,9 +57,8 @@ def create_once(
     database_url: str, model: type[Row], key: str | None, body: dict[str, Any], make: Callable[[], Row]
 ) -> tuple[Row, bool]:
     """(the row, whether it already existed). ``make`` builds the new row; ``body`` is what the
-    row stores as its ``config``, compared with a replay's."""
-    if key is not None and (existing := replay(database_url, model, key, body)) is not None:
-        return existing, True
+    row stores as its ``config``, compared with a replay's. The insert comes first: the unique
+    key decides, and only a repeat pays for reading the row it collided with."""
     try:
         with session_scope(database_url) as session:
             row = make()
@@ -72,10 +67,10 @@ def create_once(
             session.flush()
             return row, False
     except IntegrityError:
-        winner = find(database_url, model, key) if key is not None else None
-        if winner is None:
+        existing = replay(database_url, model, key, body) if key is not None else None
+        if existing is None:
             raise
-        return _same_request(winner, key, body), True  # type: ignore[arg-type]
+        return existing, True
 
 
 def _same_request(row: Row, key: str, body: dict[str, Any]) -> Row:

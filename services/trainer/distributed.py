@@ -130,13 +130,6 @@ class Parallel:
         """This rank's share of one global batch."""
         return indices[self.rank :: self.world]
 
-    def clip(self, parameters: list[Any], max_norm: float) -> None:
-        """Clip by the norm over every rank's gradients (FSDP's are DTensor shards; torch's
-        clip_grad_norm_ reduces their norm across ranks)."""
-        import torch
-
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-
     def mean(self, value: float) -> float:
         """The mean of a per-rank figure (the loss each rank saw) over every rank."""
         return self._all_reduce(value) / self.world

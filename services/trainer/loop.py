@@ -245,7 +245,9 @@ def run_loop(
             loss = answer_loss(model, batch)
         loss.backward()
         if optim.max_grad_norm:
-            parallel.clip(trainable, optim.max_grad_norm)
+            # Under FSDP the gradients are DTensor shards; clip_grad_norm_ reduces their norm
+            # across ranks, so every rank clips by the same global norm.
+            torch.nn.utils.clip_grad_norm_(trainable, optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

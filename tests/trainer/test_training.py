@@ -18,7 +18,7 @@ from services.trainer.datasets import load_rows_from_file
 from services.trainer.publish import weights_sha256
 from services.trainer.run import train
 from services.trainer.settings import TrainerSettings
-from tests.trainer.conftest import lora_config
+from tests.trainer.conftest import FULL_OPTIM, lora_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,22 @@ def accuracy(model, tokenizer, rows) -> float:  # type: ignore[no-untyped-def]
         model, tokenizer, prompts, TREND_LABELS, bos_id=bos_id_of(tokenizer)
     )
     return sum(best_label(p) == r.label for p, r in zip(probabilities, rows, strict=True)) / len(rows)
+
+
+def published_accuracy(
+    published: Path, base_dir: Path, planted_file: Path, manifest: AdapterManifest
+) -> float:
+    """Held-out accuracy of what was published, loaded afresh with plain transformers (a full
+    model directory) or peft (an adapter on ``base_dir``)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if manifest.method == "full":
+        model = AutoModelForCausalLM.from_pretrained(published)
+    else:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), published)
+    return accuracy(model, tokenizer, held_out_rows(planted_file, manifest))
 
 
 def test_lora_learns_the_planted_rule(published_lora, planted_file: Path, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -88,22 +104,21 @@ def test_the_published_adapter_is_complete_and_registered(
 def test_full_fine_tuning_runs_and_publishes_a_model(
     session_trainer_settings: TrainerSettings, planted_file: Path, tiny_model_dir: Path
 ) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     config = lora_config(
         planted_file,
         tiny_model_dir,
         name="planted-full",
         method="full",
-        optim={"max_steps": 40, "batch_size": 8, "learning_rate": 1e-3},
+        optim=FULL_OPTIM,
     )
     published = train(config, session_trainer_settings)
     manifest = published.manifest
     assert manifest.lora is None and manifest.trainable_parameters == manifest.total_parameters
     assert manifest.extra["validation_loss_after"] < manifest.extra["validation_loss_before"]
-    model = AutoModelForCausalLM.from_pretrained(published.path)  # a complete model directory
-    tokenizer = AutoTokenizer.from_pretrained(published.path)
-    assert accuracy(model, tokenizer, held_out_rows(planted_file, manifest)) >= 0.9
+    AutoTokenizer.from_pretrained(published.path)  # a complete model directory carries its tokenizer
+    assert published_accuracy(published.path, tiny_model_dir, planted_file, manifest) >= 0.9
 
 
 def test_publishing_registers_new_versions(
