@@ -9,7 +9,19 @@ import pytest
 
 from tests.deploy.conftest import DEPLOY, REPO_ROOT
 
+# The variables compose refuses to start without. The Hugging Face token is not one of them: it
+# is a secret file, and deploy/no-hf-token (empty) stands in when there is none.
 SECRETS = {"POSTGRES_PASSWORD": "pw", "HSIG_API_TOKEN": "tok", "GRAFANA_ADMIN_PASSWORD": "gf"}
+GPU_SERVICES = ("trainer", "inference")
+TOKEN_TARGET = "/run/secrets/hf_token"
+# What inference's engines take of their GPU: Ray shares and vLLM memory (services/inference/settings.py).
+FULL_MODEL_SETTINGS = (
+    "HSIG_MAX_FULL_MODELS",
+    "HSIG_FULL_MODEL_NUM_GPUS",
+    "HSIG_FULL_MODEL_NUM_CPUS",
+    "HSIG_FULL_MODEL_GPU_MEMORY_UTILIZATION",
+    "HSIG_FULL_MODEL_KV_CACHE_GIB",
+)
 
 
 def _compose(compose_bin: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -23,11 +35,15 @@ def _compose(compose_bin: str, *args: str, env: dict[str, str]) -> subprocess.Co
     )
 
 
-@pytest.fixture(scope="module")
-def compose_model(compose_bin: str) -> dict:
-    result = _compose(compose_bin, "config", "--format", "json", env=SECRETS)
+def _model(compose_bin: str, **env: str) -> dict:
+    result = _compose(compose_bin, "config", "--format", "json", env={**SECRETS, **env})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def compose_model(compose_bin: str) -> dict:
+    return _model(compose_bin)
 
 
 def test_compose_file_is_valid(compose_bin: str) -> None:
@@ -65,6 +81,97 @@ def test_services_share_volumes_and_wait_for_migrations(compose_model: dict) -> 
         service = compose_model["services"][name]
         assert any(volume["source"] == "hsig-data" for volume in service["volumes"]), name
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_hf_token_is_a_secret_file_mounted_only_into_trainer_and_inference(
+    compose_bin: str, compose_model: dict
+) -> None:
+    assert compose_model["secrets"]["hf_token"]["file"] == str(DEPLOY / "no-hf-token")
+    assert (DEPLOY / "no-hf-token").stat().st_size == 0, "no-hf-token must stay empty: it is committed"
+    for name, service in compose_model["services"].items():
+        mounted = [(secret["source"], secret["target"]) for secret in service.get("secrets", [])]
+        assert mounted == ([("hf_token", TOKEN_TARGET)] if name in GPU_SERVICES else []), name
+    for name in GPU_SERVICES:  # huggingface_hub reads the token from the file this names
+        assert compose_model["services"][name]["environment"]["HF_TOKEN_PATH"] == TOKEN_TARGET
+    chosen = _model(compose_bin, HF_TOKEN_FILE="/etc/headline-signal/hf_token", HF_TOKEN="hf_in_the_shell")
+    assert chosen["secrets"]["hf_token"]["file"] == "/etc/headline-signal/hf_token"
+    for name, service in chosen["services"].items():  # a token in the shell reaches no container
+        environment = service.get("environment", {})
+        assert "HF_TOKEN" not in environment and "hf_in_the_shell" not in json.dumps(environment), name
+    # .env goes whole into every service (env_file): it must not invite a token.
+    assert not any(line.startswith("HF_TOKEN=") for line in (DEPLOY / "env.example").read_text().splitlines())
+
+
+def test_trainer_and_inference_share_one_model_cache_and_stay_online(compose_bin: str) -> None:
+    # The Makefile exports HF_HUB_OFFLINE=1 for local runs; a shell that has it must not leak into compose.
+    services = _model(compose_bin, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")["services"]
+    for name in GPU_SERVICES:
+        service = services[name]
+        cache = [volume["target"] for volume in service["volumes"] if volume["source"] == "model-cache"]
+        assert cache == ["/var/cache/hsig"], name
+        environment = service["environment"]
+        assert environment["HF_HOME"].startswith("/var/cache/hsig/"), name
+        assert environment["HF_HUB_OFFLINE"] == environment["TRANSFORMERS_OFFLINE"] == "0", name
+        assert service["depends_on"]["model-cache-init"]["condition"] == "service_completed_successfully"
+    # A new volume is root's: the one-shot hands it to the services' uid before they start.
+    owner = services["model-cache-init"]
+    assert owner["user"] == "0:0" and owner["entrypoint"] == ["chown", "10001:10001", "/var/cache/hsig"]
+    for name in ("ingest", "backtest", "migrate"):
+        assert all(volume["source"] != "model-cache" for volume in services[name].get("volumes", [])), name
+
+
+def test_gpu_device_ids_come_from_the_settings(compose_bin: str, compose_model: dict) -> None:
+    def devices(model: dict, name: str) -> list[dict]:
+        return model["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+
+    for name in GPU_SERVICES:  # one GPU by default, shared by both; ids and count exclude each other
+        assert devices(compose_model, name) == [
+            {"capabilities": ["gpu"], "driver": "nvidia", "device_ids": ["0"]}
+        ]
+    split = _model(compose_bin, HSIG_TRAINER_GPUS="0,1,2,3", HSIG_INFERENCE_GPUS="4,5,6,7")
+    assert devices(split, "trainer")[0]["device_ids"] == ["0,1,2,3"]
+    assert devices(split, "inference")[0]["device_ids"] == ["4,5,6,7"]
+
+
+def test_inference_carries_the_full_model_settings_and_its_defaults_fit_one_gpu(
+    compose_bin: str, compose_model: dict
+) -> None:
+    from services.inference.settings import InferenceSettings
+
+    environment = compose_model["services"]["inference"]["environment"]
+    assert set(FULL_MODEL_SETTINGS) <= set(environment)
+    # Every HSIG_ variable set for inference alone (not the shared block every service gets) is
+    # a real inference setting, and its value is valid for it.
+    shared = set(compose_model["services"]["ingest"]["environment"]) - {"HSIG_PORT"}
+    own = {
+        key.removeprefix("HSIG_").lower(): value
+        for key, value in environment.items()
+        if key.startswith("HSIG_") and key not in shared
+    }
+    assert set(own) <= set(InferenceSettings.model_fields), set(own) - set(InferenceSettings.model_fields)
+    settings = InferenceSettings(**own)
+    # The defaults: one GPU shared by the base model's engine, one full fine-tune's and the trainer.
+    assert settings.replica_num_gpus + settings.max_full_models * settings.full_model_num_gpus <= 1
+    engines_memory = (
+        settings.gpu_memory_utilization
+        + settings.max_full_models * settings.full_model_gpu_memory_utilization
+    )
+    assert engines_memory <= 0.5, "the trainer on the same GPU keeps at least half of its memory"
+    chosen = _model(compose_bin, HSIG_MAX_FULL_MODELS="3", HSIG_FULL_MODEL_NUM_GPUS="1")
+    assert chosen["services"]["inference"]["environment"]["HSIG_MAX_FULL_MODELS"] == "3"
+    assert chosen["services"]["inference"]["environment"]["HSIG_FULL_MODEL_NUM_GPUS"] == "1"
+
+
+def test_backtest_has_no_gpu_and_scores_through_inference(compose_model: dict) -> None:
+    backtest = compose_model["services"]["backtest"]
+    assert backtest["image"].startswith("headline-signal/service:")  # the slim image: no torch
+    assert "devices" not in backtest.get("deploy", {}).get("resources", {}).get("reservations", {})
+    assert "secrets" not in backtest
+    environment = backtest["environment"]
+    assert environment["HSIG_INFERENCE_URL"] == "http://inference:8000"
+    assert environment["HSIG_API_TOKEN"] == SECRETS["HSIG_API_TOKEN"]
+    assert environment["DATABASE_URL"].startswith("postgresql://")  # the adapters table names what exists
+    assert backtest["depends_on"]["inference"]["condition"] == "service_healthy"
 
 
 def test_no_secret_is_baked_into_an_image() -> None:

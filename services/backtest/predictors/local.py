@@ -4,10 +4,15 @@ The same scoring function as the trainer's evaluation and the same prompts as se
 (``services.common.scoring.score_with_transformers``): whole-label log-probabilities
 normalised over Increase/Decrease. Useful for full fine-tunes, for adapters before they are
 deployed, and for reproducing the research note without a server.
+
+It needs torch, transformers (and peft for an adapter): the GPU image has them, the slim image
+(ingest, backtest) does not. Their absence is bad input, said in one line when the predictor is
+built, which the API's preflight and the run both do before any row is scored.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +29,40 @@ from services.common.schemas import AdapterManifest
 
 log = logging.getLogger(__name__)
 
+SCORING_PACKAGES = ("torch", "transformers", "peft")
+
+
+def _missing(packages: tuple[str, ...]) -> list[str]:
+    # find_spec looks without importing: torch and transformers take seconds to import, and this
+    # runs in the API's preflight. A name blocked in sys.modules (None) counts as missing, as
+    # Python's own import would treat it.
+    missing = []
+    for package in packages:
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a broken parent package, or a module without a spec
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def require_scoring_packages(packages: tuple[str, ...] = SCORING_PACKAGES) -> None:
+    """InvalidInput naming what is missing, and what to use instead, if in-process scoring cannot run."""
+    missing = _missing(packages)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise InvalidInput(
+            f"the local predictor scores in-process and needs {_words(list(packages))} (the GPU "
+            f"image's packages); {_words(missing)} {verb} not installed here: use kind 'service' to "
+            "score through the inference service",
+            param="kind",
+        )
+
+
+def _words(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
 
 @dataclass
 class LocalPredictor:
@@ -32,6 +71,18 @@ class LocalPredictor:
     adapter_dir: str | None = None
     batch_size: int = 16
     kind: str = "local"
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the import inside _load: the factory builds every predictor before
+        # the API queues a run (preflight) and before the first predictor scores, so a host without
+        # the packages hears it at once instead of from a run that fails part-way with a traceback.
+        require_scoring_packages(self._packages())
+
+    def _packages(self) -> tuple[str, ...]:
+        adapter = Path(self.adapter_dir) if self.adapter_dir else None
+        if adapter is None or (adapter / "config.json").is_file():
+            return ("torch", "transformers")  # the base or a full fine-tune: no peft involved
+        return SCORING_PACKAGES
 
     def manifest(self) -> AdapterManifest | None:
         if self.adapter_dir is None:
