@@ -24,6 +24,7 @@ TREND_LABELS: tuple[str, ...] = (INCREASE, DECREASE)
 HATE_LABELS: tuple[str, ...] = ("Yes", "No", "Unsure")
 
 TASKS = ("btc-trend", "implicit-hate", "chat")
+BTC_TREND = "btc-trend"  # the task of the untuned base model, and the default one
 ANSWER_MARKER = "### Answer:"
 
 # Answers start with a space so the label is tokenised as a word, not glued to the colon.

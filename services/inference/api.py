@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from services.common.auth import Authorized
 from services.common.errors import Overloaded
@@ -41,7 +42,7 @@ class ModelClient(Protocol):
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse: ...
     async def models(self) -> ModelList: ...
     async def adapters(self) -> list[dict[str, Any]]: ...
-    async def load_adapter(self, name: str) -> dict[str, Any]: ...
+    async def load_adapter(self, name: str, wait: bool = True) -> dict[str, Any]: ...
     async def unload_adapter(self, name: str) -> None: ...
     async def check_health(self) -> None: ...
 
@@ -121,8 +122,15 @@ async def adapters(client: Client) -> dict[str, Any]:
 
 
 @router.post("/adapters/{name}/load", tags=["adapters"], dependencies=[Authorized])
-async def load_adapter(name: AdapterName, client: Client) -> dict[str, Any]:
-    return await client.load_adapter(name)
+async def load_adapter(
+    name: AdapterName,
+    client: Client,
+    wait: Annotated[
+        bool, Query(description="Answer once it is served; false: 202 while a full model's engine starts.")
+    ] = True,
+) -> JSONResponse:
+    row = await client.load_adapter(name, wait=wait)
+    return JSONResponse(row, status_code=202 if row["status"] == "starting" else 200)
 
 
 @router.delete("/adapters/{name}", tags=["adapters"], status_code=204, dependencies=[Authorized])

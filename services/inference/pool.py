@@ -10,33 +10,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from services.common.errors import Conflict, NotFound, OperationalError
+from services.common.prompts import BTC_TREND
 from services.common.schemas import BASE_MODEL_NAME
 from services.inference import metrics
 from services.inference.engine import LoraRef, VllmEngine
-from services.inference.registry import AdapterRecord, discover
+from services.inference.registry import AdapterRecord
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    database_url: str
-    adapters_path: Path
-    base_model_name: str
-    max_lora_rank: int
-
-
 class AdapterPool:
-    """Serves every servable adapter in the registry, except those unloaded on purpose."""
+    """Serves every servable LoRA adapter in the registry, except those unloaded on purpose.
 
-    def __init__(self, engine: VllmEngine, config: PoolConfig) -> None:
+    The service reads the registry (``registry.discover``) and hands this pool the adapters;
+    full fine-tunes go to their own engines (full_models.py)."""
+
+    def __init__(self, engine: VllmEngine, base_model_name: str) -> None:
         self._engine = engine
-        self._config = config
+        self._base_model_name = base_model_name
         self._lock = asyncio.Lock()
         self._ids: dict[tuple[str, int, str], int] = {}
         self._next_id = itertools.count(1)
@@ -48,7 +42,7 @@ class AdapterPool:
     # --- names ----------------------------------------------------------------------------
 
     def base_names(self) -> set[str]:
-        return {BASE_MODEL_NAME, self._config.base_model_name}
+        return {BASE_MODEL_NAME, self._base_model_name}
 
     def served_names(self) -> list[str]:
         return sorted(self._served)
@@ -67,14 +61,19 @@ class AdapterPool:
         served = self._served.get(name)
         return served[0] if served else None
 
+    def task_of(self, name: str | None) -> str:
+        """The task whose prompt and labels ``name`` answers (the base model's: btc-trend)."""
+        record = self.record_of(name) if name else None
+        return record.manifest.task if record is not None and record.manifest is not None else BTC_TREND
+
     # --- keeping in step with the registry --------------------------------------------------
 
-    async def refresh(self) -> list[str]:
+    async def refresh(self, records: dict[str, AdapterRecord]) -> list[str]:
         """Serve what the registry publishes, drop what it no longer does; returns what changed."""
         async with self._lock:
-            self._records = await self._discover()
+            self._records = records
             changed = []
-            for name, record in self._records.items():
+            for name, record in records.items():
                 if record.unservable or self._unloaded.get(name) == record.identity:
                     continue
                 failed = self._failed.get(name)
@@ -89,19 +88,16 @@ class AdapterPool:
                         log.warning("cannot serve adapter %s v%d: %s", name, record.version, exc.message)
                         continue
                     changed.append(name)
-            for name in [name for name in self._served if name not in self._records]:
+            for name in [name for name in self._served if name not in records]:
                 await self._drop(name)
                 changed.append(name)
             return changed
 
-    async def load(self, name: str) -> AdapterRecord:
-        """Serve ``name`` now (the trainer calls this right after publishing)."""
+    async def load(self, record: AdapterRecord) -> AdapterRecord:
+        """Serve ``record`` now (the trainer asks right after publishing)."""
         async with self._lock:
-            self._records = await self._discover()
-            record = self._records.get(name)
-            if record is None:
-                known = ", ".join(self._records) or "none"
-                raise NotFound(f"adapter {name!r} is not in the registry; registered: {known}", param="name")
+            name = record.name
+            self._records[name] = record
             if record.unservable:
                 raise Conflict(f"adapter {name!r} cannot be served: {record.unservable}", param="name")
             self._unloaded.pop(name, None)
@@ -125,12 +121,6 @@ class AdapterPool:
                 raise NotFound(f"adapter {name!r} is not served; served adapters: {available}", param="name")
             self._unloaded[name] = self._served[name][0].identity
             await self._drop(name)
-
-    async def _discover(self) -> dict[str, AdapterRecord]:
-        config = self._config
-        return await asyncio.to_thread(
-            discover, config.database_url, config.adapters_path, config.base_model_name, config.max_lora_rank
-        )
 
     async def _serve(self, record: AdapterRecord) -> None:
         int_id = self._ids.setdefault(record.identity, next(self._next_id))

@@ -14,17 +14,22 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services.common.errors import InvalidInput
-from services.common.prompts import bos_id_of, label_token_ids, labels_for, prompt_for
+from services.common.prompts import BTC_TREND, bos_id_of, label_token_ids, labels_for, prompt_for
 from services.common.schemas import BASE_MODEL_NAME, Prediction, PredictItem, PredictRequest, PredictResponse
 from services.common.scoring import best_label, normalise, p_increase
 from services.inference.engine import LoraRef, VllmEngine
-from services.inference.pool import AdapterPool
 
-DEFAULT_TASK = "btc-trend"
 SCORED_TASKS = ("btc-trend", "implicit-hate")
+
+
+class Resolver(Protocol):
+    """Names to what the engine runs: the adapter pool of the base engine, or one full model."""
+
+    def resolve(self, name: str | None) -> LoraRef | None: ...
+    def task_of(self, name: str | None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,16 @@ class PredictorConfig:
     max_batch_items: int
     max_model_len: int
     explain_tokens: int
+    unadapted_name: str = BASE_MODEL_NAME  # what a prediction without an adapter is called
+
+
+def check_batch_size(request: PredictRequest, limit: int) -> None:
+    if len(request.items) > limit:
+        raise InvalidInput(f"{len(request.items)} items; at most {limit} per request", param="items")
 
 
 class Predictor:
-    def __init__(
-        self, engine: VllmEngine, tokenizer: Any, pool: AdapterPool, config: PredictorConfig
-    ) -> None:
+    def __init__(self, engine: VllmEngine, tokenizer: Any, pool: Resolver, config: PredictorConfig) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
         self._pool = pool
@@ -47,11 +56,7 @@ class Predictor:
         self._label_ids = {task: label_token_ids(tokenizer, labels_for(task)) for task in SCORED_TASKS}
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
-        if len(request.items) > self._config.max_batch_items:
-            raise InvalidInput(
-                f"{len(request.items)} items; at most {self._config.max_batch_items} per request",
-                param="items",
-            )
+        check_batch_size(request, self._config.max_batch_items)
         # Every adapter is resolved before any work starts: a bad name costs nothing.
         targets = [self._resolve(item.adapter or request.adapter) for item in request.items]
         predictions = await asyncio.gather(
@@ -65,15 +70,14 @@ class Predictor:
     def _resolve(self, name: str | None) -> tuple[LoraRef | None, str]:
         """The engine's adapter and the task whose prompt and labels it answers."""
         lora = self._pool.resolve(name)
-        record = self._pool.record_of(lora.name) if lora else None
-        task = record.manifest.task if record is not None and record.manifest is not None else DEFAULT_TASK
+        task = self._pool.task_of(name)
         if task not in SCORED_TASKS:
             raise InvalidInput(
                 f"adapter {name!r} was trained for {task!r}, which has no labels to score", param="adapter"
             )
         return lora, task
 
-    def prompt_ids(self, item: PredictItem, task: str = DEFAULT_TASK) -> list[int]:
+    def prompt_ids(self, item: PredictItem, task: str = BTC_TREND) -> list[int]:
         try:
             prompt = prompt_for(
                 task,
@@ -104,7 +108,7 @@ class Predictor:
             label=label,
             p_increase=p_increase(probabilities),
             probabilities=probabilities,
-            adapter=lora.name if lora else BASE_MODEL_NAME,
+            adapter=lora.name if lora else self._config.unadapted_name,
             base_model=self._config.base_model_name,
             latency_ms=(time.perf_counter() - started) * 1000,
             explanation=explanation,

@@ -1,10 +1,12 @@
-"""Which adapters exist: the ``adapters`` table first, the adapter volume second.
+"""Which adapters and full fine-tunes exist: the ``adapters`` table first, the volume second.
 
 The trainer publishes to ``<adapters_path>/<name>/v<version>/`` and registers a row
 (services/trainer/publish.py); the newest ``ready`` version of each name is the one served.
 A directory on the volume with a ``manifest.json`` and no row (copied by hand, restored from a
 backup) is served too, unless a row of the same name exists: the database is the authority.
 Reading never writes; a broken manifest is reported as unservable with its reason.
+A LoRA or QLoRA adapter is served by the base model's engine; a full fine-tune is a model of its
+own and gets its own engine (full_models.py), so it is checked for what that engine loads.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 LORA_CONFIG_FILE = "adapter_config.json"
+MODEL_CONFIG_FILE = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ class AdapterRecord:
     manifest: AdapterManifest | None
     source: str  # "database" or "volume"
     unservable: str | None = None  # why it cannot be served, or None
+
+    @property
+    def is_full(self) -> bool:
+        """A full fine-tune: served by an engine of its own, not as an adapter of the base."""
+        return self.manifest is not None and self.manifest.method == "full"
 
     @property
     def identity(self) -> tuple[str, int, str]:
@@ -116,7 +125,7 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
     if manifest is None:
         return "manifest.json is missing or invalid"
     if manifest.method == "full":
-        return "a full fine-tuned model, not a LoRA adapter: score it with the backtest's in-process scorer"
+        return _full_model_reason(Path(record.path))
     if Path(manifest.base_model).name != base_model_name:
         return f"trained on base model {manifest.base_model!r}, this service serves {base_model_name!r}"
     path = Path(record.path)
@@ -125,6 +134,17 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
     rank = _rank_of(path)
     if rank is not None and rank > max_rank:
         return f"LoRA rank {rank} is above max_lora_rank {max_rank}"
+    return None
+
+
+def _full_model_reason(path: Path) -> str | None:
+    """What a full fine-tune's engine would miss; vLLM itself judges the rest when it loads."""
+    if not (path / MODEL_CONFIG_FILE).is_file():
+        return f"a full model needs {MODEL_CONFIG_FILE}; none in {path}"
+    if not any(path.glob("*.safetensors")):
+        return f"a full model needs safetensors weights; none in {path}"
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return f"a full model carries its tokenizer ({' or '.join(TOKENIZER_FILES)}); none in {path}"
     return None
 
 

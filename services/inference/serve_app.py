@@ -129,7 +129,7 @@ def start(settings: InferenceSettings | None = None) -> str:
 
 
 def stop() -> None:
-    """Delete the application (its replicas stop their engines) and leave Ray.
+    """Delete the application and the full fine-tunes' (their replicas stop their engines), leave Ray.
 
     A local Ray started by ``start`` goes with ``ray.shutdown()``; a joined cluster
     (``ray_address``) keeps running, only this application is removed from it.
@@ -137,5 +137,10 @@ def stop() -> None:
     import ray
 
     if ray.is_initialized():
+        from services.inference.full_models import APP_PREFIX
+
         serve.delete(APP_NAME)
+        for name in serve.status().applications:  # the full fine-tunes' engines (full_models.py)
+            if name.startswith(APP_PREFIX):
+                serve.delete(name)
         ray.shutdown()

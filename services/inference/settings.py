@@ -49,6 +49,28 @@ class InferenceSettings(CommonSettings):
     access_log: bool = Field(
         False, description="Ray Serve access log lines (one per request, proxy and replica); off saves CPU."
     )
+    max_full_models: int = Field(
+        1, ge=0, description="Full fine-tunes served at once, each by its own vLLM engine; 0 serves none."
+    )
+    full_model_num_cpus: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs Ray reserves for each full fine-tune's engine (its own Serve deployment).",
+    )
+    full_model_num_gpus: float = Field(
+        0.0, ge=0, description="GPUs (or a share of one) for each full fine-tune's engine; 0 on CPU hosts."
+    )
+    full_model_gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Share of its GPU's memory each full fine-tune's engine may take."
+    )
+    full_model_kv_cache_gib: int = Field(
+        1, ge=1, description="KV cache of each full fine-tune's engine on CPU hosts (GiB)."
+    )
+    full_model_start_timeout_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long a full fine-tune's engine may take to start before it counts as failed.",
+    )
     ray_num_cpus: int = Field(2, ge=1, description="CPUs Ray may schedule on this node.")
     replica_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved for the model replica.")
     replica_num_gpus: float = Field(0.0, ge=0, description="GPUs for the model replica (0 on CPU hosts).")

@@ -62,3 +62,46 @@ def publish_lora(
         with session_scope(database_url) as session:
             session.add(Adapter.from_manifest(manifest, str(path.resolve())))
     return path
+
+
+def make_full_model(model_dir: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
+    """A full fine-tune in the layout the trainer publishes: every weight of the tiny model moved
+    by seeded noise (so its scores differ from the base), saved with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * scale)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def publish_full(
+    model_dir: Path,
+    adapters_path: Path,
+    name: str,
+    seed: int,
+    database_url: str | None,
+    version: int = 1,
+    task: str = "btc-trend",
+) -> Path:
+    """A full fine-tune under ``<adapters>/<name>/v<version>`` with its manifest (and a row, given a URL)."""
+    path = adapters_path / name / f"v{version}"
+    make_full_model(model_dir, path, seed)
+    manifest = AdapterManifest(
+        name=name,
+        version=version,
+        base_model=str(model_dir),
+        method="full",
+        task=task,  # type: ignore[arg-type]
+        weights_sha256=f"full-seed-{seed}",
+    )
+    (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    if database_url:
+        with session_scope(database_url) as session:
+            session.add(Adapter.from_manifest(manifest, str(path.resolve())))
+    return path
