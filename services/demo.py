@@ -5,9 +5,9 @@
 3. The research note's comparison (``services.backtest.reproduce``): ingest the bundled data
    through the real code paths (RSS snapshots through feedparser from a local server, the
    2017-2020 hourly candles through ccxt from the replay server, the CSV backfill), label it,
-   fine-tune LoRA (published, and the inference service told) and full, then backtest the
-   untuned base and the LoRA adapter through the inference service, the full fine-tune
-   in-process, and every baseline, on one out-of-time window.
+   fine-tune LoRA and full (each published, and the inference service told), then backtest the
+   untuned base, the LoRA adapter and the full fine-tune (served by an engine of its own), all
+   through the inference service, and every baseline, on one out-of-time window.
 4. Print the summary table and where the report is; stop what it started.
 
 Everything lives under ``var/demo`` (database, adapters, reports, logs), rebuilt on each run;

@@ -60,8 +60,8 @@ class ReproduceOptions:
     ingest: bool | None = None  # None: only when no labelled rows exist
     bootstrap_reps: int | None = None
     seed: int = 0
-    # Score base and LoRA through this inference service (told of the LoRA adapter when it is
-    # published) instead of in-process; the full fine-tune is a whole model: always in-process.
+    # Score base, LoRA and the full fine-tune through this inference service (told of each when
+    # it is published) instead of in-process.
     inference_url: str | None = None
     inference_wait_s: float = 600.0
 
@@ -148,24 +148,29 @@ def _training_note(method: str, manifest: Any) -> str:
     )
 
 
-def _await_served(url: str, adapter: str, timeout_s: float, say: Progress) -> None:
-    """Wait until the inference service lists ``adapter`` (it loads it when notified, or on
-    its registry poll if the notice came before it was up)."""
+def _await_served(url: str, name: str, timeout_s: float, say: Progress) -> None:
+    """Wait until the inference service serves ``name`` (it loads it when notified, or on its
+    registry poll if the notice came before it was up; a full model's own engine takes longest)."""
     import time
 
     import httpx
 
-    say(f"reproduce: waiting for the inference service at {url} to serve {adapter} ...")
+    say(f"reproduce: waiting for the inference service at {url} to serve {name} ...")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             models = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data", [])
-            if adapter in {model.get("id") for model in models}:
-                return
         except (httpx.HTTPError, ValueError):
-            pass  # still starting
+            models = []  # still starting
+        card = next((model for model in models if model.get("id") == name), {})
+        if card and card.get("status", "served") == "served":
+            return
+        if card.get("status") == "failed":
+            raise OperationalError(
+                f"the inference service at {url} cannot serve {name}: {card.get('reason')}"
+            )
         time.sleep(2)
-    raise OperationalError(f"the inference service at {url} did not serve {adapter} within {timeout_s:.0f} s")
+    raise OperationalError(f"the inference service at {url} did not serve {name} within {timeout_s:.0f} s")
 
 
 def reproduce(
@@ -189,16 +194,22 @@ def reproduce(
         _training_note("full fine-tuning", full.manifest),
     ]
     if options.inference_url:
-        _await_served(options.inference_url, lora.name, options.inference_wait_s, say)
+        for published in (lora, full):
+            _await_served(options.inference_url, published.name, options.inference_wait_s, say)
         served: list[ServiceSpec | LocalSpec] = [
             ServiceSpec(adapter="base", label="base (untuned)", url=options.inference_url),
             ServiceSpec(adapter=lora.name, label="LoRA", url=options.inference_url),
+            ServiceSpec(adapter=full.name, label="full fine-tune", url=options.inference_url),
         ]
-        notes.append(f"Base and LoRA scored by the inference service at {options.inference_url}.")
+        notes.append(
+            f"Base, LoRA and the full fine-tune scored by the inference service at {options.inference_url} "
+            "(the full fine-tune by an engine of its own)."
+        )
     else:
         served = [
             LocalSpec(model=base_dir, label="base (untuned)"),
             LocalSpec(model=base_dir, adapter_dir=str(lora.path), label="LoRA"),
+            LocalSpec(model=base_dir, adapter_dir=str(full.path), label="full fine-tune"),
         ]
     config = BacktestConfig(
         title=f"Research-note reproduction ({options.model})",
@@ -206,7 +217,6 @@ def reproduce(
         end=options.test_end,
         predictors=[
             *served,
-            LocalSpec(model=base_dir, adapter_dir=str(full.path), label="full fine-tune"),
             *[BaselineSpec(name=name) for name in BASELINES],  # type: ignore[arg-type]
         ],
         bootstrap_reps=options.bootstrap_reps,

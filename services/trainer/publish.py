@@ -127,18 +127,27 @@ def _register_and_rename(
     return PublishedAdapter(manifest.name, manifest.version, final, manifest)
 
 
-def notify_inference(inference_url: str, token: str, name: str, timeout: float) -> bool:
-    """Ask the inference service to load the new adapter; a failure is logged, never fatal."""
+def notify_inference(inference_url: str, token: str, name: str, timeout: float, wait: bool = True) -> bool:
+    """Ask the inference service to serve what was published; a failure is logged, never fatal.
+
+    ``wait=False`` (full models): the service answers 202 while the model's own engine starts.
+    """
     if not inference_url:
         return False
     import httpx
 
     url = f"{inference_url.rstrip('/')}/v1/adapters/{name}/load"
     try:
-        response = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+        response = httpx.post(
+            url,
+            params={"wait": str(wait).lower()},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        log.warning("could not tell inference at %s about adapter %s: %s", url, name, exc)
+        log.warning("could not tell inference at %s about %s: %s", url, name, exc)
         return False
-    log.info("inference service loaded adapter %s", name)
+    state = "is starting" if response.status_code == 202 else "serves"
+    log.info("inference service %s %s", state, name)
     return True

@@ -199,10 +199,14 @@ def _train(
     )
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the job is done: nothing to resume
-    if config.method != "full":  # a full model is a whole model, not an adapter inference can load
-        notify_inference(
-            settings.inference_url, settings.api_token, published.name, settings.notify_timeout_seconds
-        )
+    notify_inference(
+        settings.inference_url,
+        settings.api_token,
+        published.name,
+        settings.notify_timeout_seconds,
+        # A full model's own engine takes minutes to start on a GPU: ask, and do not wait for it.
+        wait=config.method != "full",
+    )
     parallel.wait()
     return published
 

