@@ -203,6 +203,12 @@ def reproduce(
     ] = None,
     bootstrap_reps: Annotated[int | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    inference_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Score base, LoRA and full fine-tune through this inference service (told of each)."
+        ),
+    ] = None,
 ) -> None:
     """The research note's comparison on the bundled 2017-2020 data: base, LoRA, full, baselines."""
     from services.backtest.reproduce import ReproduceOptions
@@ -220,6 +226,7 @@ def reproduce(
         ingest=ingest,
         bootstrap_reps=bootstrap_reps,
         seed=seed,
+        inference_url=inference_url,
     )
     result = run_reproduce(_settings(), options, progress=typer.echo)
     for note in result.report["notes"]:

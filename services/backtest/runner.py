@@ -168,6 +168,7 @@ def run_backtest(
 
     url = settings.resolved_database_url
     if run_id is None:
+        preflight(settings, config)  # bad input (no rows, an unknown model, leakage) stores no run
         run_id, _ = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
         store.start_attempt(url, run_id)
     try:

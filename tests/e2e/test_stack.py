@@ -213,7 +213,7 @@ def test_the_whole_stack(stack: dict[str, Any]) -> None:
         assert done["state"] == "succeeded", done
     for name in (ADAPTER, FULL):
         _wait_for(
-            f"inference to serve {name}", lambda n=name: _served(client, url["inference"], n), timeout=300
+            f"inference to serve {name}", lambda n=name: _served(client, url["inference"], n), timeout=600
         )
     adapters = {row["name"]: row for row in client.get(url["inference"] + "/v1/adapters").json()["adapters"]}
     assert adapters[ADAPTER]["method"] == "lora" and adapters[FULL]["method"] == "full"
