@@ -34,3 +34,7 @@ bench: setup  ## every benchmark in bench/; figures go to docs/benchmarks.md
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
+
+.PHONY: lock-images
+lock-images:  ## deploy/requirements/{gpu,service}.lock for the images' platform (uv; needs the registry)
+	@bash scripts/lock_images.sh
