@@ -6,8 +6,9 @@ task on a handful of headlines, finding the untuned model answering "Increase" f
    ingest service's own pipeline; skipped when labelled rows already exist);
 2. the same base model is fine-tuned twice by the trainer, LoRA and full, on rows before
    ``train_end`` (validation window after it, separated by the label embargo);
-3. the untuned base, both fine-tunes and every baseline are scored in-process (the same
-   scoring as serving) on one out-of-time window that starts after both adapters' training
+3. the untuned base, both fine-tunes and every baseline are scored, through the inference
+   service when one is given (``inference_url``: the full fine-tune by an engine of its own),
+   otherwise in-process with the same scoring, on one out-of-time window that starts after both adapters' training
    window plus embargo, and reported with every figure of a backtest.
 With the tiny local model the numbers say nothing about Llama-2, and the report says so;
 ``model`` takes a directory or Hugging Face id (a GPU host for 7B/13B) and nothing else

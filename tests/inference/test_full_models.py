@@ -76,10 +76,11 @@ def test_a_full_model_vllm_refuses_is_failed_with_its_reason(inference_stack: St
 def test_a_published_full_model_is_served_by_its_own_engine(inference_stack: Stack) -> None:
     stack = inference_stack
     publish_full(stack.model_dir, stack.adapters_path, "whole", seed=5, database_url=stack.database_url)
-    with stack.client() as client:
-        load = client.post("/v1/adapters/whole/load", headers=stack.auth)
-    assert load.status_code == 200, load.text
-    assert load.json()["status"] == "served" and load.json()["engine"]["application"] == "full-whole-v1"
+    with stack.client() as client:  # as the trainer asks: answered while the engine starts
+        load = client.post("/v1/adapters/whole/load", params={"wait": "false"}, headers=stack.auth)
+    assert load.status_code == 202, load.text
+    assert load.json()["status"] == "starting" and load.json()["engine"]["application"] == "full-whole-v1"
+    assert _wait_for(lambda: _rows(stack)["whole"]["status"] == "served", seconds=600), _rows(stack)["whole"]
 
     full = _predict(stack, {"items": ITEMS, "adapter": "whole"})
     base = _predict(stack, {"items": ITEMS, "adapter": "base"})
@@ -123,14 +124,14 @@ def test_a_full_model_that_does_not_fit_gets_409_naming_what_it_needs(inference_
     publish_full(stack.model_dir, stack.adapters_path, "whole2", seed=9, database_url=stack.database_url)
     with stack.client() as client:
         load = client.post("/v1/adapters/whole2/load", headers=stack.auth)
+    rows = _rows(stack)
+    with session_scope(stack.database_url) as session:  # retired, so the poll does not start it later
+        session.execute(update(Adapter).where(Adapter.name == "whole2").values(status="deleted"))
     assert load.status_code == 409
     assert "HSIG_MAX_FULL_MODELS" in load.json()["error"]["message"]
-    rows = _rows(stack)
     assert rows["whole2"]["status"] == "waiting" and "HSIG_MAX_FULL_MODELS" in rows["whole2"]["reason"]
     assert rows["whole"]["status"] == "served"
     assert _predict(stack, {"items": ITEMS[:1], "adapter": "whole"})[0]["adapter"] == "whole"
-    with session_scope(stack.database_url) as session:  # retired, so the poll does not start it later
-        session.execute(update(Adapter).where(Adapter.name == "whole2").values(status="deleted"))
     assert _wait_for(lambda: "whole2" not in _rows(stack))
 
 
