@@ -73,6 +73,19 @@ def test_a_full_model_vllm_refuses_is_failed_with_its_reason(inference_stack: St
         session.execute(update(Adapter).where(Adapter.name == "alien").values(status="deleted"))
 
 
+def test_a_full_model_missing_a_file_is_refused_before_any_engine_starts(inference_stack: Stack) -> None:
+    stack = inference_stack
+    path = publish_full(stack.model_dir, stack.adapters_path, "mute", seed=8, database_url=stack.database_url)
+    (path / "tokenizer.json").unlink()
+    with stack.client() as client:
+        load = client.post("/v1/adapters/mute/load", headers=stack.auth)
+    assert load.status_code == 409 and "tokenizer" in load.json()["error"]["message"]
+    assert _rows(stack)["mute"]["status"] == "unservable"
+    from ray import serve
+
+    assert "full-mute-v1" not in serve.status().applications
+
+
 def test_a_published_full_model_is_served_by_its_own_engine(inference_stack: Stack) -> None:
     stack = inference_stack
     publish_full(stack.model_dir, stack.adapters_path, "whole", seed=5, database_url=stack.database_url)
