@@ -463,25 +463,13 @@ class FullModelFleet:
                 status, reason = "unservable", record.unservable
             else:
                 status, reason = "unloaded", None
-            manifest = record.manifest.model_dump(mode="json") if record.manifest else {}
-            rows.append(
-                {
-                    **manifest,
-                    "name": name,
-                    "version": record.version,
-                    "path": record.path,
-                    "source": record.source,
-                    "status": status,
-                    "reason": reason,
-                    "engine_id": None,
-                    "engine": {
-                        "application": app_name(record),
-                        "num_cpus": self._settings.full_model_num_cpus,
-                        "num_gpus": self._settings.full_model_num_gpus,
-                        "ready_seconds": model.ready_seconds if model else None,
-                    },
-                }
-            )
+            engine = {
+                "application": app_name(record),
+                "num_cpus": self._settings.full_model_num_cpus,
+                "num_gpus": self._settings.full_model_num_gpus,
+                "ready_seconds": model.ready_seconds if model else None,
+            }
+            rows.append(record.describe(status, reason, engine_id=None, engine=engine))
         return rows
 
 

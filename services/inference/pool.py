@@ -155,17 +155,5 @@ class AdapterPool:
                 status, reason = "failed", self._failed[name][1]
             else:
                 status, reason = "unloaded", None
-            manifest = record.manifest.model_dump(mode="json") if record.manifest else {}
-            rows.append(
-                {
-                    **manifest,
-                    "name": name,
-                    "version": record.version,
-                    "path": record.path,
-                    "source": record.source,
-                    "status": status,
-                    "reason": reason,
-                    "engine_id": served[1].int_id if served else None,
-                }
-            )
+            rows.append(record.describe(status, reason, engine_id=served[1].int_id if served else None))
         return rows

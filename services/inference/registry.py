@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -46,6 +47,20 @@ class AdapterRecord:
     def is_full(self) -> bool:
         """A full fine-tune: served by an engine of its own, not as an adapter of the base."""
         return self.manifest is not None and self.manifest.method == "full"
+
+    def describe(self, status: str, reason: str | None, **extra: Any) -> dict[str, Any]:
+        """The row /v1/adapters lists: the manifest's fields, where it came from, how it is served."""
+        manifest = self.manifest.model_dump(mode="json") if self.manifest else {}
+        return {
+            **manifest,
+            "name": self.name,
+            "version": self.version,
+            "path": self.path,
+            "source": self.source,
+            "status": status,
+            "reason": reason,
+            **extra,
+        }
 
     @property
     def identity(self) -> tuple[str, int, str]:

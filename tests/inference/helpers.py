@@ -4,6 +4,7 @@ the way the trainer publishes (``<adapters>/<name>/v<version>/`` + manifest + a 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 from services.common.db import session_scope
@@ -11,6 +12,16 @@ from services.common.db.models import Adapter
 from services.common.schemas import AdapterManifest, LoraSettings
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` every 0.25 s until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def free_port() -> int:
@@ -57,6 +68,11 @@ def publish_lora(
         lora=LoraSettings(r=rank, alpha=2 * rank, dropout=0.0, target_modules=TARGETS),
         weights_sha256=f"seed-{seed}",
     )
+    return _register(path, manifest, database_url)
+
+
+def _register(path: Path, manifest: AdapterManifest, database_url: str | None) -> Path:
+    """The manifest beside the weights and, given a URL, the registry row, as the trainer writes them."""
     (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     if database_url:
         with session_scope(database_url) as session:
@@ -100,8 +116,4 @@ def publish_full(
         task=task,  # type: ignore[arg-type]
         weights_sha256=f"full-seed-{seed}",
     )
-    (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    if database_url:
-        with session_scope(database_url) as session:
-            session.add(Adapter.from_manifest(manifest, str(path.resolve())))
-    return path
+    return _register(path, manifest, database_url)

@@ -10,7 +10,7 @@ from sqlalchemy import update
 from services.common.db import session_scope
 from services.common.db.models import Adapter
 from tests.inference.conftest import Stack
-from tests.inference.helpers import publish_lora
+from tests.inference.helpers import publish_lora, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,6 @@ def _status(stack: Stack, name: str) -> str | None:
     with stack.client() as client:
         rows = client.get("/v1/adapters").json()["adapters"]
     return next((row["status"] for row in rows if row["name"] == name), None)
-
-
-def _wait_for(condition, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def test_adapters_lists_manifest_fields_and_status(inference_stack: Stack) -> None:
@@ -75,7 +66,7 @@ def test_registry_poll_serves_a_published_adapter_without_being_told(inference_s
         seed=12,
         database_url=inference_stack.database_url,
     )
-    assert _wait_for(lambda: _status(inference_stack, "polled") == "served")
+    assert wait_for(lambda: _status(inference_stack, "polled") == "served")
     assert 0.0 < _p_increase(inference_stack, "polled") < 1.0
 
 
@@ -119,7 +110,7 @@ def test_deleted_in_the_registry_stops_being_served(inference_stack: Stack) -> N
         assert client.post("/v1/adapters/retired/load", headers=stack.auth).status_code == 200
     with session_scope(stack.database_url) as session:
         session.execute(update(Adapter).where(Adapter.name == "retired").values(status="deleted"))
-    assert _wait_for(lambda: _status(stack, "retired") is None)
+    assert wait_for(lambda: _status(stack, "retired") is None)
     with stack.client() as client:
         assert client.post("/v1/predict", json={"items": [ITEM], "adapter": "retired"}).status_code == 404
 
@@ -144,7 +135,7 @@ def test_an_adapter_vllm_cannot_load_is_reported_and_the_rest_keep_serving(infer
         stack.model_dir, stack.adapters_path, "corrupt", seed=61, database_url=stack.database_url
     )
     (path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    assert _wait_for(lambda: _status(stack, "corrupt") == "failed")
+    assert wait_for(lambda: _status(stack, "corrupt") == "failed")
     with stack.client() as client:
         rows = {row["name"]: row for row in client.get("/v1/adapters").json()["adapters"]}
         load = client.post("/v1/adapters/corrupt/load", headers=stack.auth)

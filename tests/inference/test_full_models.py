@@ -9,7 +9,6 @@ not fit and gets a 409 naming the limit; DELETE stops the engine.
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from services.common.db.models import Adapter
 from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt
 from services.common.scoring import p_increase, score_with_transformers
 from tests.inference.conftest import Stack
-from tests.inference.helpers import publish_full
+from tests.inference.helpers import publish_full, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,6 @@ TOLERANCE = 1e-4  # vLLM's CPU kernels sum in another order than eager PyTorch (
 def _rows(stack: Stack) -> dict[str, dict]:
     with stack.client() as client:
         return {row["name"]: row for row in client.get("/v1/adapters").json()["adapters"]}
-
-
-def _wait_for(condition, seconds: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def _predict(stack: Stack, body: dict) -> list[dict]:
@@ -93,7 +83,7 @@ def test_a_published_full_model_is_served_by_its_own_engine(inference_stack: Sta
         load = client.post("/v1/adapters/whole/load", params={"wait": "false"}, headers=stack.auth)
     assert load.status_code == 202, load.text
     assert load.json()["status"] == "starting" and load.json()["engine"]["application"] == "full-whole-v1"
-    assert _wait_for(lambda: _rows(stack)["whole"]["status"] == "served", seconds=600), _rows(stack)["whole"]
+    assert wait_for(lambda: _rows(stack)["whole"]["status"] == "served", seconds=600), _rows(stack)["whole"]
 
     full = _predict(stack, {"items": ITEMS, "adapter": "whole"})
     base = _predict(stack, {"items": ITEMS, "adapter": "base"})
@@ -145,7 +135,7 @@ def test_a_full_model_that_does_not_fit_gets_409_naming_what_it_needs(inference_
     assert rows["whole2"]["status"] == "waiting" and "HSIG_MAX_FULL_MODELS" in rows["whole2"]["reason"]
     assert rows["whole"]["status"] == "served"
     assert _predict(stack, {"items": ITEMS[:1], "adapter": "whole"})[0]["adapter"] == "whole"
-    assert _wait_for(lambda: "whole2" not in _rows(stack))
+    assert wait_for(lambda: "whole2" not in _rows(stack))
 
 
 def test_delete_stops_the_full_models_engine(inference_stack: Stack) -> None:
