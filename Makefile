@@ -38,3 +38,10 @@ clean:
 .PHONY: lock-images
 lock-images:  ## deploy/requirements/{gpu,service}.lock for the images' platform (uv; needs the registry)
 	@bash scripts/lock_images.sh
+
+.PHONY: images image-slim
+images: tools  ## both images with buildah on a stand-in base, no Docker engine (docs/images.md; the GPU one downloads several GB)
+	@bash scripts/build_images.sh service gpu
+
+image-slim: tools  ## only the slim image (ingest, backtest), as tests/deploy/test_slim_image.py builds it
+	@bash scripts/build_images.sh service
