@@ -52,12 +52,12 @@ def synthetic_market(count: int, seed: int = 1) -> Candles:
     )
 
 
-def label_all(times: np.ndarray, candles: Candles, horizon_s: int) -> tuple[np.ndarray, np.ndarray]:
-    labels = label_headlines(times, candles, horizon_s)
+def label_all(times: np.ndarray, candles: Candles, horizon_seconds: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = label_headlines(times, candles, horizon_seconds)
     return label_names(labels.label), situation_texts(labels.situation_code)
 
 
-def loop_baseline(times: np.ndarray, candles: Candles, horizon_s: int) -> int:
+def loop_baseline(times: np.ndarray, candles: Candles, horizon_seconds: int) -> int:
     """What one would write first: bisect per headline, a dict of prices, an if per row."""
     open_times = candles.open_time.tolist()
     opens, closes = candles.open.tolist(), candles.close.tolist()
@@ -67,7 +67,7 @@ def loop_baseline(times: np.ndarray, candles: Candles, horizon_s: int) -> int:
         i = bisect.bisect_left(open_times, t)
         if i == len(open_times) or open_times[i] >= t + MINUTE:
             continue
-        j = index.get(open_times[i] + horizon_s - MINUTE)
+        j = index.get(open_times[i] + horizon_seconds - MINUTE)
         if j is None:
             continue
         ret = closes[j] / opens[i] - 1

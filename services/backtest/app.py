@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from services.backtest import store
 from services.backtest.api import router
-from services.backtest.metrics_export import publish
+from services.backtest.metrics import publish
 from services.backtest.schedule import BacktestScheduler
 from services.backtest.settings import BacktestSettings
 from services.common.db.migrate import upgrade

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from services.backtest.metrics import scores_from_counts
+from services.backtest.scores import scores_from_counts
 
 
 def window_confusion(y_true: np.ndarray, y_pred: np.ndarray, window: np.ndarray, windows: int) -> np.ndarray:

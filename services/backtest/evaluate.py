@@ -10,7 +10,7 @@ import numpy as np
 from services.backtest.bias import bias_test
 from services.backtest.bootstrap import block_bootstrap
 from services.backtest.calibration import calibration_report
-from services.backtest.metrics import classification_report
+from services.backtest.scores import classification_report
 from services.backtest.strategy import Windows, strategy_report
 
 

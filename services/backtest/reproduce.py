@@ -64,7 +64,7 @@ class ReproduceOptions:
     # Score base, LoRA and the full fine-tune through this inference service (told of each when
     # it is published) instead of in-process.
     inference_url: str | None = None
-    inference_wait_s: float = 600.0
+    inference_wait_seconds: float = 600.0
 
 
 def _labelled_rows(url: str) -> int:
@@ -98,7 +98,7 @@ def _is_tiny(model_dir: str) -> bool:
 
 def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, say: Progress) -> Any:
     from services.trainer.config import TrainConfig
-    from services.trainer.run import train
+    from services.trainer.training import train
     from services.trainer.settings import TrainerSettings
 
     tiny = options.model == "tiny"
@@ -149,7 +149,7 @@ def _training_note(method: str, manifest: Any) -> str:
     )
 
 
-def _await_served(url: str, name: str, timeout_s: float, say: Progress) -> None:
+def _await_served(url: str, name: str, timeout_seconds: float, say: Progress) -> None:
     """Wait until the inference service serves ``name`` (it loads it when notified, or on its
     registry poll if the notice came before it was up; a full model's own engine takes longest)."""
     import time
@@ -157,7 +157,7 @@ def _await_served(url: str, name: str, timeout_s: float, say: Progress) -> None:
     import httpx
 
     say(f"reproduce: waiting for the inference service at {url} to serve {name} ...")
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         try:
             models = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=5).json().get("data", [])
@@ -171,7 +171,7 @@ def _await_served(url: str, name: str, timeout_s: float, say: Progress) -> None:
                 f"the inference service at {url} cannot serve {name}: {card.get('reason')}"
             )
         time.sleep(2)
-    raise OperationalError(f"the inference service at {url} did not serve {name} within {timeout_s:.0f} s")
+    raise OperationalError(f"the inference service at {url} did not serve {name} within {timeout_seconds:.0f} s")
 
 
 def reproduce(
@@ -196,7 +196,7 @@ def reproduce(
     ]
     if options.inference_url:
         for published in (lora, full):
-            _await_served(options.inference_url, published.name, options.inference_wait_s, say)
+            _await_served(options.inference_url, published.name, options.inference_wait_seconds, say)
         served: list[ServiceSpec | LocalSpec] = [
             ServiceSpec(adapter="base", label="base (untuned)", url=options.inference_url),
             ServiceSpec(adapter=lora.name, label="LoRA", url=options.inference_url),

@@ -164,7 +164,7 @@ def run_backtest(
     started (``store.start_attempt``: the scheduler does, for API and scheduled runs). On failure the run is marked failed (the caller decides
     about retries through ``store.mark_failed``) and the error propagates.
     """
-    from services.backtest.metrics_export import RUNS, publish
+    from services.backtest.metrics import RUNS, publish
 
     url = settings.resolved_database_url
     if run_id is None:

@@ -1,7 +1,7 @@
 """Runs off the request path: queued API runs and the cron-driven rolling-window backtest.
 
 A run that fails is recorded (state "retrying" with its error) and tried again after
-``retry_delay_s``, up to ``max_attempts``; then it stays "failed" with the error, is logged
+``retry_delay_seconds``, up to ``max_attempts``; then it stays "failed" with the error, is logged
 at ERROR and counted in ``hsig_backtest_runs_total{outcome="failed"}``. Nothing is dropped
 silently: runs left queued, running or retrying when the service stopped are picked up
 again when it starts. Bad input (an unknown adapter in an API request) is not retried; a
@@ -11,7 +11,7 @@ Several replicas may share one database. Each cron fire is claimed in ``schedule
 (slot: the fire time), so one replica runs it and the others skip it. Each attempt is claimed
 on the run itself (``store.claim_attempt``), so two replicas that both resume (or are both
 handed) a run start it once; the holder renews a heartbeat while it runs, and a run whose
-heartbeat is older than ``run_lease_s`` (its replica died) is taken over by the next replica
+heartbeat is older than ``lease_seconds`` (its replica died) is taken over by the next replica
 that starts or sweeps (every half lease). Skips are logged at debug level and counted in
 ``hsig_backtest_scheduled_skipped_total{job}``.
 """
@@ -31,7 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import func, select
 
 from services.backtest import store
-from services.backtest.metrics_export import SCHEDULED_SKIPPED
+from services.backtest.metrics import SCHEDULED_SKIPPED
 from services.backtest.predictors.registry import registered_adapters
 from services.backtest.runner import run_backtest
 from services.backtest.schemas import BASELINES, BacktestConfig, BaselineSpec, ServiceSpec
@@ -141,7 +141,7 @@ class BacktestScheduler:
         self.url = settings.resolved_database_url
         self.trigger = cron_trigger(settings.schedule_cron)  # bad cron fails at start-up
         self.holder = f"{HOLDER}:{uuid.uuid4().hex[:8]}"  # this scheduler, among replicas
-        self.lease = timedelta(seconds=settings.run_lease_s)
+        self.lease = timedelta(seconds=settings.lease_seconds)
         # The sweep has its own thread: the worker may be busy with a backtest for a long time.
         executors = {"default": ThreadPoolExecutor(1), "sweep": ThreadPoolExecutor(1)}
         self.scheduler = BackgroundScheduler(executors=executors, timezone=UTC)
@@ -160,7 +160,7 @@ class BacktestScheduler:
         self.scheduler.add_job(
             self.sweep,
             "interval",
-            seconds=self.settings.run_lease_s / 2,
+            seconds=self.settings.lease_seconds / 2,
             id=SWEEP_JOB_ID,
             executor="sweep",
             coalesce=True,
@@ -175,7 +175,7 @@ class BacktestScheduler:
                 log.info("backtest run %d is running on %s; not resumed", run.id, run.holder)
                 continue
             log.info("resuming backtest run %d (was %s)", run.id, run.state)
-            self._enqueue(run.id, delay_s=0)
+            self._enqueue(run.id, delay_seconds=0)
 
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=False)
@@ -189,7 +189,7 @@ class BacktestScheduler:
             self.url, config.model_dump(mode="json"), trigger, idempotency_key=idempotency_key
         )
         if not replayed:
-            self._enqueue(run_id, delay_s=0)
+            self._enqueue(run_id, delay_seconds=0)
         return run_id, replayed
 
     def run_rolling(self, now: datetime | None = None) -> None:
@@ -232,10 +232,10 @@ class BacktestScheduler:
     def sweep(self) -> None:
         """Queue here the runs whose replica seems gone (``store.orphaned_runs``)."""
         try:
-            for run in store.orphaned_runs(self.url, self.settings.run_lease_s, self.settings.retry_delay_s):
+            for run in store.orphaned_runs(self.url, self.settings.lease_seconds, self.settings.retry_delay_seconds):
                 if self.scheduler.get_job(f"run-{run.id}") is None:  # not already queued here
                     log.info("taking over backtest run %d (%s, held by %s)", run.id, run.state, run.holder)
-                    self._enqueue(run.id, delay_s=0)
+                    self._enqueue(run.id, delay_seconds=0)
         except Exception:  # the database may be down for a moment; the next sweep tries again
             log.warning("sweeping orphaned backtest runs failed", exc_info=True)
 
@@ -245,7 +245,7 @@ class BacktestScheduler:
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(self.settings.run_lease_s / 4):
+            while not stop.wait(self.settings.lease_seconds / 4):
                 try:
                     if not store.heartbeat(self.url, run_id, self.holder):
                         run = store.get_run(self.url, run_id)  # finished just now, or taken over?
@@ -273,14 +273,14 @@ class BacktestScheduler:
                 run_id,
                 attempts,
                 message,
-                self.settings.retry_delay_s,
+                self.settings.retry_delay_seconds,
             )
-            self._enqueue(run_id, delay_s=self.settings.retry_delay_s)
+            self._enqueue(run_id, delay_seconds=self.settings.retry_delay_seconds)
         else:
             log.error("backtest run %d failed for good after %d attempts: %s", run_id, attempts, message)
 
-    def _enqueue(self, run_id: int, delay_s: float) -> None:
-        when = datetime.now(UTC) + timedelta(seconds=delay_s)
+    def _enqueue(self, run_id: int, delay_seconds: float) -> None:
+        when = datetime.now(UTC) + timedelta(seconds=delay_seconds)
         self.scheduler.add_job(
             self.attempt, "date", run_date=when, args=[run_id], id=f"run-{run_id}", replace_existing=True,
             misfire_grace_time=None,

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
+
+from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
 
 
 class BacktestSettings(CommonSettings):
+    model_config = SettingsConfigDict(populate_by_name=True)  # old env names are aliases
+
     host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     port: int = Field(8003, description="Port of the HTTP API.")
     inference_url: str = Field("http://127.0.0.1:8000", description="Base URL of the inference service.")
     predict_batch_size: int = Field(64, ge=1, le=1024, description="Items per POST /v1/predict.")
-    request_timeout_s: float = Field(120.0, gt=0, description="Timeout of one inference request.")
+    request_timeout_seconds: float = Field(
+        120.0,
+        validation_alias=AliasChoices("HSIG_REQUEST_TIMEOUT_SECONDS", "HSIG_REQUEST_TIMEOUT_S"), gt=0, description="Timeout of one inference request.")
     request_retries: int = Field(5, ge=0, description="Retries of a 503 / timeout before giving up.")
     fees_bps: float = Field(10.0, ge=0, description="Fee per unit of notional traded, in basis points.")
     decrease_position: Literal["short", "flat"] = Field(
@@ -35,9 +41,12 @@ class BacktestSettings(CommonSettings):
         True, description="Scheduled runs also score the untuned base model through the inference service."
     )
     max_attempts: int = Field(3, ge=1, description="Attempts of a scheduled run before it stays failed.")
-    retry_delay_s: float = Field(300.0, ge=0, description="Wait before retrying a failed scheduled run.")
-    run_lease_s: float = Field(
+    retry_delay_seconds: float = Field(
+        300.0,
+        validation_alias=AliasChoices("HSIG_RETRY_DELAY_SECONDS", "HSIG_RETRY_DELAY_S"), ge=0, description="Wait before retrying a failed scheduled run.")
+    lease_seconds: float = Field(
         120.0,
+        validation_alias=AliasChoices("HSIG_LEASE_SECONDS", "HSIG_RUN_LEASE_S"),
         gt=0,
         description=(
             "A replica running a backtest renews its claim every quarter of this; a run not renewed "

@@ -98,13 +98,13 @@ def heartbeat(url: str, run_id: int, holder: str) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def orphaned_runs(url: str, lease_s: float, retry_delay_s: float) -> list[BacktestRun]:
+def orphaned_runs(url: str, lease_seconds: float, retry_delay_seconds: float) -> list[BacktestRun]:
     """Unfinished runs nobody seems to be moving: running with a heartbeat older than the lease,
     queued for longer than the lease, or retrying a lease past their retry time. Their replica
     died (or is busy: a queued run another replica takes from its backlog is simply run there);
     ``claim_attempt`` still decides who runs each."""
     now = utcnow()
-    lease = timedelta(seconds=lease_s)
+    lease = timedelta(seconds=lease_seconds)
     with session_scope(url) as session:
         query = select(BacktestRun).where(
             or_(
@@ -112,7 +112,7 @@ def orphaned_runs(url: str, lease_s: float, retry_delay_s: float) -> list[Backte
                 and_(BacktestRun.state == "queued", BacktestRun.created_at < now - lease),
                 and_(
                     BacktestRun.state == "retrying",
-                    BacktestRun.finished_at < now - lease - timedelta(seconds=retry_delay_s),
+                    BacktestRun.finished_at < now - lease - timedelta(seconds=retry_delay_seconds),
                 ),
             )
         )

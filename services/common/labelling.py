@@ -104,13 +104,13 @@ class Candles:
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
-    timeframe_s: int
+    timeframe_seconds: int
 
     def __post_init__(self) -> None:
         times = self.open_time
         if times.size and np.any(np.diff(times) <= 0):
             raise ValueError("candle open times must be strictly increasing")
-        if times.size and np.any(times % self.timeframe_s != 0):
+        if times.size and np.any(times % self.timeframe_seconds != 0):
             raise ValueError("candle open times must sit on the timeframe grid")
 
 
@@ -145,15 +145,15 @@ class _GridIndex:
     lookup table (slot -> index) replaces binary search: O(1) per query, no cache-missing probes.
     """
 
-    def __init__(self, open_time: np.ndarray, timeframe_s: int) -> None:
+    def __init__(self, open_time: np.ndarray, timeframe_seconds: int) -> None:
         self.open_time = open_time
-        self.tf = timeframe_s
+        self.tf = timeframe_seconds
         self.first = int(open_time[0]) if open_time.size else 0
-        slots = (int(open_time[-1]) - self.first) // timeframe_s + 1 if open_time.size else 0
+        slots = (int(open_time[-1]) - self.first) // timeframe_seconds + 1 if open_time.size else 0
         self.table: np.ndarray | None = None
         if 0 < slots <= 4 * open_time.size + 1024:  # dense enough: a table costs little memory
             self.table = np.full(slots, -1, dtype=np.int64)
-            self.table[(open_time - self.first) // timeframe_s] = np.arange(open_time.size, dtype=np.int64)
+            self.table[(open_time - self.first) // timeframe_seconds] = np.arange(open_time.size, dtype=np.int64)
 
     def exact(self, wanted: np.ndarray) -> np.ndarray:
         """Index of the candle opening exactly at ``wanted`` (grid times), or -1."""
@@ -171,15 +171,15 @@ class _GridIndex:
 def label_headlines(
     headline_times: np.ndarray,
     candles: Candles,
-    horizon_s: int,
+    horizon_seconds: int,
     neutral_band: float = 0.0,
     lookback: int = 2,
     words: SituationWords = DEFAULT_WORDS,
 ) -> Labels:
     """Label every headline time against ``candles`` (see the module docstring for the rules)."""
-    tf = candles.timeframe_s
-    if horizon_s <= 0 or horizon_s % tf != 0:
-        raise ValueError(f"horizon {horizon_s}s must be a positive multiple of the timeframe {tf}s")
+    tf = candles.timeframe_seconds
+    if horizon_seconds <= 0 or horizon_seconds % tf != 0:
+        raise ValueError(f"horizon {horizon_seconds}s must be a positive multiple of the timeframe {tf}s")
     if neutral_band < 0:
         raise ValueError("neutral band must be >= 0")
     times = np.asarray(headline_times, dtype=np.int64)
@@ -188,7 +188,7 @@ def label_headlines(
     # Entry: the next grid candle at or after t; the candle containing t is never used.
     entry_open = -(-times // tf) * tf  # ceil to the grid
     entry_idx = index.exact(entry_open)
-    exit_idx = np.where(entry_idx >= 0, index.exact(entry_open + horizon_s - tf), -1)
+    exit_idx = np.where(entry_idx >= 0, index.exact(entry_open + horizon_seconds - tf), -1)
     ok = (entry_idx >= 0) & (exit_idx >= 0)
 
     # Padding with a NaN candle keeps the gathers valid when there are no candles at all.

@@ -4,7 +4,7 @@ A full fine-tune is a whole model, not a delta on the base, so the base model's 
 serve it. The ingress replica (serve_app.ModelDeployment) keeps a ``FullModelFleet``: for every
 servable full model in the registry it deploys a Ray Serve application ``full-<name>-v<version>``
 with one ``FullModelDeployment`` replica, which owns a ``VllmEngine`` without LoRA, the model's
-own tokenizer and the same ``Predictor`` and ``OpenAIServing`` the base engine uses. Requests are
+own tokenizer and the same ``Scorer`` and ``OpenAIServing`` the base engine uses. Requests are
 routed to it by model name over a Serve handle, so every endpoint answers for it as for an adapter.
 
 What each engine may take comes from settings: ``full_model_num_cpus`` / ``full_model_num_gpus``
@@ -47,7 +47,7 @@ from services.inference.openai_protocol import (
     CompletionResponse,
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
-from services.inference.predictor import Predictor, PredictorConfig
+from services.inference.scorer import Scorer, ScorerConfig
 from services.inference.registry import AdapterRecord
 from services.inference.settings import InferenceSettings
 
@@ -84,11 +84,11 @@ class SingleModel:
 
 
 class FullModelServer:
-    """Engine, tokenizer, predictor and OpenAI serving of one full fine-tune."""
+    """Engine, tokenizer, scorer and OpenAI serving of one full fine-tune."""
 
-    def __init__(self, engine: VllmEngine, predictor: Predictor, openai: OpenAIServing) -> None:
+    def __init__(self, engine: VllmEngine, scorer: Scorer, openai: OpenAIServing) -> None:
         self.engine = engine
-        self.predictor = predictor
+        self.scorer = scorer
         self.openai = openai
 
     @classmethod
@@ -119,11 +119,11 @@ class FullModelServer:
         engine = VllmEngine.start(config)
         resolver = SingleModel(record.manifest.task)
         base_model = Path(record.manifest.base_model).name
-        predictor = Predictor(
+        scorer = Scorer(
             engine,
             tokenizer,
             resolver,
-            PredictorConfig(
+            ScorerConfig(
                 base_model,
                 settings.max_batch_items,
                 settings.max_model_len,
@@ -143,7 +143,7 @@ class FullModelServer:
                 settings.max_completion_tokens,
             ),
         )
-        return cls(engine, predictor, openai)
+        return cls(engine, scorer, openai)
 
 
 @serve.deployment(name="FullModel", max_ongoing_requests=1024, health_check_timeout_s=60)
@@ -165,7 +165,7 @@ class FullModelDeployment:
 
     async def predict(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._answer(
-            lambda server: server.predictor.predict(PredictRequest.model_validate(body))
+            lambda server: server.scorer.predict(PredictRequest.model_validate(body))
         )
 
     async def completion(self, body: dict[str, Any]) -> dict[str, Any]:

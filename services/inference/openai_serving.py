@@ -23,7 +23,7 @@ from services.inference.openai_protocol import (
     TopLogprob,
     Usage,
 )
-from services.inference.predictor import Resolver
+from services.inference.scorer import Resolver
 
 
 @dataclass(frozen=True)

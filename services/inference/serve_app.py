@@ -24,7 +24,7 @@ from ray import serve
 
 from services.common.logging import configure_logging
 from services.common.settings import get_settings
-from services.inference.api import build_api
+from services.inference.app import build_app
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ModelDeployment:
         self._service = await ModelService.start(settings)
 
     def __serve_build_asgi_app__(self) -> Any:  # Serve calls this after __init__
-        return build_api(self._settings, self._service)
+        return build_app(self._settings, self._service)
 
     async def check_health(self) -> None:  # Ray Serve's own replica health check
         await self._service.check_health()

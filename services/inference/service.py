@@ -1,4 +1,4 @@
-"""The model side of the service: engine, tokenizer, adapter pool, full models, predictor, OpenAI.
+"""The model side of the service: engine, tokenizer, adapter pool, full models, scorer, OpenAI.
 
 Knows nothing of HTTP: each Ray Serve replica (serve_app.py) owns one and the API (api.py)
 calls it as its ``ModelClient``. The base model and its LoRA adapters run on this replica's
@@ -30,7 +30,7 @@ from services.inference.openai_protocol import (
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
 from services.inference.pool import AdapterPool
-from services.inference.predictor import Predictor, PredictorConfig, check_batch_size
+from services.inference.scorer import Scorer, ScorerConfig, check_batch_size
 from services.inference.registry import AdapterRecord, discover
 from services.inference.settings import InferenceSettings
 
@@ -46,11 +46,11 @@ class ModelService:
         self.fleet = FullModelFleet(settings)
         self._records: dict[str, AdapterRecord] = {}
         self._started = int(time.time())
-        self.predictor = Predictor(
+        self.scorer = Scorer(
             engine,
             tokenizer,
             self.pool,
-            PredictorConfig(
+            ScorerConfig(
                 base_name, settings.max_batch_items, settings.max_model_len, settings.explain_tokens
             ),
         )
@@ -140,7 +140,7 @@ class ModelService:
         names = [item.adapter or request.adapter for item in request.items]
         self._check_served(names)
         if not any(self.fleet.serves(name) for name in names):
-            return await self.predictor.predict(request)
+            return await self.scorer.predict(request)
         return await self._predict_split(request, names)
 
     async def _predict_split(self, request: PredictRequest, names: list[str | None]) -> PredictResponse:
@@ -152,7 +152,7 @@ class ModelService:
         for name, indexes in groups.items():
             items = [request.items[i] for i in indexes]
             if name is None:
-                calls.append(self.predictor.predict(request.model_copy(update={"items": items})))
+                calls.append(self.scorer.predict(request.model_copy(update={"items": items})))
             else:
                 sub = PredictRequest(
                     items=[item.model_copy(update={"adapter": None}) for item in items],

@@ -31,8 +31,8 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
             scheduler.start()
             log.info(
                 "ingest scheduler started: feeds every %ss, candles every %ss",
-                settings.feed_interval_s,
-                settings.candle_interval_s,
+                settings.feed_interval_seconds,
+                settings.candle_interval_seconds,
             )
         try:
             yield

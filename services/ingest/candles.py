@@ -40,7 +40,7 @@ def _rebase_all(urls: Any, base: str) -> Any:
 
 
 def build_exchange(
-    exchange_id: str, api_url: str | None = None, timeout_s: float = 10.0, rate_limit_ms: int | None = None
+    exchange_id: str, api_url: str | None = None, timeout_seconds: float = 10.0, rate_limit_ms: int | None = None
 ) -> ccxt.Exchange:
     """A ccxt exchange with the rate limiter on; ``api_url`` points every API host elsewhere.
 
@@ -50,7 +50,7 @@ def build_exchange(
     exchange_class = getattr(ccxt, exchange_id, None)
     if not isinstance(exchange_class, type) or not issubclass(exchange_class, ccxt.Exchange):
         raise InvalidInput(f"unknown ccxt exchange id {exchange_id!r}", param="exchange")
-    options: dict[str, Any] = {"enableRateLimit": True, "timeout": int(timeout_s * 1000)}
+    options: dict[str, Any] = {"enableRateLimit": True, "timeout": int(timeout_seconds * 1000)}
     if exchange_id.startswith("binance"):
         options["options"] = {"fetchMarkets": {"types": ["spot"]}}  # spot only: one markets call
     if rate_limit_ms is not None:
@@ -104,14 +104,14 @@ def _frame(rows: list[list[float]]) -> CandleFrame:
 
 
 def find_gaps(
-    open_times: np.ndarray, timeframe_s: int, previous: int | None = None
+    open_times: np.ndarray, timeframe_seconds: int, previous: int | None = None
 ) -> list[tuple[int, int, int]]:
     """Runs of missing grid candles between consecutive open times (and after ``previous``)."""
     times = open_times if previous is None else np.concatenate([[previous], open_times])
     steps = np.diff(times)
-    where = np.flatnonzero(steps > timeframe_s)
+    where = np.flatnonzero(steps > timeframe_seconds)
     return [
-        (int(times[i] + timeframe_s), int(times[i + 1] - timeframe_s), int(steps[i] // timeframe_s - 1))
+        (int(times[i] + timeframe_seconds), int(times[i + 1] - timeframe_seconds), int(steps[i] // timeframe_seconds - 1))
         for i in where
     ]
 
@@ -120,18 +120,18 @@ def pull_candles(
     exchange: ccxt.Exchange,
     symbol: str,
     timeframe: str,
-    since_s: int,
-    now_s: int,
+    since_seconds: int,
+    now_seconds: int,
     limit: int = 300,
     max_pages: int = 1000,
-    previous_open_s: int | None = None,
+    previous_open_seconds: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CandlePull:
-    """Page ``fetch_ohlcv`` from ``since_s`` until the candle open at ``now_s`` (dropped)."""
+    """Page ``fetch_ohlcv`` from ``since_seconds`` until the candle open at ``now_seconds`` (dropped)."""
     tf = timeframe_seconds(timeframe)
     rows: list[list[float]] = []
-    cursor, pages = since_s - since_s % tf, 0
-    while cursor + tf <= now_s and pages < max_pages:
+    cursor, pages = since_seconds - since_seconds % tf, 0
+    while cursor + tf <= now_seconds and pages < max_pages:
         page = call_exchange(
             f"{exchange.id} fetch_ohlcv {symbol} {timeframe}",
             lambda cursor=cursor: exchange.fetch_ohlcv(symbol, timeframe, since=cursor * 1000, limit=limit),
@@ -146,9 +146,9 @@ def pull_candles(
         if progress:
             progress(pages, len(rows))
     frame = _frame(rows)
-    closed = frame.open_time + tf <= now_s
+    closed = frame.open_time + tf <= now_seconds
     dropped = int((~closed).sum())
     frame = CandleFrame(
         *(getattr(frame, name)[closed] for name in ("open_time", "open", "high", "low", "close", "volume"))
     )
-    return CandlePull(frame, find_gaps(frame.open_time, tf, previous_open_s), pages, dropped)
+    return CandlePull(frame, find_gaps(frame.open_time, tf, previous_open_seconds), pages, dropped)

@@ -179,7 +179,7 @@ def pull_market(
     since = last + timedelta(seconds=tf) if last else settings.candle_since
     end = min(now, until) if until else now
     exchange = build_exchange(
-        settings.exchange, settings.exchange_api_url, settings.http_timeout_s, settings.rate_limit_ms
+        settings.exchange, settings.exchange_api_url, settings.http_timeout_seconds, settings.rate_limit_ms
     )
     pull = pull_candles(
         exchange,
@@ -242,7 +242,7 @@ def run_cycle(
     report = CycleReport()
     if feeds:
         with httpx.Client(
-            timeout=settings.http_timeout_s, headers={"User-Agent": "headline-signal/0.1"}
+            timeout=settings.http_timeout_seconds, headers={"User-Agent": "headline-signal/0.1"}
         ) as client:
             for feed_url in settings.feed_urls:
                 report.sources.append(

@@ -89,12 +89,12 @@ def label_new_rows(
     outcome = LabelOutcome(considered=len(pending))
     if not pending:
         return outcome
-    tf, horizon_s = timeframe_seconds(market.timeframe), timeframe_seconds(horizon)
+    tf, horizon_seconds = timeframe_seconds(market.timeframe), timeframe_seconds(horizon)
     times = np.array([_epoch(published) for _, published in pending], dtype=np.int64)
     first = datetime.fromtimestamp(int(times.min()) - (lookback + 1) * tf, tz=UTC)
-    last = datetime.fromtimestamp(int(times.max()) + horizon_s + tf, tz=UTC)
+    last = datetime.fromtimestamp(int(times.max()) + horizon_seconds + tf, tz=UTC)
     candles = load_candles(session, market, first, last)
-    labels = label_headlines(times, candles, horizon_s, neutral_band, lookback, words or SituationWords())
+    labels = label_headlines(times, candles, horizon_seconds, neutral_band, lookback, words or SituationWords())
     rows = _rows(pending, market, horizon, candles, labels)
     outcome.labelled = insert_labelled_rows(session, rows)
     outcome.waiting = int((~labels.labelled).sum())
@@ -107,7 +107,7 @@ def _rows(
     pending: list[tuple[int, datetime]], market: Market, horizon: str, candles: Candles, labels: Labels
 ) -> list[dict[str, Any]]:
     """One insertable dict per labelled headline (the table's column names)."""
-    tf = candles.timeframe_s
+    tf = candles.timeframe_seconds
     names = label_names(labels.label)
     texts = situation_texts(labels.situation_code)
     now = datetime.now(UTC)

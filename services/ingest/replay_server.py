@@ -50,7 +50,7 @@ class Fault:
     status: int = 500
     body: bytes = b'{"message": "Internal Server Error"}'
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-    delay_s: float = 0.0
+    delay_seconds: float = 0.0
 
 
 # --- (a) recorded responses --------------------------------------------------------------
@@ -177,10 +177,10 @@ def recording(data_dir: Path, exchange_id: str) -> dict[str, Any]:
 class CoinbaseSeries:
     """Closed candles plus one still-open candle at ``now``, served the way Coinbase pages them."""
 
-    def __init__(self, candles: CandleFrame, granularity_s: int, now: datetime, product_id: str = "BTC-USD"):
+    def __init__(self, candles: CandleFrame, granularity_seconds: int, now: datetime, product_id: str = "BTC-USD"):
         self.candles = candles
-        self.granularity_s = granularity_s
-        self.now_s = int(now.timestamp())
+        self.granularity_seconds = granularity_seconds
+        self.now_seconds = int(now.timestamp())
         self.product_id = product_id
 
     def routes(self) -> dict[str, Handler]:
@@ -193,14 +193,14 @@ class CoinbaseSeries:
         return handlers
 
     def _candles(self, _path: str, query: dict[str, str], _headers: dict[str, str]) -> Reply:
-        if int(query.get("granularity", self.granularity_s)) != self.granularity_s:
+        if int(query.get("granularity", self.granularity_seconds)) != self.granularity_seconds:
             return _json({"message": "Unsupported granularity"}, 400)
         start = (
-            _iso_seconds(query.get("start")) if "start" in query else self.now_s - 300 * self.granularity_s
+            _iso_seconds(query.get("start")) if "start" in query else self.now_seconds - 300 * self.granularity_seconds
         )
-        end = _iso_seconds(query.get("end")) if "end" in query else self.now_s
+        end = _iso_seconds(query.get("end")) if "end" in query else self.now_seconds
         times = self.candles.open_time
-        chosen = np.flatnonzero((times >= start) & (times <= min(end, self.now_s)))[:COINBASE_MAX_CANDLES]
+        chosen = np.flatnonzero((times >= start) & (times <= min(end, self.now_seconds)))[:COINBASE_MAX_CANDLES]
         rows = [
             [
                 int(times[i]),
@@ -212,7 +212,7 @@ class CoinbaseSeries:
             ]
             for i in chosen
         ]
-        open_candle_time = self.now_s - self.now_s % self.granularity_s
+        open_candle_time = self.now_seconds - self.now_seconds % self.granularity_seconds
         already_there = bool(rows) and rows[-1][0] >= open_candle_time
         if (
             start <= open_candle_time <= end
@@ -230,14 +230,14 @@ def _iso_seconds(text: str | None) -> int:
 
 
 def generated_series(
-    start: datetime, count: int, granularity_s: int, seed: int = 7, gap: tuple[int, int] | None = None
+    start: datetime, count: int, granularity_seconds: int, seed: int = 7, gap: tuple[int, int] | None = None
 ) -> CandleFrame:
     """A seeded random walk of ``count`` candles; ``gap=(first, n)`` leaves n candles out."""
     rng = np.random.default_rng(seed)
     closes = 10_000 * np.exp(np.cumsum(rng.normal(0, 0.004, count)))
     opens = np.concatenate([[10_000.0], closes[:-1]])
     spread = np.abs(rng.normal(0, 0.002, count)) * closes
-    times = int(start.timestamp()) + granularity_s * np.arange(count, dtype=np.int64)
+    times = int(start.timestamp()) + granularity_seconds * np.arange(count, dtype=np.int64)
     keep = np.ones(count, dtype=bool)
     if gap:
         keep[gap[0] : gap[0] + gap[1]] = False
@@ -315,7 +315,7 @@ class ReplayServer:
             self.requests.append(path)
         fault = self._next_fault(path)
         if fault is not None:
-            time.sleep(fault.delay_s)
+            time.sleep(fault.delay_seconds)
             return fault.status, fault.headers, fault.body
         route = self.routes.get(path) or self.routes.get(path.rstrip("/") + "/")
         if route is None:

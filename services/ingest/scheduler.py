@@ -31,42 +31,42 @@ from services.ingest.settings import IngestSettings
 log = logging.getLogger(__name__)
 
 
-def slot_of(epoch_s: float, interval_s: float) -> int:
-    """The slot a moment falls in: ``floor(epoch_s / interval_s)``."""
-    return math.floor(epoch_s / interval_s)
+def slot_of(epoch_seconds: float, interval_seconds: float) -> int:
+    """The slot a moment falls in: ``floor(epoch_seconds / interval_seconds)``."""
+    return math.floor(epoch_seconds / interval_seconds)
 
 
 class SlotTrigger(BaseTrigger):
-    """Fires in the middle of each ``interval_s`` slot of the Unix epoch, after the slot of the
+    """Fires in the middle of each ``interval_seconds`` slot of the Unix epoch, after the slot of the
     previous fire: replicas with the same interval fire together, and a fire up to half an
     interval late still falls in its slot (an ``IntervalTrigger`` keeps the phase of whenever
     its replica started, so a fire near a slot's edge could land in either)."""
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
         if previous_fire_time is None:
-            slot = slot_of(now.timestamp(), self.interval_s)
-            if (slot + 0.5) * self.interval_s < now.timestamp():
+            slot = slot_of(now.timestamp(), self.interval_seconds)
+            if (slot + 0.5) * self.interval_seconds < now.timestamp():
                 slot += 1
         else:
-            slot = slot_of(previous_fire_time.timestamp(), self.interval_s) + 1
-        return datetime.fromtimestamp((slot + 0.5) * self.interval_s, UTC)
+            slot = slot_of(previous_fire_time.timestamp(), self.interval_seconds) + 1
+        return datetime.fromtimestamp((slot + 0.5) * self.interval_seconds, UTC)
 
     def __str__(self) -> str:
-        return f"slots of {self.interval_s:g} s"
+        return f"slots of {self.interval_seconds:g} s"
 
     def __repr__(self) -> str:
-        return f"<SlotTrigger (interval_s={self.interval_s!r})>"
+        return f"<SlotTrigger (interval_seconds={self.interval_seconds!r})>"
 
 
 def build_scheduler(settings: IngestSettings) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True})
     jobs = {
-        "feeds": (settings.feed_interval_s, {"candles": False, "label": False}),
-        "candles": (settings.candle_interval_s, {"feeds": False, "label": False}),
-        "label": (settings.label_interval_s, {"feeds": False, "candles": False}),
+        "feeds": (settings.feed_interval_seconds, {"candles": False, "label": False}),
+        "candles": (settings.candle_interval_seconds, {"feeds": False, "label": False}),
+        "label": (settings.label_interval_seconds, {"feeds": False, "candles": False}),
     }
     for name, (interval, parts) in jobs.items():
         scheduler.add_job(
@@ -79,9 +79,9 @@ def build_scheduler(settings: IngestSettings) -> BackgroundScheduler:
     return scheduler
 
 
-def _run_part(settings: IngestSettings, name: str, interval_s: float, parts: dict[str, bool]) -> None:
+def _run_part(settings: IngestSettings, name: str, interval_seconds: float, parts: dict[str, bool]) -> None:
     try:
-        slot = slot_of(time.time(), interval_s)
+        slot = slot_of(time.time(), interval_seconds)
         if not claim(settings.resolved_database_url, f"ingest-{name}", str(slot)):
             log.debug("scheduled %s: slot %d already claimed by another replica, skipped", name, slot)
             SCHEDULED_SKIPPED.labels(name).inc()

@@ -22,10 +22,18 @@ class IngestSettings(CommonSettings):
         default_factory=lambda: list(DEFAULT_FEEDS),
         description="RSS feeds to poll, comma-separated; each a URL or name=URL (the name is the source id).",
     )
-    feed_interval_s: float = Field(300.0, gt=0, description="Seconds between polls of each feed.")
-    candle_interval_s: float = Field(600.0, gt=0, description="Seconds between candle pulls.")
-    label_interval_s: float = Field(600.0, gt=0, description="Seconds between labelling passes.")
-    http_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for feeds and exchanges.")
+    feed_interval_seconds: float = Field(
+        300.0,
+        validation_alias=AliasChoices("HSIG_FEED_INTERVAL_SECONDS", "HSIG_FEED_INTERVAL_S"), gt=0, description="Seconds between polls of each feed.")
+    candle_interval_seconds: float = Field(
+        600.0,
+        validation_alias=AliasChoices("HSIG_CANDLE_INTERVAL_SECONDS", "HSIG_CANDLE_INTERVAL_S"), gt=0, description="Seconds between candle pulls.")
+    label_interval_seconds: float = Field(
+        600.0,
+        validation_alias=AliasChoices("HSIG_LABEL_INTERVAL_SECONDS", "HSIG_LABEL_INTERVAL_S"), gt=0, description="Seconds between labelling passes.")
+    http_timeout_seconds: float = Field(
+        10.0,
+        validation_alias=AliasChoices("HSIG_HTTP_TIMEOUT_SECONDS", "HSIG_HTTP_TIMEOUT_S"), gt=0, description="Connect/read timeout for feeds and exchanges.")
     exchange: str = Field("coinbaseexchange", description="ccxt exchange id for candles.")
     exchange_api_url: str | None = Field(
         None, description="Replace every ccxt API base URL with this one (tests, replay server)."

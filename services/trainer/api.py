@@ -1,26 +1,22 @@
-"""The trainer's HTTP API on port 8002: a thin router over ``jobs`` and ``run.prepare``."""
+"""The trainer's HTTP routes on port 8002: a thin router over ``jobs`` and ``training.prepare``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from services.common import idempotency
 from services.common.auth import Authorized
 from services.common.db.models import TrainingJob
-from services.common.http import create_app
 from services.common.idempotency import IdempotencyKey
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
-from services.trainer.run import prepare
+from services.trainer.training import prepare
 from services.trainer.schemas import JobList, JobOut
 from services.trainer.settings import TrainerSettings
-from services.trainer.worker import Worker
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -76,19 +72,3 @@ async def get_job(job_id: int, request: Request) -> JobOut:
 async def cancel_job(job_id: int, request: Request) -> JobOut:
     """Queued: cancelled at once. Running: stops after its current step (state cancelling)."""
     return JobOut.of(await asyncio.to_thread(jobs.cancel, _settings(request).resolved_database_url, job_id))
-
-
-def build_app(settings: TrainerSettings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = Worker(settings) if settings.worker_enabled else None
-        if worker is not None:
-            worker.start()
-        app.state.worker = worker
-        try:
-            yield
-        finally:
-            if worker is not None:
-                await asyncio.to_thread(worker.stop)
-
-    return create_app("trainer", settings, routers=[router], lifespan=lifespan)

@@ -72,7 +72,7 @@ def run(
 
     from services.trainer.distributed import launched_distributed
     from services.trainer.loop import LoopHooks, StepReport
-    from services.trainer.run import prepare, train, train_distributed
+    from services.trainer.training import prepare, train, train_distributed
 
     settings = get_settings(TrainerSettings)
     config = _load_config(config_path, name)
@@ -119,7 +119,7 @@ def run(
 def submit(config_path: ConfigArg, name: Annotated[str | None, typer.Option()] = None) -> None:
     """Validate a job and put it in the queue (a running `hsig train serve` picks it up)."""
     from services.trainer import jobs
-    from services.trainer.run import prepare
+    from services.trainer.training import prepare
 
     settings = get_settings(TrainerSettings)
     config = _load_config(config_path, name)
@@ -180,7 +180,7 @@ def serve(
     """The trainer API (POST/GET /v1/jobs, cancel, /healthz, /readyz, /metrics) and its worker."""
     import uvicorn
 
-    from services.trainer.api import build_app
+    from services.trainer.app import build_app
 
     settings = get_settings(TrainerSettings).model_copy(update={"worker_enabled": worker})
     uvicorn.run(build_app(settings), host=host or settings.host, port=port or settings.port, log_config=None)

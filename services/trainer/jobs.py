@@ -215,10 +215,10 @@ def cancel(database_url: str, job_id: int) -> TrainingJob:
         return job
 
 
-def recover_stale(database_url: str, stale_after_seconds: float, max_attempts: int) -> list[int]:
+def recover_stale(database_url: str, lease_seconds: float, max_attempts: int) -> list[int]:
     """Jobs whose worker stopped beating (a killed process, a lost machine) go back to the
     queue, or fail once their attempts are spent. Returns the ids it touched."""
-    cutoff = utcnow() - timedelta(seconds=stale_after_seconds)
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
     touched = []
     with session_scope(database_url) as session:
         stale = session.scalars(

@@ -1,5 +1,5 @@
 """The worker loop inside the trainer service: recover stale jobs, claim one, run it in a
-child process (``services.trainer.runner``), settle what the child left unsettled."""
+child process (``services.trainer.job_process``), settle what the child left unsettled."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def runner_command(claim: jobs.Claim) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "services.trainer.runner",
+        "services.trainer.job_process",
         str(claim.job_id),
         claim.worker_id,
         str(claim.attempt),
@@ -104,7 +104,7 @@ class Worker(threading.Thread):
         url = self.settings.resolved_database_url
         while not self._stop_event.is_set():
             try:
-                jobs.recover_stale(url, self.settings.stale_after_seconds, self.settings.max_attempts)
+                jobs.recover_stale(url, self.settings.lease_seconds, self.settings.max_attempts)
                 for state, count in jobs.count_by_state(url).items():
                     JOBS_BY_STATE.labels(state).set(count)
                 ran = run_one(self.settings, self._stop_event)

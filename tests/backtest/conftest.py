@@ -33,8 +33,8 @@ def stored_runs(url: str) -> list[BacktestRun]:
         return list(session.scalars(select(BacktestRun).order_by(BacktestRun.id)).all())
 
 
-def wait_until(condition: Callable[[], object], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_until(condition: Callable[[], object], timeout_seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if condition():
             return

@@ -23,8 +23,8 @@ def client(backtest_settings: BacktestSettings, market: dict) -> Iterator[TestCl
         yield test_client
 
 
-def _wait_for(client: TestClient, run_id: int, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
+def _wait_for(client: TestClient, run_id: int, timeout_seconds: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         run = client.get(f"/v1/backtests/{run_id}").json()
         if run["state"] in ("succeeded", "failed"):

@@ -20,7 +20,7 @@ def fast_settings(backtest_settings: BacktestSettings) -> BacktestSettings:
             "schedule_cron": "*/1 * * * * *",  # every second (6 fields: seconds first)
             "schedule_base_model": False,  # no inference service in these tests
             "rolling_window_days": 3,
-            "retry_delay_s": 0.2,
+            "retry_delay_seconds": 0.2,
             "bootstrap_reps": 50,
         }
     )
@@ -45,7 +45,7 @@ def test_failed_run_is_recorded_and_retried(fast_settings: BacktestSettings) -> 
     url = fast_settings.resolved_database_url  # no rows yet: the first attempt must fail
     # Many quick attempts: however slow seeding is on a busy machine, a later retry finds the rows.
     scheduler = BacktestScheduler(
-        fast_settings.model_copy(update={"schedule_cron": "off", "retry_delay_s": 0.3, "max_attempts": 1000})
+        fast_settings.model_copy(update={"schedule_cron": "off", "retry_delay_seconds": 0.3, "max_attempts": 1000})
     )
     scheduler.start()
     try:

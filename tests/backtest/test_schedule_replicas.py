@@ -185,7 +185,7 @@ def test_a_dead_replicas_run_is_taken_over_and_a_live_ones_is_not(
     settings: BacktestSettings, attempts: Counter[int]
 ) -> None:
     url = settings.resolved_database_url
-    settings = settings.model_copy(update={"run_lease_s": 0.8})
+    settings = settings.model_copy(update={"lease_seconds": 0.8})
     dead = _api_run(url)
     _set(
         url, dead, state="running", attempts=1, holder="gone:1", heartbeat_at=utcnow() - timedelta(minutes=5)
@@ -209,7 +209,7 @@ def test_a_dead_replicas_run_is_taken_over_and_a_live_ones_is_not(
         assert (run.state, run.attempts, run.holder) == ("running", 1, "alive:2")
         alive.set()  # the live replica dies: its lease runs out and a sweep takes the run over
         beating.join()
-        wait_until(lambda: store.get_run(url, live).state == "succeeded", timeout_s=20)
+        wait_until(lambda: store.get_run(url, live).state == "succeeded", timeout_seconds=20)
     finally:
         replica.shutdown()
     assert attempts == {dead: 1, live: 1}
@@ -220,7 +220,7 @@ def test_a_long_attempt_keeps_its_run_through_heartbeats(
     settings: BacktestSettings, attempts: Counter[int]
 ) -> None:
     url = settings.resolved_database_url
-    settings = settings.model_copy(update={"run_lease_s": 0.6})  # a beat every 0.15 s, sweeps every 0.3 s
+    settings = settings.model_copy(update={"lease_seconds": 0.6})  # a beat every 0.15 s, sweeps every 0.3 s
     attempts.pause["s"] = 2.5  # type: ignore[attr-defined]  # four leases long
     first, second = BacktestScheduler(settings), BacktestScheduler(settings)
     first.start()

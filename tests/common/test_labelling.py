@@ -39,7 +39,7 @@ def test_timeframes() -> None:
 
 def test_entry_is_the_next_candle_never_the_one_containing_the_headline() -> None:
     candles = _candles([0, H, 2 * H, 3 * H], [100, 110, 120, 130], [110, 120, 130, 125])
-    labels = label_headlines(np.array([H + 60, 2 * H]), candles, horizon_s=H)
+    labels = label_headlines(np.array([H + 60, 2 * H]), candles, horizon_seconds=H)
     # 01:01 -> entry at the 02:00 open (120), exit at the 02:00 candle's close (130).
     assert labels.entry_idx.tolist() == [2, 2]  # a headline at exactly 02:00 enters at 02:00
     assert labels.entry_price.tolist() == [120, 120]
@@ -50,9 +50,9 @@ def test_entry_is_the_next_candle_never_the_one_containing_the_headline() -> Non
 
 def test_two_hour_horizon_exits_at_the_close_of_the_second_candle() -> None:
     candles = _candles([0, H, 2 * H, 3 * H], [100, 110, 120, 130], [110, 120, 130, 90])
-    labels = label_headlines(np.array([30 * 60]), candles, horizon_s=2 * H)
+    labels = label_headlines(np.array([30 * 60]), candles, horizon_seconds=2 * H)
     assert (labels.entry_price[0], labels.exit_price[0]) == (110, 130)
-    labels = label_headlines(np.array([90 * 60]), candles, horizon_s=2 * H)
+    labels = label_headlines(np.array([90 * 60]), candles, horizon_seconds=2 * H)
     assert (labels.entry_price[0], labels.exit_price[0]) == (120, 90)
     assert label_names(labels.label).tolist() == ["Decrease"]
 
@@ -60,7 +60,7 @@ def test_two_hour_horizon_exits_at_the_close_of_the_second_candle() -> None:
 def test_gaps_and_missing_candles_leave_headlines_unlabelled() -> None:
     # 02:00 is missing: a headline at 01:30 must not borrow the 03:00 open.
     candles = _candles([0, H, 3 * H, 4 * H], [100, 110, 130, 140], [110, 120, 140, 150])
-    labels = label_headlines(np.array([H + 1800, 2 * H + 1800, 4 * H + 1800, -5 * H]), candles, horizon_s=H)
+    labels = label_headlines(np.array([H + 1800, 2 * H + 1800, 4 * H + 1800, -5 * H]), candles, horizon_seconds=H)
     assert labels.label[0] == NO_LABEL  # entry candle in the gap
     assert labels.label[1] == 0  # 02:30 -> 03:00 candle: 130 -> 140
     assert labels.label[2] == NO_LABEL  # after the last candle: waits for prices
@@ -103,7 +103,7 @@ def test_market_situation_words_from_closed_candles_only() -> None:
 def test_bad_arguments_are_refused() -> None:
     candles = _candles([0, H], [1, 1], [1, 1])
     with pytest.raises(ValueError, match="multiple"):
-        label_headlines(np.array([0]), candles, horizon_s=90 * 60)
+        label_headlines(np.array([0]), candles, horizon_seconds=90 * 60)
     with pytest.raises(ValueError, match="increasing"):
         _candles([H, 0], [1, 1], [1, 1])
     with pytest.raises(ValueError, match="grid"):
@@ -132,7 +132,7 @@ def test_no_look_ahead(market: tuple[Candles, np.ndarray, int]) -> None:
     candles that closed at or before it; the exit candle ends exactly at entry + horizon."""
     candles, headlines, horizon = market
     labels = label_headlines(headlines, candles, horizon)
-    tf = candles.timeframe_s
+    tf = candles.timeframe_seconds
     for row, t in enumerate(headlines.tolist()):
         if labels.label[row] != NO_LABEL:
             entry_open = candles.open_time[labels.entry_idx[row]]

@@ -21,7 +21,7 @@ METRIC_MODULES = [
     "services.ingest.metrics",
     "services.trainer.metrics",
     "services.inference.metrics",
-    "services.backtest.metrics_export",
+    "services.backtest.metrics",
 ]
 # Series the engines export themselves (vLLM through the inference /metrics mirror); their
 # presence is checked against a live scrape in tests/test_end_to_end.py.

@@ -24,7 +24,7 @@ def ingest_settings(db_url: str, settings_env: Path, monkeypatch: pytest.MonkeyP
     """Settings on the per-test database (SQLite and PostgreSQL), no feeds, short timeouts."""
     monkeypatch.setenv("HSIG_DATABASE_URL", db_url)
     get_settings.cache_clear()
-    return IngestSettings(feed_urls=[], http_timeout_s=2.0, scheduler_enabled=False)
+    return IngestSettings(feed_urls=[], http_timeout_seconds=2.0, scheduler_enabled=False)
 
 
 @pytest.fixture

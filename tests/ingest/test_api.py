@@ -126,9 +126,9 @@ def test_scheduler_polls_on_its_own(ingest_settings: IngestSettings, server: Rep
         update={
             "feed_urls": [f"{server.url}/feed", f"{server.url}/missing"],  # one good, one 404
             "scheduler_enabled": True,
-            "feed_interval_s": 0.3,
-            "candle_interval_s": 3600.0,
-            "label_interval_s": 3600.0,
+            "feed_interval_seconds": 0.3,
+            "candle_interval_seconds": 3600.0,
+            "label_interval_seconds": 3600.0,
             "exchange_api_url": server.url,
         }
     )

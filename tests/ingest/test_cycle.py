@@ -68,7 +68,7 @@ BAD_FEEDS = {
     "/latin1": Fault(
         "/latin1", 200, snapshot(1).replace(b"Stocks", b"St\xf6cks"), {"Content-Type": "application/rss+xml"}
     ),
-    "/slow": Fault("/slow", 200, snapshot(1), {"Content-Type": "application/rss+xml"}, delay_s=3.0),
+    "/slow": Fault("/slow", 200, snapshot(1), {"Content-Type": "application/rss+xml"}, delay_seconds=3.0),
     "/ratelimited": Fault("/ratelimited", 429, b"", {"Retry-After": "30"}),
 }
 EXPECTED_REASON = {
@@ -93,7 +93,7 @@ def test_failing_sources_never_stop_the_others(
             "feed_urls": [f"{server.url}{path}" for path in BAD_FEEDS] + [f"{server.url}/good"],
             "exchange_api_url": server.url,
             "candle_since": T0,
-            "http_timeout_s": 1.0,
+            "http_timeout_seconds": 1.0,
         }
     )
     url = settings.resolved_database_url

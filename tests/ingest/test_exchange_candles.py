@@ -100,14 +100,14 @@ def test_gaps_after_the_previous_stored_candle() -> None:
             OperationalError,
             "exchange_error",
         ),
-        (Fault("/products/BTC-USD/candles", 200, b"[]", delay_s=2.5), TemporaryError, "timeout"),
+        (Fault("/products/BTC-USD/candles", 200, b"[]", delay_seconds=2.5), TemporaryError, "timeout"),
     ],
 )
 def test_exchange_failures_are_translated(fault: Fault, error: type[Exception], reason: str) -> None:
     server, _series, now = _series_server(50)
     server.add_fault(fault)
     try:
-        exchange = build_exchange("coinbaseexchange", server.url, timeout_s=1.0)
+        exchange = build_exchange("coinbaseexchange", server.url, timeout_seconds=1.0)
         with pytest.raises(error) as caught:
             pull_candles(exchange, "BTC/USD", "1h", int(T0.timestamp()), int(now.timestamp()))
     finally:

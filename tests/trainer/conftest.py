@@ -68,6 +68,6 @@ def session_trainer_settings(tmp_path_factory: pytest.TempPathFactory) -> Traine
 @pytest.fixture(scope="session")
 def published_lora(session_trainer_settings: TrainerSettings, planted_file: Path, tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """The planted-rule LoRA adapter, trained once per session (about 5 s)."""
-    from services.trainer.run import train
+    from services.trainer.training import train
 
     return train(lora_config(planted_file, tiny_model_dir), session_trainer_settings)

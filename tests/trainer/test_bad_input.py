@@ -16,7 +16,7 @@ from services.common.errors import InvalidInput, OperationalError
 from services.common.schemas import AdapterManifest
 from services.trainer.config import TrainConfig
 from services.trainer.publish import publish
-from services.trainer.run import train
+from services.trainer.training import train
 from services.trainer.settings import TrainerSettings
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import lora_config
@@ -71,7 +71,7 @@ def test_bad_jobs_fail_before_training(
 
     original = loop.run_loop
     with pytest.MonkeyPatch.context() as patch:  # a spy: proves no step ever ran
-        patch.setattr("services.trainer.run.run_loop", lambda *a, **k: trained.append(1) or original(*a, **k))
+        patch.setattr("services.trainer.training.run_loop", lambda *a, **k: trained.append(1) or original(*a, **k))
         with pytest.raises(InvalidInput, match=message):
             train(TrainConfig.model_validate(raw), trainer_settings)
     assert trained == []

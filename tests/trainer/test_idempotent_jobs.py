@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from services.trainer.api import build_app
+from services.trainer.app import build_app
 from services.trainer.settings import TrainerSettings
 from tests.trainer.conftest import lora_config
 

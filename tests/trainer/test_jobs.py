@@ -77,7 +77,7 @@ def test_stale_jobs_are_requeued_then_failed_after_their_attempts(db_url: str) -
         assert claim.attempt == attempt
         with session_scope(db_url) as session:  # the worker died a while ago
             session.execute(update(TrainingJob).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
-        assert jobs.recover_stale(db_url, stale_after_seconds=60, max_attempts=2) == [job_id]
+        assert jobs.recover_stale(db_url, lease_seconds=60, max_attempts=2) == [job_id]
     job = jobs.get_job(db_url, job_id)
     assert job.state == "failed" and "gave up after 2 attempts" in job.error
     # a worker that lost its job cannot close it any more
@@ -88,7 +88,7 @@ def test_stale_jobs_are_requeued_then_failed_after_their_attempts(db_url: str) -
 def test_a_fresh_heartbeat_is_not_stale(db_url: str) -> None:
     queue(db_url, 1)
     jobs.claim(db_url, "w")
-    assert jobs.recover_stale(db_url, stale_after_seconds=60, max_attempts=3) == []
+    assert jobs.recover_stale(db_url, lease_seconds=60, max_attempts=3) == []
 
 
 def test_after_a_crash_the_job_is_requeued_with_its_checkpoint(db_url: str) -> None:

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from services.common.settings import get_settings
 from services.trainer import jobs
-from services.trainer.run import train
-from services.trainer.runner import checkpoint_dir_for
+from services.trainer.training import train
+from services.trainer.job_process import checkpoint_dir_for
 from services.trainer.settings import TrainerSettings
 from services.trainer.worker import run_one, runner_command
 from tests.trainer.conftest import lora_config
@@ -68,7 +68,7 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     assert not (settings.adapters_path / "resumed").exists()  # nothing half-published
 
     # The service that ran it is gone too: its heartbeat goes stale and the job is requeued.
-    assert jobs.recover_stale(url, stale_after_seconds=0, max_attempts=3) == [job.id]
+    assert jobs.recover_stale(url, lease_seconds=0, max_attempts=3) == [job.id]
     assert run_one(settings) == job.id  # a new worker claims it and runs it in a new process
     done = jobs.get_job(url, job.id)
     assert done.state == "succeeded", done.error

@@ -31,7 +31,7 @@ def build_predictor(
             url,
             api_token=settings.api_token,
             batch_size=settings.predict_batch_size,
-            timeout_s=settings.request_timeout_s,
+            timeout_seconds=settings.request_timeout_seconds,
             retries=settings.request_retries,
         )
     if isinstance(spec, OpenAISpec):

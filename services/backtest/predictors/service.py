@@ -38,7 +38,7 @@ class ServicePredictor:
     database_url: str
     api_token: str = ""
     batch_size: int = 64
-    timeout_s: float = 120.0
+    timeout_seconds: float = 120.0
     retries: int = 5
     kind: str = "service"
 
@@ -53,7 +53,7 @@ class ServicePredictor:
         p_increase: list[float] = []
         base_model = ""
         headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s, headers=headers) as client:
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout_seconds, headers=headers) as client:
             for start in range(0, len(rows), self.batch_size):
                 response = self._post(client, self._request(rows, start, start + self.batch_size))
                 for prediction in response.predictions:

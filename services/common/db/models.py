@@ -264,7 +264,7 @@ class BacktestRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     # The scheduler (replica) running the current attempt, and when it last said so: a run whose
-    # heartbeat is older than HSIG_RUN_LEASE_S is taken over by another replica.
+    # heartbeat is older than HSIG_LEASE_SECONDS is taken over by another replica.
     holder: Mapped[str | None] = mapped_column(String(128), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 

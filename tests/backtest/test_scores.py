@@ -11,7 +11,7 @@ from sklearn.calibration import calibration_curve
 from services.backtest.bias import bias_test
 from services.backtest.bootstrap import block_bootstrap
 from services.backtest.calibration import calibration_report
-from services.backtest.metrics import classification_report, wilson_interval
+from services.backtest.scores import classification_report, wilson_interval
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -33,7 +33,7 @@ class Resolver(Protocol):
 
 
 @dataclass(frozen=True)
-class PredictorConfig:
+class ScorerConfig:
     base_model_name: str
     max_batch_items: int
     max_model_len: int
@@ -46,8 +46,8 @@ def check_batch_size(request: PredictRequest, limit: int) -> None:
         raise InvalidInput(f"{len(request.items)} items; at most {limit} per request", param="items")
 
 
-class Predictor:
-    def __init__(self, engine: VllmEngine, tokenizer: Any, pool: Resolver, config: PredictorConfig) -> None:
+class Scorer:
+    def __init__(self, engine: VllmEngine, tokenizer: Any, pool: Resolver, config: ScorerConfig) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
         self._pool = pool

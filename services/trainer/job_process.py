@@ -1,4 +1,4 @@
-"""Runs one claimed job in its own process: ``python -m services.trainer.runner JOB WORKER``.
+"""Runs one claimed job in its own process: ``python -m services.trainer.job_process JOB WORKER``.
 
 The worker starts one runner per job, so a crash, an out-of-memory kill or a SIGKILL takes
 down the job and not the API; peak RSS is the job's own; and the next attempt resumes from
@@ -20,7 +20,7 @@ from services.common.settings import get_settings
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
 from services.trainer.loop import LoopHooks, StepReport, Stopped
-from services.trainer.run import train
+from services.trainer.training import train
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
