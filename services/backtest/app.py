@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,16 +13,15 @@ from services.backtest.api import router
 from services.backtest.metrics import publish
 from services.backtest.schedule import BacktestScheduler
 from services.backtest.settings import BacktestSettings
-from services.common.db.migrate import upgrade
 from services.common.http import create_app
 from services.common.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def _restore_metrics(settings: BacktestSettings) -> None:
+def _restore_metrics(app: FastAPI) -> None:
     """Gauges come back from the last report, so a restart does not blank the dashboards."""
-    run = store.last_succeeded(settings.resolved_database_url)
+    run = store.last_succeeded(app.state.settings.resolved_database_url)
     if run is not None and run.summary.get("rows") and run.finished_at is not None:
         publish(run.summary["rows"], run.finished_at.timestamp())
 
@@ -34,16 +32,21 @@ def build_app(settings: BacktestSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(upgrade, settings.resolved_database_url)
-        await asyncio.to_thread(_restore_metrics, settings)
         app.state.scheduler = scheduler
-        await asyncio.to_thread(scheduler.start)
         try:
             yield
         finally:
             scheduler.shutdown()
 
-    return create_app("backtest", settings, routers=[router], lifespan=lifespan)
+    # The scheduler resumes unfinished runs from the database: it starts once the database
+    # answers, so a backtest service started without one still starts (and says why at /readyz).
+    return create_app(
+        "backtest",
+        settings,
+        routers=[router],
+        lifespan=lifespan,
+        on_database_ready=(_restore_metrics, lambda _: scheduler.start()),
+    )
 
 
 def serve(settings: BacktestSettings | None = None) -> None:

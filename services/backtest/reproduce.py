@@ -98,8 +98,8 @@ def _is_tiny(model_dir: str) -> bool:
 
 def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, say: Progress) -> Any:
     from services.trainer.config import TrainConfig
-    from services.trainer.training import train
     from services.trainer.settings import TrainerSettings
+    from services.trainer.training import train
 
     tiny = options.model == "tiny"
     default_rate = {"lora": 5e-3 if tiny else 2e-4, "full": 1e-3 if tiny else 2e-5}[method]

@@ -147,26 +147,29 @@ class BacktestScheduler:
         self.scheduler = BackgroundScheduler(executors=executors, timezone=UTC)
 
     def start(self) -> None:
-        if self.trigger is not None:
+        # Idempotent: the app retries start() until the database answers, and a retry may
+        # follow a start that had already started the scheduler.
+        if not self.scheduler.running:
+            if self.trigger is not None:
+                self.scheduler.add_job(
+                    self.run_rolling,
+                    self.trigger,
+                    id=ROLLING_JOB_ID,
+                    coalesce=True,  # a backlog of missed fires runs once, not N times
+                    max_instances=1,
+                    misfire_grace_time=None,  # late is better than skipped
+                )
+                log.info("rolling backtest scheduled: %s (UTC)", self.settings.schedule_cron)
             self.scheduler.add_job(
-                self.run_rolling,
-                self.trigger,
-                id=ROLLING_JOB_ID,
-                coalesce=True,  # a backlog of missed fires runs once, not N times
+                self.sweep,
+                "interval",
+                seconds=self.settings.lease_seconds / 2,
+                id=SWEEP_JOB_ID,
+                executor="sweep",
+                coalesce=True,
                 max_instances=1,
-                misfire_grace_time=None,  # late is better than skipped
             )
-            log.info("rolling backtest scheduled: %s (UTC)", self.settings.schedule_cron)
-        self.scheduler.add_job(
-            self.sweep,
-            "interval",
-            seconds=self.settings.lease_seconds / 2,
-            id=SWEEP_JOB_ID,
-            executor="sweep",
-            coalesce=True,
-            max_instances=1,
-        )
-        self.scheduler.start()
+            self.scheduler.start()
         stale_before = utcnow() - self.lease
         for run in store.unfinished_runs(self.url):
             if run.state == "running" and run.heartbeat_at is not None and run.heartbeat_at >= stale_before:
@@ -178,7 +181,8 @@ class BacktestScheduler:
             self._enqueue(run.id, delay_seconds=0)
 
     def shutdown(self) -> None:
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # never started when the database never answered
+            self.scheduler.shutdown(wait=False)
 
     def submit(
         self, config: BacktestConfig, trigger: str = "api", idempotency_key: str | None = None

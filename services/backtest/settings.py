@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import AliasChoices, Field
-
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
@@ -20,7 +19,10 @@ class BacktestSettings(CommonSettings):
     predict_batch_size: int = Field(64, ge=1, le=1024, description="Items per POST /v1/predict.")
     request_timeout_seconds: float = Field(
         120.0,
-        validation_alias=AliasChoices("HSIG_REQUEST_TIMEOUT_SECONDS", "HSIG_REQUEST_TIMEOUT_S"), gt=0, description="Timeout of one inference request.")
+        validation_alias=AliasChoices("HSIG_REQUEST_TIMEOUT_SECONDS", "HSIG_REQUEST_TIMEOUT_S"),
+        gt=0,
+        description="Timeout of one inference request.",
+    )
     request_retries: int = Field(5, ge=0, description="Retries of a 503 / timeout before giving up.")
     fees_bps: float = Field(10.0, ge=0, description="Fee per unit of notional traded, in basis points.")
     decrease_position: Literal["short", "flat"] = Field(
@@ -43,7 +45,10 @@ class BacktestSettings(CommonSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts of a scheduled run before it stays failed.")
     retry_delay_seconds: float = Field(
         300.0,
-        validation_alias=AliasChoices("HSIG_RETRY_DELAY_SECONDS", "HSIG_RETRY_DELAY_S"), ge=0, description="Wait before retrying a failed scheduled run.")
+        validation_alias=AliasChoices("HSIG_RETRY_DELAY_SECONDS", "HSIG_RETRY_DELAY_S"),
+        ge=0,
+        description="Wait before retrying a failed scheduled run.",
+    )
     lease_seconds: float = Field(
         120.0,
         validation_alias=AliasChoices("HSIG_LEASE_SECONDS", "HSIG_RUN_LEASE_S"),

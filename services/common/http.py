@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.db import ping
@@ -47,6 +49,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers=headers,
         )
 
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        # Only a lost connection is the client's to retry; any other database error is a bug.
+        if not exc.connection_invalidated and not isinstance(exc, OperationalError | InterfaceError):
+            raise exc
+        log.warning("database unavailable during a request: %s", str(exc).splitlines()[0])
+        return JSONResponse(
+            error_body("database unavailable; retry shortly", "service_unavailable", 503),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -63,17 +77,72 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _migrate_or_warn(settings: CommonSettings) -> None:
-    # An unreachable database must not stop the service from starting: /readyz reports it.
-    from services.common.db.migrate import upgrade
+class DatabaseWatch:
+    """Brings the database to the newest schema once it answers, then runs the service's hooks.
 
-    try:
-        upgrade(settings.resolved_database_url)
-    except Exception as exc:
-        log.warning("could not migrate the database at start-up (%s); /readyz will say why", exc)
+    A service must start without its database (a restart of PostgreSQL, a compose start order,
+    a network blip): it serves /healthz at once, /readyz answers 503 with the reason, and it
+    becomes ready when the database answers, without a restart. Each attempt is cheap, so one
+    runs at start-up, at every /readyz (the probe drives recovery) and on a backoff thread.
+    """
+
+    def __init__(self, app: FastAPI, migrate: bool, hooks: Sequence[Callable[[FastAPI], None]]) -> None:
+        self.app, self.migrate, self.hooks = app, migrate, list(hooks)
+        self.ready = False
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def try_once(self) -> bool:
+        """Migrate (or ping) and run the hooks not yet run; True once all have succeeded."""
+        with self._lock:
+            if self.ready:
+                return True
+            try:
+                self._connect()
+                while self.hooks:
+                    self.hooks[0](self.app)
+                    self.hooks.pop(0)
+            except Exception as exc:  # unreachable, or a hook failed: both are retried
+                if self.last_error is None:
+                    log.warning("database not ready (%s); /readyz says why, retrying in the background", exc)
+                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                return False
+            if self.last_error is not None:
+                log.info("database reachable again: ready")
+            self.ready, self.last_error = True, None
+            return True
+
+    def _connect(self) -> None:
+        url = self.app.state.settings.resolved_database_url
+        if self.migrate:
+            from services.common.db.migrate import upgrade
+
+            upgrade(url)  # idempotent; compose runs a one-shot migration first
+        else:
+            ping(url)
+
+    def start(self) -> None:
+        if not self.try_once():
+            self._thread = threading.Thread(target=self._retry, name="database-watch", daemon=True)
+            self._thread.start()
+
+    def _retry(self) -> None:
+        delay = 1.0
+        while not self._stop.wait(delay) and not self.try_once():
+            delay = min(delay * 2, 15.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def database_ready(app: FastAPI) -> None:
+    watch: DatabaseWatch | None = getattr(app.state, "database_watch", None)
+    if watch is not None and not watch.try_once():
+        raise RuntimeError(f"database unavailable: {watch.last_error}")
     ping(app.state.settings.resolved_database_url)
 
 
@@ -85,19 +154,26 @@ def create_app(
     readiness_checks: Sequence[ReadinessCheck] = (database_ready,),
     version: str = "0.1.0",
     migrate: bool = True,
+    on_database_ready: Sequence[Callable[[FastAPI], None]] = (),
 ) -> FastAPI:
     """The service's app. With ``migrate`` the database is brought to the newest schema as the
-    app starts (idempotent; compose runs a one-shot migration first, so there it finds nothing to do)."""
+    app starts, or as soon as it answers (``DatabaseWatch``); then ``on_database_ready`` runs,
+    once, in order: what a service does with its database at start-up goes there, not in its
+    lifespan, so that a service started without its database still starts."""
 
     @asynccontextmanager
     async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if migrate:
-            await asyncio.to_thread(_migrate_or_warn, settings)
-        if lifespan is None:
-            yield
-        else:
-            async with lifespan(app):
+        watch = DatabaseWatch(app, migrate, on_database_ready)
+        app.state.database_watch = watch
+        await asyncio.to_thread(watch.start)
+        try:
+            if lifespan is None:
                 yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            watch.stop()
 
     app = FastAPI(title=f"headline-signal {service}", version=version, lifespan=_lifespan)
     app.state.settings = settings

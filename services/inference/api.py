@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.common.auth import Authorized
 from services.common.errors import Overloaded
-from services.common.http import create_app, database_ready
 from services.common.schemas import PredictRequest, PredictResponse
 from services.inference import metrics
 from services.inference.openai_protocol import (
@@ -27,7 +26,6 @@ from services.inference.openai_protocol import (
     CompletionResponse,
     ModelList,
 )
-from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from services.inference.openai_protocol import (
     CompletionResponse,
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
-from services.inference.scorer import Scorer, ScorerConfig
 from services.inference.registry import AdapterRecord
+from services.inference.scorer import Scorer, ScorerConfig
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)

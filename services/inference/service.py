@@ -30,8 +30,8 @@ from services.inference.openai_protocol import (
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
 from services.inference.pool import AdapterPool
-from services.inference.scorer import Scorer, ScorerConfig, check_batch_size
 from services.inference.registry import AdapterRecord, discover
+from services.inference.scorer import Scorer, ScorerConfig, check_batch_size
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,10 @@ class ModelService:
         tokenizer = AutoTokenizer.from_pretrained(model)
         service = cls(settings, VllmEngine.start(config), tokenizer)
         await service.engine.pin_base()
-        await service.refresh()
+        try:
+            await service.refresh()
+        except Exception as exc:  # no database yet: serve the base model, /readyz says why, poll
+            log.warning("registry unreadable at start-up (%s); adapters follow once it answers", exc)
         if settings.registry_poll_seconds > 0:
             service._poll_task = asyncio.get_running_loop().create_task(service._poll_forever())
         return service

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.common.db.migrate import upgrade
 from services.common.http import create_app
 from services.common.settings import get_settings
 from services.ingest.api import router
@@ -24,7 +23,6 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(upgrade, settings.resolved_database_url)
         app.state.cycle_lock = asyncio.Lock()
         scheduler = build_scheduler(settings) if settings.scheduler_enabled else None
         if scheduler:
@@ -40,4 +38,6 @@ def build_app(settings: IngestSettings | None = None) -> FastAPI:
             if scheduler:
                 scheduler.shutdown(wait=False)
 
+    # The schema comes from create_app (as soon as the database answers); the scheduled parts
+    # log and retry on their own while it does not.
     return create_app("ingest", settings, routers=[router], lifespan=lifespan)

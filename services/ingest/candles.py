@@ -40,7 +40,10 @@ def _rebase_all(urls: Any, base: str) -> Any:
 
 
 def build_exchange(
-    exchange_id: str, api_url: str | None = None, timeout_seconds: float = 10.0, rate_limit_ms: int | None = None
+    exchange_id: str,
+    api_url: str | None = None,
+    timeout_seconds: float = 10.0,
+    rate_limit_ms: int | None = None,
 ) -> ccxt.Exchange:
     """A ccxt exchange with the rate limiter on; ``api_url`` points every API host elsewhere.
 
@@ -111,7 +114,11 @@ def find_gaps(
     steps = np.diff(times)
     where = np.flatnonzero(steps > timeframe_seconds)
     return [
-        (int(times[i] + timeframe_seconds), int(times[i + 1] - timeframe_seconds), int(steps[i] // timeframe_seconds - 1))
+        (
+            int(times[i] + timeframe_seconds),
+            int(times[i + 1] - timeframe_seconds),
+            int(steps[i] // timeframe_seconds - 1),
+        )
         for i in where
     ]
 

@@ -94,7 +94,9 @@ def label_new_rows(
     first = datetime.fromtimestamp(int(times.min()) - (lookback + 1) * tf, tz=UTC)
     last = datetime.fromtimestamp(int(times.max()) + horizon_seconds + tf, tz=UTC)
     candles = load_candles(session, market, first, last)
-    labels = label_headlines(times, candles, horizon_seconds, neutral_band, lookback, words or SituationWords())
+    labels = label_headlines(
+        times, candles, horizon_seconds, neutral_band, lookback, words or SituationWords()
+    )
     rows = _rows(pending, market, horizon, candles, labels)
     outcome.labelled = insert_labelled_rows(session, rows)
     outcome.waiting = int((~labels.labelled).sum())

@@ -177,7 +177,9 @@ def recording(data_dir: Path, exchange_id: str) -> dict[str, Any]:
 class CoinbaseSeries:
     """Closed candles plus one still-open candle at ``now``, served the way Coinbase pages them."""
 
-    def __init__(self, candles: CandleFrame, granularity_seconds: int, now: datetime, product_id: str = "BTC-USD"):
+    def __init__(
+        self, candles: CandleFrame, granularity_seconds: int, now: datetime, product_id: str = "BTC-USD"
+    ):
         self.candles = candles
         self.granularity_seconds = granularity_seconds
         self.now_seconds = int(now.timestamp())
@@ -196,11 +198,15 @@ class CoinbaseSeries:
         if int(query.get("granularity", self.granularity_seconds)) != self.granularity_seconds:
             return _json({"message": "Unsupported granularity"}, 400)
         start = (
-            _iso_seconds(query.get("start")) if "start" in query else self.now_seconds - 300 * self.granularity_seconds
+            _iso_seconds(query.get("start"))
+            if "start" in query
+            else self.now_seconds - 300 * self.granularity_seconds
         )
         end = _iso_seconds(query.get("end")) if "end" in query else self.now_seconds
         times = self.candles.open_time
-        chosen = np.flatnonzero((times >= start) & (times <= min(end, self.now_seconds)))[:COINBASE_MAX_CANDLES]
+        chosen = np.flatnonzero((times >= start) & (times <= min(end, self.now_seconds)))[
+            :COINBASE_MAX_CANDLES
+        ]
         rows = [
             [
                 int(times[i]),

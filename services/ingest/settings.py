@@ -24,16 +24,28 @@ class IngestSettings(CommonSettings):
     )
     feed_interval_seconds: float = Field(
         300.0,
-        validation_alias=AliasChoices("HSIG_FEED_INTERVAL_SECONDS", "HSIG_FEED_INTERVAL_S"), gt=0, description="Seconds between polls of each feed.")
+        validation_alias=AliasChoices("HSIG_FEED_INTERVAL_SECONDS", "HSIG_FEED_INTERVAL_S"),
+        gt=0,
+        description="Seconds between polls of each feed.",
+    )
     candle_interval_seconds: float = Field(
         600.0,
-        validation_alias=AliasChoices("HSIG_CANDLE_INTERVAL_SECONDS", "HSIG_CANDLE_INTERVAL_S"), gt=0, description="Seconds between candle pulls.")
+        validation_alias=AliasChoices("HSIG_CANDLE_INTERVAL_SECONDS", "HSIG_CANDLE_INTERVAL_S"),
+        gt=0,
+        description="Seconds between candle pulls.",
+    )
     label_interval_seconds: float = Field(
         600.0,
-        validation_alias=AliasChoices("HSIG_LABEL_INTERVAL_SECONDS", "HSIG_LABEL_INTERVAL_S"), gt=0, description="Seconds between labelling passes.")
+        validation_alias=AliasChoices("HSIG_LABEL_INTERVAL_SECONDS", "HSIG_LABEL_INTERVAL_S"),
+        gt=0,
+        description="Seconds between labelling passes.",
+    )
     http_timeout_seconds: float = Field(
         10.0,
-        validation_alias=AliasChoices("HSIG_HTTP_TIMEOUT_SECONDS", "HSIG_HTTP_TIMEOUT_S"), gt=0, description="Connect/read timeout for feeds and exchanges.")
+        validation_alias=AliasChoices("HSIG_HTTP_TIMEOUT_SECONDS", "HSIG_HTTP_TIMEOUT_S"),
+        gt=0,
+        description="Connect/read timeout for feeds and exchanges.",
+    )
     exchange: str = Field("coinbaseexchange", description="ccxt exchange id for candles.")
     exchange_api_url: str | None = Field(
         None, description="Replace every ccxt API base URL with this one (tests, replay server)."

@@ -14,9 +14,9 @@ from services.common.db.models import TrainingJob
 from services.common.idempotency import IdempotencyKey
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
-from services.trainer.training import prepare
 from services.trainer.schemas import JobList, JobOut
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import prepare
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])

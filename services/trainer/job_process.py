@@ -20,8 +20,8 @@ from services.common.settings import get_settings
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
 from services.trainer.loop import LoopHooks, StepReport, Stopped
-from services.trainer.training import train
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import train
 
 log = logging.getLogger(__name__)
 

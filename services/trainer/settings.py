@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
-
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
@@ -21,7 +20,9 @@ class TrainerSettings(CommonSettings):
     heartbeat_seconds: float = Field(2.0, gt=0, description="How often a running job reports progress.")
     lease_seconds: float = Field(
         60.0,
-        validation_alias=AliasChoices("HSIG_LEASE_SECONDS", "HSIG_STALE_AFTER_SECONDS"), gt=0, description="A running job whose heartbeat is older than this is requeued."
+        validation_alias=AliasChoices("HSIG_LEASE_SECONDS", "HSIG_STALE_AFTER_SECONDS"),
+        gt=0,
+        description="A running job whose heartbeat is older than this is requeued.",
     )
     max_attempts: int = Field(3, ge=1, description="Attempts (crashes included) before a job fails for good.")
     return_freed_memory: bool = Field(

@@ -16,8 +16,8 @@ from services.common.errors import InvalidInput, OperationalError
 from services.common.schemas import AdapterManifest
 from services.trainer.config import TrainConfig
 from services.trainer.publish import publish
-from services.trainer.training import train
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import train
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import lora_config
 from tests.trainer.planted import planted_rows, write_jsonl

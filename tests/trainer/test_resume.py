@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from services.common.settings import get_settings
 from services.trainer import jobs
-from services.trainer.training import train
 from services.trainer.job_process import checkpoint_dir_for
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import train
 from services.trainer.worker import run_one, runner_command
 from tests.trainer.conftest import lora_config
 

@@ -16,8 +16,8 @@ from services.common.scoring import best_label, score_with_transformers
 from services.trainer.config import TrainConfig
 from services.trainer.datasets import load_rows_from_file
 from services.trainer.publish import weights_sha256
-from services.trainer.training import train
 from services.trainer.settings import TrainerSettings
+from services.trainer.training import train
 from tests.trainer.conftest import FULL_OPTIM, lora_config
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,1 @@
+"""What tests in every package share: ports, waits, a database that can go away, publishing."""
