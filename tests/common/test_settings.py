@@ -31,3 +31,20 @@ def test_production_refuses_placeholder_token(monkeypatch: pytest.MonkeyPatch) -
         CommonSettings()
     monkeypatch.setenv("HSIG_API_TOKEN", "a-real-secret-value")
     assert CommonSettings().api_token == "a-real-secret-value"
+
+
+def test_seconds_settings_also_read_their_old_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every duration ends in _seconds; a deployment still setting the old *_S name keeps working."""
+    from services.backtest.settings import BacktestSettings
+    from services.ingest.settings import IngestSettings
+    from services.trainer.settings import TrainerSettings
+
+    monkeypatch.setenv("HSIG_RUN_LEASE_S", "30")
+    monkeypatch.setenv("HSIG_FEED_INTERVAL_S", "45")
+    monkeypatch.setenv("HSIG_STALE_AFTER_SECONDS", "90")
+    assert BacktestSettings().lease_seconds == 30
+    assert IngestSettings().feed_interval_seconds == 45
+    assert TrainerSettings().lease_seconds == 90
+    monkeypatch.setenv("HSIG_LEASE_SECONDS", "12")  # the new name wins over the old one
+    assert BacktestSettings().lease_seconds == 12
+    assert IngestSettings(feed_interval_seconds=5).feed_interval_seconds == 5
