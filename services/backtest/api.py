@@ -18,6 +18,7 @@ from services.common import idempotency
 from services.common.auth import Authorized
 from services.common.db.models import BacktestRun
 from services.common.errors import InvalidInput, NotFound
+from services.common.http import MAX_ROW_ID, RowId
 from services.common.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["backtest"])
@@ -73,7 +74,7 @@ async def start_backtest(
 
 
 @router.get("/backtests/{run_id}")
-async def get_backtest(run_id: int, request: Request) -> RunOut:
+async def get_backtest(run_id: RowId, request: Request) -> RunOut:
     run = await asyncio.to_thread(store.get_run, _settings(request).resolved_database_url, run_id)
     return run_out(run)
 
@@ -102,8 +103,10 @@ async def get_report(
 ) -> FileResponse:
     """``/v1/reports/7.html``, ``/v1/reports/7.json`` or ``/v1/reports/7?format=html``."""
     stem, _, suffix = name.partition(".")
-    if not stem.isdigit() or suffix not in ("", "json", "html"):
-        raise InvalidInput(f"report {name!r} is not like 7, 7.json or 7.html", param="id")
+    # isascii: str.isdigit() also accepts digits int() refuses ("²"); 19 digits hold any row id.
+    valid = stem.isascii() and stem.isdigit() and len(stem) <= 19 and int(stem) <= MAX_ROW_ID
+    if not valid or suffix not in ("", "json", "html"):
+        raise InvalidInput(f"report {name[:40]!r} is not like 7, 7.json or 7.html", param="id")
     kind = suffix or format or "json"
     run = await asyncio.to_thread(store.get_run, _settings(request).resolved_database_url, int(stem))
     if run.state != "succeeded":

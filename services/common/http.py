@@ -12,20 +12,26 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.body_limit import BodyLimit
 from services.common.db import ping
 from services.common.errors import HsigError, TemporaryError
 from services.common.metrics import http_metrics_middleware, metrics_response
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+# Row ids are 64-bit integers in both databases: anything larger is a 422, not a 500 from the driver.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID, description="A row id (1 to 2^63-1).")]
 
 ReadinessCheck = Callable[[FastAPI], Any]  # raises (or returns an awaitable that raises) when not ready
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -179,6 +185,7 @@ def create_app(
     app.state.settings = settings
     app.state.service = service
     app.middleware("http")(http_metrics_middleware(service))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before parsing
     _install_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])

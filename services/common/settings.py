@@ -46,6 +46,9 @@ class CommonSettings(BaseSettings):
     )
     api_token: str = Field("dev-token", description="Bearer token every mutating endpoint requires.")
     log_level: str = Field("INFO", description="Python logging level.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body any endpoint accepts (413 beyond)."
+    )
     symbol: str = Field("BTC/USD", description="Market the headlines are labelled against.")
     timeframe: str = Field("1h", description="Candle timeframe used for labels (ccxt notation).")
     horizons: CsvList = Field(default_factory=lambda: ["1h"], description="Label horizons (ccxt notation).")

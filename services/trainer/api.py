@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from services.common import idempotency
 from services.common.auth import Authorized
 from services.common.db.models import TrainingJob
+from services.common.http import RowId
 from services.common.idempotency import IdempotencyKey
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
@@ -64,11 +65,11 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: int, request: Request) -> JobOut:
+async def get_job(job_id: RowId, request: Request) -> JobOut:
     return JobOut.of(await asyncio.to_thread(jobs.get_job, _settings(request).resolved_database_url, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Authorized])
-async def cancel_job(job_id: int, request: Request) -> JobOut:
+async def cancel_job(job_id: RowId, request: Request) -> JobOut:
     """Queued: cancelled at once. Running: stops after its current step (state cancelling)."""
     return JobOut.of(await asyncio.to_thread(jobs.cancel, _settings(request).resolved_database_url, job_id))
