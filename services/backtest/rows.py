@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from services.backtest.strategy import Windows
 from services.common import labelling
 from services.common.db import session_scope
-from services.common.db.models import Candle, Headline, LabelledRow, candles_between
+from services.common.db.models import Candle, LabelledRow, candles_between
 from services.common.errors import InvalidInput
+from services.common.labelled_rows import labelled_row_filters, select_labelled_rows
 from services.common.prompts import DECREASE, INCREASE
 
 
@@ -86,20 +87,10 @@ def load_rows(
     exchange: str | None = None,
 ) -> EvalRows:
     """Labelled rows with start <= headline time < end, oldest first; InvalidInput if none."""
-    filters = [LabelledRow.symbol == symbol, LabelledRow.horizon == horizon]
-    if start is not None:
-        filters.append(LabelledRow.headline_time >= start)
-    if end is not None:
-        filters.append(LabelledRow.headline_time < end)
+    filters = labelled_row_filters(symbol, horizon, start=start, end=end)
     with session_scope(url) as session:
         exchange = _choose_one(session, LabelledRow.exchange, filters, exchange, "exchange")
-        filters.append(LabelledRow.exchange == exchange)
-        query = (
-            select(LabelledRow, Headline.title)
-            .join(Headline, Headline.id == LabelledRow.headline_id)
-            .where(*filters)
-            .order_by(LabelledRow.headline_time, LabelledRow.id)
-        )
+        query = select_labelled_rows(symbol, horizon, exchange=exchange, start=start, end=end)
         records = session.execute(query).all()
         if not records:
             raise InvalidInput(_empty_message(session, symbol, horizon, start, end), param="start")
@@ -146,10 +137,7 @@ def increase_share_before(url: str, rows: EvalRows, before: datetime) -> tuple[f
     with session_scope(url) as session:
         labels = session.scalars(
             select(LabelledRow.label).where(
-                LabelledRow.symbol == rows.symbol,
-                LabelledRow.horizon == rows.horizon,
-                LabelledRow.exchange == rows.exchange,
-                LabelledRow.exit_time <= before,
+                *labelled_row_filters(rows.symbol, rows.horizon, exchange=rows.exchange, exited_by=before),
                 LabelledRow.label.in_((INCREASE, DECREASE)),
             )
         ).all()

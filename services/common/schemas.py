@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["lora", "qlora", "full"]
+from services.common.methods import Method  # TrainingMethod with its rules, as a field type
+
 Task = Literal["btc-trend", "implicit-hate", "chat"]
 BASE_MODEL_NAME = "base"  # the adapter name that means "no adapter"
 

@@ -1,7 +1,8 @@
 """Which adapters and full fine-tunes exist: the ``adapters`` table first, the volume second.
 
 The trainer publishes to ``<adapters_path>/<name>/v<version>/`` and registers a row
-(services/trainer/publish.py); the newest ``ready`` version of each name is the one served.
+(services/trainer/publish.py); the newest ``ready`` version of each name is the one served
+(the layout and the queries: services/common/adapters.py).
 A directory on the volume with a ``manifest.json`` and no row (copied by hand, restored from a
 backup) is served too, unless a row of the same name exists: the database is the authority.
 Reading never writes; a broken manifest is reported as unservable with its reason.
@@ -18,18 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
+from services.common.adapters import (
+    ADAPTER_CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_CONFIG_FILE,
+    TOKENIZER_FILES,
+    is_adapter_dir,
+    is_full_model_dir,
+    newest_ready,
+    published_dirs,
+    read_manifest,
+    registered_names,
+)
 from services.common.db import session_scope
-from services.common.db.models import Adapter
 from services.common.schemas import AdapterManifest
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.json"
-LORA_CONFIG_FILE = "adapter_config.json"
-MODEL_CONFIG_FILE = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class AdapterRecord:
     @property
     def is_full(self) -> bool:
         """A full fine-tune: served by an engine of its own, not as an adapter of the base."""
-        return self.manifest is not None and self.manifest.method == "full"
+        return self.manifest is not None and not self.manifest.method.is_adapter
 
     def describe(self, status: str, reason: str | None, **extra: Any) -> dict[str, Any]:
         """The row /v1/adapters lists: the manifest's fields, where it came from, how it is served."""
@@ -82,40 +88,32 @@ def discover(
 
 def _from_database(database_url: str) -> tuple[dict[str, AdapterRecord], set[str]]:
     """The newest ``ready`` version of each name, and every name the table knows at all."""
-    records: dict[str, AdapterRecord] = {}
-    names: set[str] = set()
     with session_scope(database_url) as session:
-        rows = session.scalars(select(Adapter).order_by(Adapter.name, Adapter.version)).all()
-        for row in rows:  # ascending versions: the newest ready one of each name stays
-            names.add(row.name)
-            if row.status == "ready":
-                records[row.name] = AdapterRecord(
-                    row.name, row.version, row.path, _parse_manifest(row.manifest, row.name), "database"
-                )
+        names = registered_names(session)
+        records = {
+            name: AdapterRecord(
+                row.name, row.version, row.path, _parse_manifest(row.manifest, row.name), "database"
+            )
+            for name, row in newest_ready(session).items()
+        }
     return records, names
 
 
 def _from_volume(adapters_path: Path) -> dict[str, AdapterRecord]:
     records: dict[str, AdapterRecord] = {}
-    if not adapters_path.is_dir():
-        return records
-    for manifest_file in sorted(adapters_path.glob(f"*/*/{MANIFEST_FILE}")) + sorted(
-        adapters_path.glob(f"*/{MANIFEST_FILE}")
-    ):
-        if any(part.startswith(".") for part in manifest_file.relative_to(adapters_path).parts):
-            continue  # .staging and other hidden work in progress
+    for directory in published_dirs(adapters_path):  # .staging and other hidden work are left out
         try:
-            raw = json.loads(manifest_file.read_text())
+            manifest = read_manifest(directory)
         except (OSError, json.JSONDecodeError) as exc:
-            log.warning("skipping %s: %s", manifest_file, exc)
+            log.warning("skipping %s: %s", directory / MANIFEST_FILE, exc)
             continue
-        manifest = _parse_manifest(raw, manifest_file.parent.name)
-        if manifest is None:
+        except ValidationError as exc:
+            _log_invalid(directory.name, exc)
             continue
         current = records.get(manifest.name)
         if current is None or manifest.version > current.version:
             records[manifest.name] = AdapterRecord(
-                manifest.name, manifest.version, str(manifest_file.parent.resolve()), manifest, "volume"
+                manifest.name, manifest.version, str(directory.resolve()), manifest, "volume"
             )
     return records
 
@@ -124,8 +122,12 @@ def _parse_manifest(raw: object, where: str) -> AdapterManifest | None:
     try:
         return AdapterManifest.model_validate(raw)
     except ValidationError as exc:
-        log.warning("adapter %s has an invalid manifest: %s", where, exc.errors()[0].get("msg"))
+        _log_invalid(where, exc)
         return None
+
+
+def _log_invalid(where: str, exc: ValidationError) -> None:
+    log.warning("adapter %s has an invalid manifest: %s", where, exc.errors()[0].get("msg"))
 
 
 def _check(record: AdapterRecord, base_model_name: str, max_rank: int) -> AdapterRecord:
@@ -139,13 +141,13 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
     manifest = record.manifest
     if manifest is None:
         return "manifest.json is missing or invalid"
-    if manifest.method == "full":
+    if not manifest.method.is_adapter:  # a full model: its own engine, its own base
         return _full_model_reason(Path(record.path))
     if Path(manifest.base_model).name != base_model_name:
         return f"trained on base model {manifest.base_model!r}, this service serves {base_model_name!r}"
     path = Path(record.path)
-    if not (path / LORA_CONFIG_FILE).is_file():
-        return f"no {LORA_CONFIG_FILE} in {path}"
+    if not is_adapter_dir(path):
+        return f"no {ADAPTER_CONFIG_FILE} in {path}"
     rank = _rank_of(path)
     if rank is not None and rank > max_rank:
         return f"LoRA rank {rank} is above max_lora_rank {max_rank}"
@@ -154,7 +156,7 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
 
 def _full_model_reason(path: Path) -> str | None:
     """What a full fine-tune's engine would miss; vLLM itself judges the rest when it loads."""
-    if not (path / MODEL_CONFIG_FILE).is_file():
+    if not is_full_model_dir(path):
         return f"a full model needs {MODEL_CONFIG_FILE}; none in {path}"
     if not any(path.glob("*.safetensors")):
         return f"a full model needs safetensors weights; none in {path}"
@@ -165,6 +167,6 @@ def _full_model_reason(path: Path) -> str | None:
 
 def _rank_of(path: Path) -> int | None:
     try:
-        return int(json.loads((path / LORA_CONFIG_FILE).read_text()).get("r"))
+        return int(json.loads((path / ADAPTER_CONFIG_FILE).read_text()).get("r"))
     except (OSError, ValueError, TypeError):
         return None

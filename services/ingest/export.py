@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
 from services.common.errors import InvalidInput
+from services.common.labelled_rows import read_labelled_rows
 from services.common.schemas import LabelledRowOut
 
 RowFormat = Literal["jsonl", "csv", "parquet"]
@@ -34,28 +35,10 @@ def query_rows(
     """Rows with ``start <= headline_time < end``, oldest first."""
     if start and end and start >= end:
         raise InvalidInput("start must be before end", param="start")
-    statement = select(LabelledRow, Headline.title).join(Headline, Headline.id == LabelledRow.headline_id)
-    if start:
-        statement = statement.where(LabelledRow.headline_time >= start)
-    if end:
-        statement = statement.where(LabelledRow.headline_time < end)
-    if symbol:
-        statement = statement.where(LabelledRow.symbol == symbol)
-    if horizon:
-        statement = statement.where(LabelledRow.horizon == horizon)
-    statement = statement.order_by(LabelledRow.headline_time, LabelledRow.id)
-    if limit:
-        statement = statement.limit(limit)
-    return [_out(row, title) for row, title in session.execute(statement)]
-
-
-def _out(row: LabelledRow, title: str) -> LabelledRowOut:
-    fields: dict[str, Any] = {
-        name: getattr(row, name)
-        for name in LabelledRowOut.model_fields
-        if name not in {"headline", "return_"} and hasattr(row, name)
-    }
-    return LabelledRowOut(headline=title, **{"return": row.return_}, **fields)
+    # An empty value (or a limit of 0) means "any", as the API's query parameters do.
+    return read_labelled_rows(
+        session, symbol or None, horizon or None, start=start or None, end=end or None, limit=limit or None
+    )
 
 
 def render_rows(rows: list[LabelledRowOut], fmt: RowFormat) -> bytes:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from services.common.methods import TrainingMethod
 from services.common.schemas import LoraSettings, Method, Task
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -136,7 +137,7 @@ class TrainConfig(BaseModel):
         min_length=1,
         description=f"Local directory, Hugging Face id, or a preset: {', '.join([TINY_PRESET, *PRESETS])}.",
     )
-    method: Method = Field("lora", description="lora, qlora (GPU + bitsandbytes) or full.")
+    method: Method = Field(TrainingMethod.LORA, description="lora, qlora (GPU + bitsandbytes) or full.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (lora and qlora).")
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

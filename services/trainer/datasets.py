@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from services.common.db import session_scope
-from services.common.db.models import Headline, LabelledRow
 from services.common.errors import InvalidInput
+from services.common.labelled_rows import read_labelled_rows
 from services.common.prompts import (
     TREND_LABELS,
     btc_trend_prompt,
@@ -100,21 +99,10 @@ class DatasetSplit:
 def load_rows_from_database(
     database_url: str, symbol: str, horizon: str, exchange: str | None = None
 ) -> list[LabelledRowOut]:
-    query = (
-        select(LabelledRow, Headline.title)
-        .join(Headline, Headline.id == LabelledRow.headline_id)
-        .where(LabelledRow.symbol == symbol, LabelledRow.horizon == horizon)
-        .order_by(LabelledRow.headline_time, LabelledRow.id)
-    )
-    if exchange:
-        query = query.where(LabelledRow.exchange == exchange)
+    """Every row of ``symbol`` and ``horizon`` (of ``exchange``, if given), oldest first; the time
+    windows split them afterwards (services/trainer/windows.py)."""
     with session_scope(database_url) as session:
-        return [_row_out(row, title) for row, title in session.execute(query)]
-
-
-def _row_out(row: LabelledRow, title: str) -> LabelledRowOut:
-    fields = {column: getattr(row, column) for column in LabelledRowOut.model_fields if hasattr(row, column)}
-    return LabelledRowOut.model_validate({**fields, "headline": title, "return": row.return_})
+        return read_labelled_rows(session, symbol, horizon, exchange=exchange or None)
 
 
 def load_rows_from_file(path: Path) -> list[LabelledRowOut]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.common.errors import InvalidInput
+from services.common.methods import TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,14 @@ class Parallel:
     def sharded(self) -> bool:
         return self.strategy == "fsdp"
 
-    def check(self, method: str, batch_size: int) -> None:
+    def check(self, method: TrainingMethod | str, batch_size: int) -> None:
         """Refuse, before any weights load, a job this launch cannot run."""
         if batch_size < self.world:
             raise InvalidInput(
                 f"batch_size {batch_size} is smaller than the {self.world} processes sharing each batch",
                 param="optim.batch_size",
             )
-        if self.sharded and method == "qlora":
+        if self.sharded and not TrainingMethod(method).shardable:
             raise InvalidInput(
                 "QLoRA cannot be sharded with FSDP (4-bit weights do not shard): "
                 "use method 'lora', or launch QLoRA data-parallel (--multi_gpu)",

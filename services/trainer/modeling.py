@@ -85,7 +85,7 @@ def pick_device(config: TrainConfig) -> tuple[str, str]:
     import torch
 
     has_cuda = torch.cuda.is_available()
-    if config.method == "qlora":
+    if config.method.needs_gpu:
         if not has_cuda:
             raise OperationalError(
                 "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this host has none: use method 'lora' or 'full'",
@@ -117,7 +117,7 @@ def load_for_training(config: TrainConfig, ref: BaseModelRef, device: str, dtype
 
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if config.method == "qlora":
+    if config.method.quantised:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -129,12 +129,12 @@ def load_for_training(config: TrainConfig, ref: BaseModelRef, device: str, dtype
         kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under a launcher
     torch.manual_seed(config.optim.seed)
     model = AutoModelForCausalLM.from_pretrained(ref.load_from, **kwargs)
-    if config.method != "qlora":
+    if not config.method.quantised:  # 4-bit weights were placed on this rank's GPU as they loaded
         model.to(device)
     if config.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if config.method == "full":
+    if config.method.trains_all_weights:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
@@ -145,7 +145,7 @@ def _wrap_lora(config: TrainConfig, model: Any) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.method == "qlora":
+    if config.method.quantised:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.optim.gradient_checkpointing
         )

@@ -1,9 +1,9 @@
 """Publishing: weights and manifest written aside, renamed into place, registered in one step.
 
-Layout: ``<adapters_path>/<name>/v<version>/`` with ``adapter_config.json`` and
-``adapter_model.safetensors`` (LoRA, QLoRA) or a full model directory (``config.json``,
-``model.safetensors``, tokenizer files), plus ``manifest.json`` and ``training_config.json``.
-Safetensors only: a pickle file in the directory is refused.
+Layout (services/common/adapters.py): ``<adapters_path>/<name>/v<version>/`` with
+``adapter_config.json`` and ``adapter_model.safetensors`` (LoRA, QLoRA) or a full model directory
+(``config.json``, ``model.safetensors``, tokenizer files), plus ``manifest.json`` and
+``training_config.json``. Safetensors only: a pickle file in the directory is refused.
 
 The row in ``adapters`` is inserted (and its version reserved by the unique constraint)
 before the rename and committed after it, so a reader never sees a row without a directory;
@@ -24,9 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from services.common.adapters import (
+    TRAINING_CONFIG_FILE,
+    next_version,
+    staging_root,
+    version_dir,
+    write_manifest,
+)
 from services.common.db import session_scope
 from services.common.db.models import Adapter
 from services.common.errors import OperationalError
@@ -34,8 +40,6 @@ from services.common.schemas import AdapterManifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "training_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -83,14 +87,14 @@ def publish(
     attempts: int = 3,
 ) -> PublishedAdapter:
     """Write, hash, rename into place and register; returns where it went and its manifest."""
-    staging_root = adapters_path / ".staging"
-    staging_root.mkdir(parents=True, exist_ok=True)
-    staging = staging_root / f"{manifest.name}-{uuid.uuid4().hex[:8]}"
+    staging_dir = staging_root(adapters_path)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir / f"{manifest.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         write_weights(staging)
         manifest = manifest.model_copy(update={"weights_sha256": weights_sha256(staging)})
-        (staging / CONFIG_FILE).write_text(json.dumps(training_config, indent=2, default=str))
+        (staging / TRAINING_CONFIG_FILE).write_text(json.dumps(training_config, indent=2, default=str))
         for attempt in range(attempts):
             try:
                 return _register_and_rename(database_url, adapters_path, manifest, staging)
@@ -107,10 +111,9 @@ def _register_and_rename(
     database_url: str, adapters_path: Path, manifest: AdapterManifest, staging: Path
 ) -> PublishedAdapter:
     with session_scope(database_url) as session:
-        latest = session.scalar(select(func.max(Adapter.version)).where(Adapter.name == manifest.name))
-        manifest = manifest.model_copy(update={"version": (latest or 0) + 1})
-        final = adapters_path / manifest.name / f"v{manifest.version}"
-        (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        manifest = manifest.model_copy(update={"version": next_version(session, manifest.name)})
+        final = version_dir(adapters_path, manifest.name, manifest.version)
+        write_manifest(staging, manifest)
         session.add(Adapter.from_manifest(manifest, str(final.resolve())))
         session.flush()  # reserves the version (unique name+version) before anything moves
         final.parent.mkdir(parents=True, exist_ok=True)

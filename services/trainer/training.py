@@ -70,7 +70,7 @@ def prepare(config: TrainConfig, settings: TrainerSettings | None = None) -> Pre
     device, dtype = pick_device(config)  # QLoRA on a CPU host fails here, before anything else
     base = resolve_base(config.base_model, settings.models_path)
     model_config = load_base_config(base)
-    if config.method != "full":
+    if config.method.is_adapter:
         check_lora_rank(model_config, config.lora.r)
     dataset = build_dataset(
         config,
@@ -193,7 +193,7 @@ def _train(
         settings.adapters_path,
         manifest,
         lambda directory: save_weights(
-            model, job.tokenizer, directory, full=config.method == "full", state_dict=state
+            model, job.tokenizer, directory, full=config.method.carries_tokenizer, state_dict=state
         ),
         training_config=config.model_dump(mode="json"),
     )
@@ -205,7 +205,7 @@ def _train(
         published.name,
         settings.notify_timeout_seconds,
         # A full model's own engine takes minutes to start on a GPU: ask, and do not wait for it.
-        wait=config.method != "full",
+        wait=config.method.wait_for_load,
     )
     parallel.wait()
     return published
@@ -247,7 +247,7 @@ def _manifest(
         base_model=job.base.name,
         method=config.method,
         task=config.task,
-        lora=None if config.method == "full" else config.lora,
+        lora=config.lora if config.method.is_adapter else None,
         training_window=TrainingWindow(
             first_row_time=dataset.first_row_time,
             last_row_time=dataset.last_row_time,

@@ -13,7 +13,6 @@ built, which the API's preflight and the run both do before any row is scored.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,13 @@ import numpy as np
 
 from services.backtest.predictors.base import PredictionSet, prompts_of
 from services.backtest.rows import EvalRows
+from services.common.adapters import (
+    MANIFEST_FILE,
+    has_manifest,
+    is_adapter_dir,
+    is_full_model_dir,
+    read_manifest,
+)
 from services.common.errors import InvalidInput, OperationalError
 from services.common.prompts import TREND_LABELS, bos_id_of
 from services.common.schemas import AdapterManifest
@@ -80,21 +86,21 @@ class LocalPredictor:
 
     def _packages(self) -> tuple[str, ...]:
         adapter = Path(self.adapter_dir) if self.adapter_dir else None
-        if adapter is None or (adapter / "config.json").is_file():
+        if adapter is None or is_full_model_dir(adapter):
             return ("torch", "transformers")  # the base or a full fine-tune: no peft involved
         return SCORING_PACKAGES
 
     def manifest(self) -> AdapterManifest | None:
         if self.adapter_dir is None:
             return None
-        path = Path(self.adapter_dir) / "manifest.json"
-        if not path.is_file():
+        directory = Path(self.adapter_dir)
+        if not has_manifest(directory):
             raise InvalidInput(
-                f"{self.adapter_dir} has no manifest.json: without its training window the leakage "
+                f"{self.adapter_dir} has no {MANIFEST_FILE}: without its training window the leakage "
                 "guard cannot check it (pass --allow-overlap to score it anyway)",
                 param="adapter_dir",
             )
-        return AdapterManifest.model_validate(json.loads(path.read_text()))
+        return read_manifest(directory)
 
     def _load(self) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,7 +108,7 @@ class LocalPredictor:
         adapter = Path(self.adapter_dir) if self.adapter_dir else None
         if adapter is not None and not adapter.is_dir():
             raise InvalidInput(f"adapter directory {adapter} does not exist", param="adapter_dir")
-        full_model = adapter is not None and (adapter / "config.json").is_file()
+        full_model = adapter is not None and is_full_model_dir(adapter)
         weights = str(adapter) if full_model else self.model
         tokenizer_dir = str(adapter) if full_model and (adapter / "tokenizer.json").is_file() else self.model
         try:
@@ -111,7 +117,7 @@ class LocalPredictor:
         except OSError as exc:
             raise OperationalError(f"cannot load model {weights!r}: {exc}") from exc
         if adapter is not None and not full_model:
-            if not (adapter / "adapter_config.json").is_file():
+            if not is_adapter_dir(adapter):
                 raise InvalidInput(
                     f"{adapter} holds neither a PEFT adapter nor a full model", param="adapter_dir"
                 )

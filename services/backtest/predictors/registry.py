@@ -1,9 +1,11 @@
-"""Adapters as the trainer registered them (``adapters`` table), read-only for the backtest."""
+"""Adapters as the trainer registered them (``adapters`` table), read-only for the backtest.
+
+The queries themselves are services/common/adapters.py's, shared with the inference service.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
+from services.common.adapters import manifest_of, newest_ready, newest_ready_of
 from services.common.db import session_scope
 from services.common.db.models import Adapter
 from services.common.errors import NotFound
@@ -13,26 +15,17 @@ from services.common.schemas import AdapterManifest
 def registered_adapters(url: str, task: str = "btc-trend") -> list[Adapter]:
     """The newest ready version of every adapter of ``task``, by name."""
     with session_scope(url) as session:
-        adapters = session.scalars(
-            select(Adapter).where(Adapter.status == "ready", Adapter.task == task).order_by(Adapter.version)
-        ).all()
-    newest = {adapter.name: adapter for adapter in adapters}
-    return [newest[name] for name in sorted(newest)]
+        return list(newest_ready(session, task).values())
 
 
 def adapter_manifest(url: str, name: str) -> AdapterManifest:
     """The manifest of the newest ready version of ``name``; NotFound lists what exists."""
-    adapters = {adapter.name: adapter for adapter in registered_adapters(url)}
-    if name not in adapters:
-        known = ", ".join(sorted(adapters)) or "none"
+    with session_scope(url) as session:
+        adapter = newest_ready_of(session, name, task="btc-trend")
+        known = [] if adapter is not None else list(newest_ready(session, "btc-trend"))
+    if adapter is None:
         raise NotFound(
-            f"adapter {name!r} is not registered (registered btc-trend adapters: {known})", param="adapter"
+            f"adapter {name!r} is not registered (registered btc-trend adapters: {', '.join(known) or 'none'})",
+            param="adapter",
         )
-    adapter = adapters[name]
-    manifest = dict(adapter.manifest or {})
-    manifest.setdefault("name", adapter.name)
-    manifest.setdefault("version", adapter.version)
-    manifest.setdefault("base_model", adapter.base_model)
-    manifest.setdefault("method", adapter.method)
-    manifest.setdefault("task", adapter.task)
-    return AdapterManifest.model_validate(manifest)
+    return manifest_of(adapter)
