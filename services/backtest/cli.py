@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from services.common.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from services.backtest.settings import BacktestSettings
 
 app = typer.Typer(help="The backtest service: score predictors on out-of-time rows.", no_args_is_help=True)
 
@@ -76,7 +79,7 @@ def _predictors(
         specs.append(LocalSpec(model=local_model, label="local:base"))
         specs += [LocalSpec(model=local_model, adapter_dir=path) for path in local_adapters or []]
     if openai_model:
-        specs.append(OpenAISpec(model=openai_model, base_url=openai_url, api_key_env=openai_key_env))
+        specs.append(OpenAISpec(model=openai_model, base_url=openai_url))
     if not specs:
         raise InvalidInput("no predictors: give at least one baseline, adapter or model")
     return specs
@@ -107,8 +110,11 @@ def run(
         str | None, typer.Option(help="Base URL of that endpoint (default OpenAI's).")
     ] = None,
     openai_key_env: Annotated[
-        str, typer.Option(help="Environment variable holding its key.")
-    ] = "OPENAI_API_KEY",
+        str | None,
+        typer.Option(
+            help="Environment variable holding its key (this run only; else HSIG_OPENAI_ENDPOINTS)."
+        ),
+    ] = None,
     symbol: Annotated[str | None, typer.Option()] = None,
     horizon: Annotated[str | None, typer.Option()] = None,
     exchange: Annotated[str | None, typer.Option()] = None,
@@ -142,9 +148,26 @@ def run(
         except ValidationError as exc:
             first = exc.errors()[0]
             raise InvalidInput(f"{'.'.join(map(str, first['loc'])) or 'options'}: {first['msg']}") from exc
-    result = run_backtest(_settings(), backtest, trigger="cli")
+    settings = _settings()
+    if openai_model and (openai_url or openai_key_env):
+        # Whoever runs the CLI is the operator: its endpoint and key join the allow-list for this run.
+        settings = _with_openai_endpoint(settings, openai_url, openai_key_env)
+    result = run_backtest(settings, backtest, trigger="cli")
     typer.echo(result.summary_table)
     typer.echo(f"run {result.run_id}\nJSON: {result.json_path}\nHTML: {result.html_path}")
+
+
+def _with_openai_endpoint(
+    settings: BacktestSettings, url: str | None, key_env: str | None
+) -> BacktestSettings:
+    from services.backtest.predictors.outbound import OPENAI_DEFAULT_URL, host_of
+
+    host = host_of(url or OPENAI_DEFAULT_URL, "--openai-url")
+    key_env = key_env if key_env is not None else settings.openai_key_envs().get(host, "OPENAI_API_KEY")
+    endpoints = [
+        entry for entry in settings.openai_endpoints if entry.partition("=")[0].strip().lower() != host
+    ]
+    return settings.model_copy(update={"openai_endpoints": [*endpoints, f"{host}={key_env}"]})
 
 
 @app.command("rolling")

@@ -14,6 +14,12 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 BaselineName = Literal["always_increase", "always_decrease", "majority", "momentum", "coin_flip"]
+# Bounds on what one request may ask for: a report is read by people, and a queued run holds
+# the one backtest worker (10,000 predictors were once about a day of work).
+MAX_PREDICTORS = 32
+MAX_NOTES, MAX_NOTE = 20, 2_000
+MAX_NAME, MAX_URL = 200, 2_000
+
 BASELINES: tuple[str, ...] = ("always_increase", "always_decrease", "majority", "momentum", "coin_flip")
 
 
@@ -30,9 +36,13 @@ class ServiceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["service"] = "service"
-    adapter: str = Field(min_length=1, description="Registered adapter name, or 'base'.")
-    label: str | None = Field(None, description="Name shown in the report; default the adapter.")
-    url: str | None = Field(None, description="Inference base URL; default settings.inference_url.")
+    adapter: str = Field(min_length=1, max_length=128, description="Registered adapter name, or 'base'.")
+    label: str | None = Field(
+        None, max_length=MAX_NAME, description="Name shown in the report; default the adapter."
+    )
+    url: str | None = Field(
+        None, max_length=MAX_URL, description="Inference base URL; default settings.inference_url."
+    )
 
 
 class OpenAISpec(BaseModel):
@@ -40,10 +50,12 @@ class OpenAISpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["openai"] = "openai"
-    model: str = Field(min_length=1)
-    base_url: str | None = Field(None, description="Endpoint; default OpenAI's.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
-    label: str | None = None
+    model: str = Field(min_length=1, max_length=MAX_NAME)
+    base_url: str | None = Field(None, max_length=MAX_URL, description="Endpoint; default OpenAI's.")
+    api_key_env: str | None = Field(
+        None, max_length=128, description="Leave out: the operator pairs each endpoint with its key."
+    )
+    label: str | None = Field(None, max_length=MAX_NAME)
     max_concurrency: int = Field(4, ge=1, le=64)
 
 
@@ -52,9 +64,13 @@ class LocalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["local"] = "local"
-    model: str = Field(min_length=1, description="Base model directory or Hugging Face id.")
-    adapter_dir: str | None = Field(None, description="PEFT adapter or full fine-tune directory.")
-    label: str | None = None
+    model: str = Field(
+        min_length=1, max_length=MAX_URL, description="Base model directory or Hugging Face id."
+    )
+    adapter_dir: str | None = Field(
+        None, max_length=MAX_URL, description="PEFT adapter or full fine-tune directory."
+    )
+    label: str | None = Field(None, max_length=MAX_NAME)
     batch_size: int = Field(16, ge=1, le=512)
 
 
@@ -76,7 +92,9 @@ class BacktestConfig(BaseModel):
     symbol: str | None = Field(None, description="Default settings.symbol.")
     horizon: str | None = Field(None, description="Label horizon; default the first of settings.horizons.")
     exchange: str | None = Field(None, description="Only rows labelled on this exchange.")
-    predictors: list[PredictorSpec] = Field(default_factory=default_predictors, min_length=1)
+    predictors: list[PredictorSpec] = Field(
+        default_factory=default_predictors, min_length=1, max_length=MAX_PREDICTORS
+    )
     fees_bps: float | None = Field(None, ge=0, le=1000, description="Default settings.fees_bps.")
     decrease_position: Literal["short", "flat"] | None = None
     bootstrap_reps: int | None = Field(None, ge=0, le=100_000)
@@ -88,7 +106,9 @@ class BacktestConfig(BaseModel):
     majority_before: AwareDatetime | None = Field(
         None, description="Majority baseline learns from rows before this; default the window start."
     )
-    notes: list[str] = Field(default_factory=list, description="Printed at the top of the report.")
+    notes: list[Annotated[str, Field(max_length=MAX_NOTE)]] = Field(
+        default_factory=list, max_length=MAX_NOTES, description="Printed at the top of the report."
+    )
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> BacktestConfig:

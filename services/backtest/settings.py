@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, CsvList
 
 
 class BacktestSettings(CommonSettings):
@@ -16,6 +16,15 @@ class BacktestSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     port: int = Field(8003, description="Port of the HTTP API.")
     inference_url: str = Field("http://127.0.0.1:8000", description="Base URL of the inference service.")
+    inference_allowed_hosts: CsvList = Field(
+        default_factory=list,
+        description="Other inference hosts (host[:port]) a service predictor's url may name; they get no token.",
+    )
+    openai_endpoints: CsvList = Field(
+        default_factory=lambda: ["api.openai.com=OPENAI_API_KEY"],
+        description="OpenAI-compatible endpoints a backtest may call, as host[:port]=KEY_ENV (KEY_ENV may be "
+        "empty): the key of each is read from the variable named here, never one a request names.",
+    )
     predict_batch_size: int = Field(64, ge=1, le=1024, description="Items per POST /v1/predict.")
     request_timeout_seconds: float = Field(
         120.0,
@@ -58,3 +67,8 @@ class BacktestSettings(CommonSettings):
             "for this long (its replica died) is taken over by another replica."
         ),
     )
+
+    def openai_key_envs(self) -> dict[str, str]:
+        """HSIG_OPENAI_ENDPOINTS as {host[:port]: key variable}."""
+        pairs = (entry.partition("=") for entry in self.openai_endpoints)
+        return {host.strip().lower(): env.strip() for host, _, env in pairs if host.strip()}

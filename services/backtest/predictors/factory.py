@@ -8,6 +8,7 @@ from services.backtest.predictors.base import Predictor
 from services.backtest.predictors.baselines import BaselinePredictor
 from services.backtest.predictors.local import LocalPredictor
 from services.backtest.predictors.openai_compat import OpenAIPredictor
+from services.backtest.predictors.outbound import openai_endpoint, service_endpoint
 from services.backtest.predictors.service import ServicePredictor
 from services.backtest.schemas import BaselineSpec, LocalSpec, OpenAISpec, ServiceSpec, predictor_label
 from services.backtest.settings import BacktestSettings
@@ -24,16 +25,18 @@ def build_predictor(
     if isinstance(spec, BaselineSpec):
         return BaselinePredictor(name, url, seed=seed, majority_before=majority_before)
     if isinstance(spec, ServiceSpec):
+        inference_url, token = service_endpoint(spec, settings)
         return ServicePredictor(
             name,
             spec.adapter,
-            (spec.url or settings.inference_url).rstrip("/"),
+            inference_url,
             url,
-            api_token=settings.api_token,
+            api_token=token,
             batch_size=settings.predict_batch_size,
             timeout_seconds=settings.request_timeout_seconds,
             retries=settings.request_retries,
         )
     if isinstance(spec, OpenAISpec):
-        return OpenAIPredictor(name, spec.model, spec.base_url, spec.api_key_env, spec.max_concurrency)
+        base_url, key_env = openai_endpoint(spec, settings)
+        return OpenAIPredictor(name, spec.model, base_url, key_env, spec.max_concurrency)
     return LocalPredictor(name, spec.model, spec.adapter_dir, spec.batch_size)

@@ -66,7 +66,8 @@ class OpenAIPredictor:
     def predict(self, rows: EvalRows) -> PredictionSet:
         import openai
 
-        key = os.environ.get(self.api_key_env)
+        # The variable's name comes from the operator (outbound.openai_endpoint); empty: no key.
+        key = os.environ.get(self.api_key_env) if self.api_key_env else "none"
         if not key:
             raise InvalidInput(f"environment variable {self.api_key_env} holding the API key is not set")
         client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=60.0, max_retries=5)
