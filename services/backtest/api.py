@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 
 from services.backtest import store
+from services.backtest.predictors.outbound import local_paths_on_volumes
 from services.backtest.runner import preflight
 from services.backtest.schedule import BacktestScheduler
 from services.backtest.schemas import BacktestConfig, RunOut
@@ -62,6 +63,7 @@ async def start_backtest(
     known = await asyncio.to_thread(idempotency.replay, url, BacktestRun, key, body) if key else None
     replayed = known is not None
     if known is None:
+        local_paths_on_volumes(config, settings)
         await asyncio.to_thread(preflight, settings, config)
         run_id, replayed = await asyncio.to_thread(_scheduler(request).submit, config, "api", key)
         known = await asyncio.to_thread(store.get_run, url, run_id)

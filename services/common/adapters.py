@@ -131,3 +131,42 @@ def manifest_of(row: Adapter) -> AdapterManifest:
     manifest.setdefault("method", row.method)
     manifest.setdefault("task", row.task)
     return AdapterManifest.model_validate(manifest)
+
+
+# --- what may be loaded ---------------------------------------------------------------------
+
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # the only adapter weights anyone loads
+
+
+def outside_volume(directory: Path, adapters_path: Path) -> str | None:
+    """Why ``directory`` is not wholly on the volume (itself or a file in it, symlinks followed),
+    or None. A row, a manifest or a symlink can name any path; only the volume's are loaded."""
+    volume = adapters_path.resolve()
+    resolved = directory.resolve()
+    if not resolved.is_relative_to(volume):
+        return f"{directory} is outside the adapter volume {volume}"
+    for entry in resolved.rglob("*"):
+        if entry.is_symlink() and not entry.resolve().is_relative_to(volume):
+            return f"{entry} links outside the adapter volume {volume}"
+    return None
+
+
+def unsafe_weights(directory: Path) -> str | None:
+    """Why the weights in ``directory`` must not be loaded, or None. Only safetensors: a pickle
+    (``.bin``, ``.pt``) runs code when it is loaded."""
+    if is_full_model_dir(directory):
+        if not any(directory.glob("*.safetensors")):
+            return f"a full model needs safetensors weights; none in {directory} (pickles are not loaded)"
+        return None
+    if not (directory / ADAPTER_WEIGHTS_FILE).is_file():
+        return f"no {ADAPTER_WEIGHTS_FILE} in {directory} (pickled weights are not loaded)"
+    return None
+
+
+def expected_identity(directory: Path, adapters_path: Path) -> tuple[str, int | None]:
+    """(name, version) a directory on the volume stands for by where it is: ``<name>/v<n>`` or
+    ``<name>`` (copied by hand, version from its manifest). What a manifest claims must match."""
+    relative = directory.relative_to(adapters_path).parts  # where it is listed, links not followed
+    if len(relative) == 2 and relative[1].startswith("v") and relative[1][1:].isdigit():
+        return relative[0], int(relative[1][1:])
+    return relative[0], None

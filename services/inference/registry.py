@@ -25,12 +25,15 @@ from services.common.adapters import (
     MANIFEST_FILE,
     MODEL_CONFIG_FILE,
     TOKENIZER_FILES,
+    expected_identity,
     is_adapter_dir,
     is_full_model_dir,
     newest_ready,
+    outside_volume,
     published_dirs,
     read_manifest,
     registered_names,
+    unsafe_weights,
 )
 from services.common.db import session_scope
 from services.common.schemas import AdapterManifest
@@ -83,7 +86,10 @@ def discover(
     # A name the table knows is decided by the table (deleted stays deleted); others by the volume.
     found = {name: rec for name, rec in _from_volume(adapters_path).items() if name not in known_names}
     found.update(from_database)
-    return {name: _check(record, base_model_name, max_rank) for name, record in sorted(found.items())}
+    return {
+        name: _check(record, adapters_path, base_model_name, max_rank)
+        for name, record in sorted(found.items())
+    }
 
 
 def _from_database(database_url: str) -> tuple[dict[str, AdapterRecord], set[str]]:
@@ -110,10 +116,17 @@ def _from_volume(adapters_path: Path) -> dict[str, AdapterRecord]:
         except ValidationError as exc:
             _log_invalid(directory.name, exc)
             continue
-        current = records.get(manifest.name)
+        name, version = expected_identity(directory, adapters_path)
+        if manifest.name != name or version not in (None, manifest.version):
+            # Keyed by where it lies, never by what its manifest claims: a directory must not
+            # stand in for another adapter (or a newer version of it) by naming it.
+            claim = f"{manifest.name} v{manifest.version}"
+            log.warning("skipping %s: its manifest claims %s", directory, claim)
+            continue
+        current = records.get(name)
         if current is None or manifest.version > current.version:
-            records[manifest.name] = AdapterRecord(
-                manifest.name, manifest.version, str(directory.resolve()), manifest, "volume"
+            records[name] = AdapterRecord(
+                name, manifest.version, str(directory.resolve()), manifest, "volume"
             )
     return records
 
@@ -130,8 +143,14 @@ def _log_invalid(where: str, exc: ValidationError) -> None:
     log.warning("adapter %s has an invalid manifest: %s", where, exc.errors()[0].get("msg"))
 
 
-def _check(record: AdapterRecord, base_model_name: str, max_rank: int) -> AdapterRecord:
-    reason = _unservable_reason(record, base_model_name, max_rank)
+def _check(record: AdapterRecord, adapters_path: Path, base_model_name: str, max_rank: int) -> AdapterRecord:
+    # Only what lies on the volume, and only safetensors: a row or a link may name any path.
+    path = Path(record.path)
+    reason = (
+        outside_volume(path, adapters_path)
+        or _unservable_reason(record, base_model_name, max_rank)
+        or (unsafe_weights(path) if path.is_dir() else f"{path} does not exist")
+    )
     if reason is None:
         return record
     return AdapterRecord(record.name, record.version, record.path, record.manifest, record.source, reason)

@@ -150,3 +150,38 @@ def test_requests_are_bounded(backtest_settings: BacktestSettings, market: dict,
             assert refused.status_code == 422, refused.text[:300]
             assert refused.json()["error"]["message"]
         assert client.get("/v1/reports", params={"state": ""}).json() == []
+
+
+def test_the_local_scorer_loads_only_safetensors(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14 item 3: the backtest's local predictor scored a pickle adapter."""
+    from services.backtest.predictors.local import LocalPredictor
+    from services.common.errors import InvalidInput
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text("{}")
+    (pickled / "adapter_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(InvalidInput, match="pickled weights are not loaded"):
+        LocalPredictor("lora", "any/model", str(pickled))._load()
+
+
+def test_over_http_a_local_predictor_loads_only_from_the_volumes(
+    backtest_settings: BacktestSettings,
+    market: dict,
+    tmp_path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    backtest_settings.adapters_path.mkdir(parents=True, exist_ok=True)
+    (backtest_settings.adapters_path / "escape").symlink_to(elsewhere)  # a link out of the volume
+    with _client(monkeypatch) as client:
+        for spec, param in (
+            ({"kind": "local", "model": str(elsewhere)}, "model"),
+            ({"kind": "local", "model": str(backtest_settings.models_path / "m"), "adapter_dir": str(elsewhere)}, "adapter_dir"),
+            ({"kind": "local", "model": str(backtest_settings.models_path / "m"),
+              "adapter_dir": str(backtest_settings.adapters_path / "escape")}, "adapter_dir"),
+        ):  # fmt: skip
+            refused = client.post("/v1/backtests", json=_body(spec), headers=AUTH)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == param

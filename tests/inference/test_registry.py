@@ -19,6 +19,7 @@ def _write(
     path = adapters / name / f"v{version}"
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"r": rank, "target_modules": ["q_proj"]}))
+    (path / "adapter_model.safetensors").write_bytes(b"weights")  # read by vLLM only, never here
     manifest = AdapterManifest(
         name=name, version=version, base_model=f"/models/{base}", method=method, task="btc-trend"
     )  # type: ignore[arg-type]
@@ -93,3 +94,37 @@ def test_a_broken_manifest_is_skipped_not_fatal(db_url: str, tmp_path: Path) -> 
     (broken / "manifest.json").write_text("{not json")
 
     assert list(discover(db_url, adapters, BASE, max_rank=16)) == ["good"]
+
+
+def test_only_safetensors_on_the_volume_are_served(db_url: str, tmp_path: Path) -> None:
+    """Issue 14 item 3: pickles, links out of the volume, rows pointing elsewhere, and manifests
+    claiming another adapter were all served."""
+    adapters, elsewhere = tmp_path / "adapters", tmp_path / "elsewhere"
+    pickled = _write(adapters, "pickled", 1)
+    (pickled / "adapter_model.safetensors").unlink()
+    (pickled / "adapter_model.bin").write_bytes(b"a pickle")
+    outside = _write(elsewhere, "outside", 1)
+    _register(db_url, outside)  # a row whose path leaves the volume
+    (adapters / "linked").mkdir()
+    (adapters / "linked" / "v1").symlink_to(_write(elsewhere, "linked", 1))  # a link out, no row
+    linked_file = _write(adapters, "linkedfile", 1)
+    (linked_file / "adapter_model.safetensors").unlink()
+    (linked_file / "adapter_model.safetensors").symlink_to(
+        elsewhere / "linked" / "v1" / "adapter_model.safetensors"
+    )
+    _register(db_url, _write(adapters, "victim", 1))
+    impostor = _write(adapters, "impostor", 1)  # its manifest claims to be victim v9
+    claim = AdapterManifest(
+        name="victim", version=9, base_model=f"/models/{BASE}", method="lora", task="btc-trend"
+    )  # type: ignore[arg-type]
+    (impostor / "manifest.json").write_text(claim.model_dump_json())
+
+    found = discover(db_url, adapters, BASE, max_rank=16)
+
+    assert "pickled weights are not loaded" in found["pickled"].unservable
+    assert "outside the adapter volume" in found["outside"].unservable
+    assert "outside the adapter volume" in found["linked"].unservable
+    assert "links outside the adapter volume" in found["linkedfile"].unservable
+    assert (found["victim"].version, found["victim"].unservable) == (1, None)
+    assert found["victim"].path == str((adapters / "victim" / "v1").resolve())
+    assert "impostor" not in found  # skipped: where it lies and what it claims differ

@@ -28,6 +28,7 @@ from services.common.adapters import (
     is_adapter_dir,
     is_full_model_dir,
     read_manifest,
+    unsafe_weights,
 )
 from services.common.errors import InvalidInput, OperationalError
 from services.common.prompts import TREND_LABELS, bos_id_of
@@ -111,9 +112,12 @@ class LocalPredictor:
         full_model = adapter is not None and is_full_model_dir(adapter)
         weights = str(adapter) if full_model else self.model
         tokenizer_dir = str(adapter) if full_model and (adapter / "tokenizer.json").is_file() else self.model
+        if adapter is not None and (reason := unsafe_weights(adapter)):
+            raise InvalidInput(reason, param="adapter_dir")
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-            model = AutoModelForCausalLM.from_pretrained(weights, dtype="float32")
+            # safetensors only: a pickled checkpoint runs code as it loads.
+            model = AutoModelForCausalLM.from_pretrained(weights, dtype="float32", use_safetensors=True)
         except OSError as exc:
             raise OperationalError(f"cannot load model {weights!r}: {exc}") from exc
         if adapter is not None and not full_model:
@@ -123,7 +127,7 @@ class LocalPredictor:
                 )
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter))
+            model = PeftModel.from_pretrained(model, str(adapter))  # safetensors: checked above
         return model, tokenizer
 
     def predict(self, rows: EvalRows) -> PredictionSet:

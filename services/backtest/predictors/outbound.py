@@ -7,17 +7,23 @@ listener and receive a secret of the backtest's environment. So:
   variable the request names;
 - a ``service`` predictor's ``url`` must be the configured inference service or a host in
   ``HSIG_INFERENCE_ALLOWED_HOSTS``; the service token goes to the configured one only.
+- a ``local`` predictor asked for over HTTP may load only from the adapter and model volumes
+  (``local_paths_on_volumes``); the CLI, run by the operator, may name any directory. Either
+  way only safetensors are loaded (``services/common/adapters.unsafe_weights``).
 Hosts compare as ``host[:port]`` (the port only when the URL names one), case-insensitively.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.backtest.schemas import OpenAISpec, ServiceSpec
+from services.backtest.schemas import BacktestConfig, LocalSpec, OpenAISpec, ServiceSpec
 from services.backtest.settings import BacktestSettings
 from services.common.errors import InvalidInput
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
 
@@ -63,3 +69,27 @@ def service_endpoint(spec: ServiceSpec, settings: BacktestSettings) -> tuple[str
             param="url",
         )
     return url, ""
+
+
+def local_paths_on_volumes(config: BacktestConfig, settings: BacktestSettings) -> None:
+    """Refuse a request's local predictor that would load from outside the adapter and model
+    volumes (symlinks followed): over HTTP a path is the caller's choice, a pickle runs code."""
+    volumes = [settings.adapters_path.resolve(), settings.models_path.resolve()]
+    for spec in config.predictors:
+        if not isinstance(spec, LocalSpec):
+            continue
+        for param, value in (("model", spec.model), ("adapter_dir", spec.adapter_dir)):
+            if value is None or (param == "model" and _is_hub_id(value)):
+                continue
+            resolved = Path(value).resolve()
+            if not any(resolved.is_relative_to(volume) for volume in volumes):
+                raise InvalidInput(
+                    f"a local predictor's {param} must lie under {volumes[0]} or {volumes[1]}; "
+                    f"{value[:200]!r} does not",
+                    param=param,
+                )
+
+
+def _is_hub_id(value: str) -> bool:
+    """``org/name`` naming a Hugging Face model, not a directory here (those load safetensors only)."""
+    return bool(_HUB_ID.fullmatch(value)) and not Path(value).exists()
