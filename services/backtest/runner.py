@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.backtest.rows import EvalRows, load_rows
 from services.backtest.schemas import BacktestConfig
 from services.backtest.settings import BacktestSettings
 from services.backtest.strategy import buy_and_hold_report
+from services.common.queue import new_holder
 
 log = logging.getLogger(__name__)
 
@@ -160,25 +162,37 @@ def run_backtest(
 ) -> BacktestResult:
     """Run ``config``, write ``<reports>/backtest-<id>.json|.html`` and record the run.
 
-    A new run is recorded unless ``run_id`` names one whose attempt the caller has already
-    started (``store.start_attempt``: the scheduler does, for API and scheduled runs). On failure the run is marked failed (the caller decides
-    about retries through ``store.mark_failed``) and the error propagates.
+    Without ``run_id`` a new run is recorded and claimed by this process (the CLI), which
+    renews its lease while the report is built, so a running service never takes it over;
+    a failure marks it failed and propagates. With ``run_id`` the caller (the scheduler) has
+    claimed the run's attempt: the report is recorded under that claim (refused if the
+    caller lost it), and on failure the error propagates for the caller to record and maybe
+    retry.
     """
     from services.backtest.metrics import RUNS, publish
 
     url = settings.resolved_database_url
-    if run_id is None:
-        preflight(settings, config)  # bad input (no rows, an unknown model, leakage) stores no run
-        run_id, _ = store.create_run(url, config.model_dump(mode="json"), trigger, state="running")
-        store.start_attempt(url, run_id)
-    try:
-        report = build_report(settings, config, run_id)
-        json_path, html_path = write_report(report, settings.reports_path, f"backtest-{run_id:06d}")
-    except Exception as exc:
-        store.mark_failed(url, run_id, f"{type(exc).__name__}: {exc}", will_retry=False)
-        RUNS.labels(trigger, "failed").inc()
-        raise
-    store.mark_succeeded(url, run_id, str(json_path), str(html_path), {"rows": report["summary"]})
+    owned = run_id is None
+    with ExitStack() as stack:
+        if run_id is None:
+            preflight(settings, config)  # bad input (no rows, an unknown model, leakage) stores no run
+            run_id, _ = store.create_run(url, config.model_dump(mode="json"), trigger)
+            claim = store.RUNS.claim(url, new_holder(f"backtest-{trigger}"), run_id)
+            assert claim is not None  # just created: nobody else knows it yet
+            stack.enter_context(store.RUNS.keep_alive(url, claim, settings.lease_seconds / 4))
+        else:
+            claim = store.claim_of(url, run_id)
+        try:
+            report = build_report(settings, config, run_id)
+            json_path, html_path = write_report(report, settings.reports_path, f"backtest-{run_id:06d}")
+        except Exception as exc:
+            if owned and claim is not None:
+                store.RUNS.fail(url, claim, f"{type(exc).__name__}: {exc}")
+            RUNS.labels(trigger, "failed").inc()
+            raise
+        summary = {"rows": report["summary"]}
+        if claim is None or not store.mark_succeeded(url, claim, str(json_path), str(html_path), summary):
+            log.warning("backtest %d: the run was taken over meanwhile; this report is not recorded", run_id)
     publish(report["summary"], time.time())
     RUNS.labels(trigger, "succeeded").inc()
     log.info("backtest %d: report at %s", run_id, html_path)

@@ -1,28 +1,29 @@
 """Runs off the request path: queued API runs and the cron-driven rolling-window backtest.
 
-A run that fails is recorded (state "retrying" with its error) and tried again after
-``retry_delay_seconds``, up to ``max_attempts``; then it stays "failed" with the error, is logged
-at ERROR and counted in ``hsig_backtest_runs_total{outcome="failed"}``. Nothing is dropped
-silently: runs left queued, running or retrying when the service stopped are picked up
-again when it starts. Bad input (an unknown adapter in an API request) is not retried; a
-scheduled run is, since the rows it lacked may have arrived by the next attempt.
+Runs are items of the work queue (``services.common.queue``, through ``store.RUNS``). A run
+that fails is recorded (state "retrying" with its error, claimable again from
+``available_at``) and tried again after ``retry_delay_seconds``, up to ``max_attempts``; then
+it stays "failed" with the error, is logged at ERROR and counted in
+``hsig_backtest_runs_total{outcome="failed"}``. Nothing is dropped silently: runs left queued,
+running or retrying when the service stopped are picked up again when it starts. Bad input
+(an unknown adapter in an API request) is not retried; a scheduled run is, since the rows it
+lacked may have arrived by the next attempt.
 
 Several replicas may share one database. Each cron fire is claimed in ``schedule_claims``
 (slot: the fire time), so one replica runs it and the others skip it. Each attempt is claimed
-on the run itself (``store.claim_attempt``), so two replicas that both resume (or are both
-handed) a run start it once; the holder renews a heartbeat while it runs, and a run whose
-heartbeat is older than ``lease_seconds`` (its replica died) is taken over by the next replica
-that starts or sweeps (every half lease). Skips are logged at debug level and counted in
+on the run itself (``RUNS.claim``), so two replicas that both resume (or are both handed) a
+run start it once; the holder renews its lease with a heartbeat every quarter lease while it
+runs, and writes the outcome under its claim. A run whose lease is older than
+``lease_seconds`` (its replica died) is taken over by the next replica that starts, or settled
+by the next sweep (every half lease: requeued while attempts are left, then taken; failed once
+they are spent). Skips are logged at debug level and counted in
 ``hsig_backtest_scheduled_skipped_total{job}``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.models import LabelledRow, utcnow
 from services.common.errors import HsigError, InvalidInput, TemporaryError
+from services.common.queue import ACTIVE, Claim, State
 from services.common.schedule_claims import HOLDER, claim
 from services.common.schemas import BASE_MODEL_NAME, TrainingWindow
 
@@ -170,15 +172,16 @@ class BacktestScheduler:
                 max_instances=1,
             )
             self.scheduler.start()
-        stale_before = utcnow() - self.lease
+        now = utcnow()
         for run in store.unfinished_runs(self.url):
-            if run.state == "running" and run.heartbeat_at is not None and run.heartbeat_at >= stale_before:
+            if run.state in ACTIVE and run.heartbeat_at is not None and run.heartbeat_at >= now - self.lease:
                 # Another replica runs it (or this host's last process did, and its lease has
                 # not run out yet: the sweep takes it over once it has).
                 log.info("backtest run %d is running on %s; not resumed", run.id, run.holder)
                 continue
+            wait = (run.available_at - now).total_seconds() if run.available_at else 0.0
             log.info("resuming backtest run %d (was %s)", run.id, run.state)
-            self._enqueue(run.id, delay_seconds=0)
+            self._enqueue(run.id, delay_seconds=max(wait, 0.0))  # a retry keeps its time
 
     def shutdown(self) -> None:
         if self.scheduler.running:  # never started when the database never answered
@@ -214,16 +217,25 @@ class BacktestScheduler:
         self.attempt(run_id)
 
     def attempt(self, run_id: int) -> None:
-        if store.claim_attempt(self.url, run_id, self.holder, stale_before=utcnow() - self.lease) is None:
+        """Claim the run's next attempt (or take over one whose lease expired) and run it while
+        a heartbeat renews the lease; the outcome is written under the claim."""
+        claim = store.RUNS.claim(
+            self.url,
+            self.holder,
+            run_id,
+            lease_seconds=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+        )
+        if claim is None:
             log.debug("backtest run %d is another replica's (or finished), skipped", run_id)
             SCHEDULED_SKIPPED.labels("run").inc()
             return
-        with self._heartbeat(run_id):
+        with store.RUNS.keep_alive(self.url, claim, self.settings.lease_seconds / 4):
             run = store.get_run(self.url, run_id)
             try:
                 if run.trigger == "schedule":  # each attempt looks at the newest rows and adapters
                     config = rolling_config(self.settings)
-                    store.set_config(self.url, run_id, config.model_dump(mode="json"))
+                    store.RUNS.update(self.url, claim, config=config.model_dump(mode="json"))
                 else:
                     config = BacktestConfig.model_validate(run.config)
                 run_backtest(self.settings, config, trigger=run.trigger, run_id=run_id)
@@ -231,57 +243,48 @@ class BacktestScheduler:
                 message = exc.message if isinstance(exc, HsigError) else f"{type(exc).__name__}: {exc}"
                 # Bad input stays bad; a scheduled run may find the rows it lacked on the next try.
                 retry = run.trigger == "schedule" or isinstance(exc, TemporaryError)
-                self._failed(run_id, message, retry=retry)
+                self._failed(claim, message, retry=retry)
 
     def sweep(self) -> None:
-        """Queue here the runs whose replica seems gone (``store.orphaned_runs``)."""
+        """Settle runs whose lease expired (``RUNS.expire``), then queue here the waiting runs
+        nobody took within a lease of their time (``RUNS.overdue``): their replica seems gone."""
         try:
-            for run in store.orphaned_runs(self.url, self.settings.lease_seconds, self.settings.retry_delay_seconds):
+            store.RUNS.expire(self.url, self.settings.lease_seconds, self.settings.max_attempts)
+            for run in store.RUNS.overdue(self.url, self.settings.lease_seconds):
                 if self.scheduler.get_job(f"run-{run.id}") is None:  # not already queued here
-                    log.info("taking over backtest run %d (%s, held by %s)", run.id, run.state, run.holder)
+                    log.info(
+                        "taking over backtest run %d (%s, last held by %s)", run.id, run.state, run.holder
+                    )
                     self._enqueue(run.id, delay_seconds=0)
         except Exception:  # the database may be down for a moment; the next sweep tries again
             log.warning("sweeping orphaned backtest runs failed", exc_info=True)
 
-    @contextmanager
-    def _heartbeat(self, run_id: int) -> Iterator[None]:
-        """Renew this scheduler's claim on the run every quarter lease while the attempt runs."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.settings.lease_seconds / 4):
-                try:
-                    if not store.heartbeat(self.url, run_id, self.holder):
-                        run = store.get_run(self.url, run_id)  # finished just now, or taken over?
-                        if run.state == "running" and run.holder != self.holder:
-                            log.warning("backtest run %d was taken over by %s", run_id, run.holder)
-                        return
-                except Exception:
-                    log.warning("heartbeat of backtest run %d failed", run_id, exc_info=True)
-
-        thread = threading.Thread(target=beat, name=f"backtest-heartbeat-{run_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-
-    def _failed(self, run_id: int, message: str, retry: bool) -> None:
-        attempts = store.get_run(self.url, run_id).attempts
-        will_retry = retry and attempts < self.settings.max_attempts
-        store.mark_failed(self.url, run_id, message, will_retry=will_retry)
-        if will_retry:
+    def _failed(self, claim: Claim, message: str, retry: bool) -> None:
+        delay = self.settings.retry_delay_seconds
+        state = store.RUNS.fail(
+            self.url,
+            claim,
+            message,
+            max_attempts=self.settings.max_attempts if retry else None,
+            retry_after=delay,
+        )
+        if state is None:
+            log.warning(
+                "backtest run %d failed, but this replica no longer holds it: %s", claim.item_id, message
+            )
+        elif state == State.RETRYING:
             log.warning(
                 "backtest run %d failed (attempt %d): %s; retrying in %.0f s",
-                run_id,
-                attempts,
+                claim.item_id,
+                claim.attempt,
                 message,
-                self.settings.retry_delay_seconds,
+                delay,
             )
-            self._enqueue(run_id, delay_seconds=self.settings.retry_delay_seconds)
+            self._enqueue(claim.item_id, delay_seconds=delay)
         else:
-            log.error("backtest run %d failed for good after %d attempts: %s", run_id, attempts, message)
+            log.error(
+                "backtest run %d failed for good after %d attempts: %s", claim.item_id, claim.attempt, message
+            )
 
     def _enqueue(self, run_id: int, delay_seconds: float) -> None:
         when = datetime.now(UTC) + timedelta(seconds=delay_seconds)

@@ -1,10 +1,11 @@
-"""Runs one claimed job in its own process: ``python -m services.trainer.job_process JOB WORKER``.
+"""Runs one claimed job in its own process: ``python -m services.trainer.job_process JOB HOLDER ATTEMPT``.
 
 The worker starts one runner per job, so a crash, an out-of-memory kill or a SIGKILL takes
 down the job and not the API; peak RSS is the job's own; and the next attempt resumes from
-the job's checkpoint directory. The runner reports progress (a heartbeat) every
-``heartbeat_seconds`` from a thread (also while loading, evaluating and publishing) and
-stops between steps when the job is being cancelled.
+the job's checkpoint directory. The runner renews the job's lease with a heartbeat that
+carries its progress every ``heartbeat_seconds`` from a thread (also while loading,
+evaluating and publishing), and stops between steps when the job is being cancelled or the
+heartbeat says it no longer holds the job.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def run_claimed_job(claim: jobs.Claim, settings: TrainerSettings) -> str:
 def main(argv: list[str]) -> int:
     settings = get_settings(TrainerSettings)
     configure_logging(settings.log_level)
-    job_id, worker_id, attempt = int(argv[0]), argv[1], int(argv[2])
-    state = run_claimed_job(jobs.Claim(job_id, worker_id, attempt), settings)
+    job_id, holder, attempt = int(argv[0]), argv[1], int(argv[2])
+    state = run_claimed_job(jobs.Claim(job_id, holder, attempt), settings)
     log.info("job %d: %s", job_id, state)
     return 0
 

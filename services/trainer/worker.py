@@ -1,18 +1,19 @@
-"""The worker loop inside the trainer service: recover stale jobs, claim one, run it in a
-child process (``services.trainer.job_process``), settle what the child left unsettled."""
+"""The worker loop inside the trainer service: settle jobs whose lease expired, claim one, run
+it in a child process (``services.trainer.job_process``), settle what the child left unsettled.
+
+Each claim gets its own holder name (``queue.new_holder``), passed to the child, whose every
+write names it: a child that outlived its lease cannot touch the job once another holder has it."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 
 from services.common.logging import forget, log_once
+from services.common.queue import new_holder
 from services.trainer import jobs
 from services.trainer.metrics import (
     JOB_DURATION,
@@ -27,10 +28,6 @@ from services.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 def runner_command(claim: jobs.Claim) -> list[str]:
     """The command line of the child process that runs one claimed job attempt."""
     return [
@@ -38,7 +35,7 @@ def runner_command(claim: jobs.Claim) -> list[str]:
         "-m",
         "services.trainer.job_process",
         str(claim.job_id),
-        claim.worker_id,
+        claim.holder,
         str(claim.attempt),
     ]
 
@@ -51,7 +48,7 @@ def spawn_runner(claim: jobs.Claim) -> subprocess.Popen[bytes]:
 def run_one(settings: TrainerSettings, stop: threading.Event | None = None) -> int | None:
     """Claim and run one job to its end in a child process; returns its id, or None if idle."""
     url = settings.resolved_database_url
-    claim = jobs.claim(url, new_worker_id())
+    claim = jobs.claim(url, new_holder("trainer"))
     if claim is None:
         return None
     started = time.monotonic()

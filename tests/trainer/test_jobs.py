@@ -25,7 +25,7 @@ def test_claims_take_the_oldest_job_once(db_url: str) -> None:
     assert jobs.claim(db_url, "worker-b").job_id == second
     assert jobs.claim(db_url, "worker-c") is None
     job = jobs.get_job(db_url, first)
-    assert job.state == "running" and job.worker_id == "worker-a" and job.started_at is not None
+    assert job.state == "running" and job.holder == "worker-a" and job.started_at is not None
 
 
 def test_concurrent_workers_never_share_a_job(db_url: str) -> None:
@@ -97,5 +97,5 @@ def test_after_a_crash_the_job_is_requeued_with_its_checkpoint(db_url: str) -> N
     jobs.record_checkpoint(db_url, claim, "/tmp/ck/job-1")
     assert jobs.after_crash(db_url, claim, "runner exited with code -9", max_attempts=3) == "queued"
     job = jobs.get_job(db_url, job_id)
-    assert job.checkpoint_path == "/tmp/ck/job-1" and "code -9" in job.error and job.worker_id is None
+    assert job.checkpoint_path == "/tmp/ck/job-1" and "code -9" in job.error and job.holder is None
     assert jobs.claim(db_url, "w2").attempt == 2

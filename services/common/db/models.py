@@ -180,6 +180,32 @@ class SourceState(Base):
     last_error_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+# --- the work queue -----------------------------------------------------------------------
+
+
+class QueueColumns:
+    """The columns of an item in the work queue (``services.common.queue``), shared by
+    training jobs and backtest runs so that one set of queue operations moves both.
+
+    ``holder`` is who runs the current attempt and ``heartbeat_at`` when it last renewed its
+    lease: an item whose heartbeat is older than the service's ``lease_seconds`` is taken over.
+    ``available_at`` is when a ``retrying`` item may be claimed again (None: at once).
+    """
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    holder: Mapped[str | None] = mapped_column(String(128), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    available_at: Mapped[datetime | None] = mapped_column(default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None, unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 # --- trainer ------------------------------------------------------------------------------
 
 
@@ -217,56 +243,32 @@ class Adapter(Base):
         )
 
 
-class TrainingJob(Base):
-    """A queued fine-tuning job; workers claim them (SKIP LOCKED on PostgreSQL)."""
+class TrainingJob(QueueColumns, Base):
+    """A fine-tuning job in the work queue (``services.common.queue``), with its progress."""
 
     __tablename__ = "training_jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     adapter_name: Mapped[str | None] = mapped_column(String(128), default=None)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     loss: Mapped[float | None] = mapped_column(Float, default=None)
     eta_seconds: Mapped[float | None] = mapped_column(Float, default=None)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
-    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
     checkpoint_path: Mapped[str | None] = mapped_column(Text, default=None)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None, unique=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(default=None)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # --- backtest -----------------------------------------------------------------------------
 
 
-class BacktestRun(Base):
-    """One backtest: its configuration, outcome and report files."""
+class BacktestRun(QueueColumns, Base):
+    """One backtest in the work queue (``services.common.queue``): its outcome and report files."""
 
     __tablename__ = "backtest_runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     trigger: Mapped[str] = mapped_column(String(16), default="manual")  # manual | schedule | cli
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
     json_path: Mapped[str | None] = mapped_column(Text, default=None)
     html_path: Mapped[str | None] = mapped_column(Text, default=None)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None, unique=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
-    # The scheduler (replica) running the current attempt, and when it last said so: a run whose
-    # heartbeat is older than HSIG_LEASE_SECONDS is taken over by another replica.
-    holder: Mapped[str | None] = mapped_column(String(128), default=None)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 # --- scheduling ---------------------------------------------------------------------------
