@@ -87,15 +87,19 @@ def pick_device(config: TrainConfig) -> tuple[str, str]:
     has_cuda = torch.cuda.is_available()
     if config.method.needs_gpu:
         if not has_cuda:
-            raise OperationalError(
+            # The request asks for what this host cannot do: the caller's to change (4xx), not a fault.
+            raise InvalidInput(
                 "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this host has none: use method 'lora' or 'full'",
+                param="method",
             )
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise OperationalError("QLoRA needs bitsandbytes: pip install bitsandbytes") from exc
     if config.device == "cuda" and not has_cuda:
-        raise OperationalError("device 'cuda' requested but no CUDA device is available")
+        raise InvalidInput(
+            "device 'cuda' requested but this host has no CUDA device: use 'auto' or 'cpu'", param="device"
+        )
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and has_cuda) else "cpu"
     dtype = ("bf16" if device == "cuda" else "fp32") if config.precision == "auto" else config.precision
     return device, dtype

@@ -88,3 +88,16 @@ def test_a_body_over_the_cap_is_413_declared_or_streamed(sqlite_url: str) -> Non
 
         _is_error(client.post("/v1/echo", content=chunks()), 413)
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_gpu_request_on_a_host_without_one_is_400(trainer: TestClient) -> None:
+    """``"device": "cuda"`` on a CPU host was a 500; QLoRA (CUDA-only) answered the same way."""
+    import torch
+
+    if torch.cuda.is_available():  # pragma: no cover - this host has a GPU: the case cannot arise
+        pytest.skip("this host has CUDA")
+    for config, param in (({"device": "cuda"}, "device"), ({"method": "qlora"}, "method")):
+        body = {"name": "gpu-job", "base_model": "/nonexistent", **config}
+        error = _is_error(trainer.post("/v1/jobs", json=body, headers=TOKEN), 400)
+        assert error["param"] == param and "CUDA" in error["message"]
+    assert trainer.get("/v1/jobs").json()["jobs"] == []

@@ -112,7 +112,7 @@ def test_a_malformed_corpus_line_is_refused(
 
 def test_qlora_without_a_gpu_is_refused_first(trainer_settings: TrainerSettings) -> None:
     config = TrainConfig.model_validate({"name": "q", "method": "qlora", "base_model": "/nonexistent"})
-    with pytest.raises(OperationalError, match="QLoRA needs a CUDA GPU"):  # before even the base is looked at
+    with pytest.raises(InvalidInput, match="QLoRA needs a CUDA GPU"):  # before even the base is looked at
         train(config, trainer_settings)
     assert_nothing_published(trainer_settings)
 
