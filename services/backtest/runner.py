@@ -31,6 +31,11 @@ from services.common.queue import new_holder
 log = logging.getLogger(__name__)
 
 
+class LostRun(RuntimeError):
+    """The process running an attempt no longer holds its run (its lease expired and another
+    holder took it over): it writes no report and records nothing."""
+
+
 @dataclass(frozen=True)
 class BacktestResult:
     run_id: int
@@ -165,9 +170,9 @@ def run_backtest(
     Without ``run_id`` a new run is recorded and claimed by this process (the CLI), which
     renews its lease while the report is built, so a running service never takes it over;
     a failure marks it failed and propagates. With ``run_id`` the caller (the scheduler) has
-    claimed the run's attempt: the report is recorded under that claim (refused if the
-    caller lost it), and on failure the error propagates for the caller to record and maybe
-    retry.
+    claimed the run's attempt: the report is written and recorded under that claim (a caller
+    that lost the run gets ``LostRun``, and nothing is written), and on failure the error
+    propagates for the caller to record and maybe retry.
     """
     from services.backtest.metrics import RUNS, publish
 
@@ -176,22 +181,24 @@ def run_backtest(
     with ExitStack() as stack:
         if run_id is None:
             preflight(settings, config)  # bad input (no rows, an unknown model, leakage) stores no run
-            run_id, _ = store.create_run(url, config.model_dump(mode="json"), trigger)
-            claim = store.RUNS.claim(url, new_holder(f"backtest-{trigger}"), run_id)
-            assert claim is not None  # just created: nobody else knows it yet
+            holder = new_holder(f"backtest-{trigger}")
+            run, _ = store.RUNS.submit(url, config.model_dump(mode="json"), holder=holder, trigger=trigger)
+            run_id, claim = run.id, store.Claim(run.id, holder, 1)
             stack.enter_context(store.RUNS.keep_alive(url, claim, settings.lease_seconds / 4))
         else:
             claim = store.claim_of(url, run_id)
         try:
             report = build_report(settings, config, run_id)
+            if claim is None or not store.RUNS.holds(url, claim):  # the report files are the holder's
+                raise LostRun(f"backtest run {run_id} was taken over by another holder meanwhile")
             json_path, html_path = write_report(report, settings.reports_path, f"backtest-{run_id:06d}")
         except Exception as exc:
-            if owned and claim is not None:
+            if owned and not isinstance(exc, LostRun):
                 store.RUNS.fail(url, claim, f"{type(exc).__name__}: {exc}")
             RUNS.labels(trigger, "failed").inc()
             raise
         summary = {"rows": report["summary"]}
-        if claim is None or not store.mark_succeeded(url, claim, str(json_path), str(html_path), summary):
+        if not store.mark_succeeded(url, claim, str(json_path), str(html_path), summary):
             log.warning("backtest %d: the run was taken over meanwhile; this report is not recorded", run_id)
     publish(report["summary"], time.time())
     RUNS.labels(trigger, "succeeded").inc()

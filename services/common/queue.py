@@ -124,14 +124,27 @@ class WorkQueue(Generic[Item]):
     # --- creating and reading ---------------------------------------------------------------
 
     def submit(
-        self, url: str, config: dict[str, Any], key: str | None = None, **columns: Any
+        self,
+        url: str,
+        config: dict[str, Any],
+        key: str | None = None,
+        holder: str | None = None,
+        **columns: Any,
     ) -> tuple[Item, bool]:
         """Queue an item, once per idempotency key: (the item, whether the key had queued it
-        already, in which case nothing new is queued). ``columns`` are the model's own."""
+        already, in which case nothing new is queued). ``columns`` are the model's own.
+
+        With ``holder`` the item is created already claimed by it (attempt 1, its lease
+        starting now): for a process that runs what it submits itself, so no other holder can
+        take it between the insert and a claim."""
+        if holder is not None:
+            now = utcnow()
+            columns.update(
+                state=State.RUNNING.value, holder=holder, attempts=1, started_at=now, heartbeat_at=now
+            )
         columns.setdefault("state", State.QUEUED.value)
-        return create_once(
-            url, self.model, key, config, lambda: self.model(config=config, attempts=0, **columns)
-        )
+        columns.setdefault("attempts", 0)
+        return create_once(url, self.model, key, config, lambda: self.model(config=config, **columns))
 
     def get(self, url: str, item_id: int) -> Item:
         with session_scope(url) as session:

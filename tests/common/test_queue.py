@@ -214,3 +214,10 @@ def test_keep_alive_renews_the_lease_and_notices_losing_it(db_url: str, queue: W
         queue.cancel(db_url, item_id)
         assert lost.wait(5)  # a cancel is asked: the block may stop
     assert queue.cancelled(db_url, claim)
+
+
+def test_an_item_can_be_submitted_already_claimed(db_url: str, queue: WorkQueue[Any]) -> None:
+    item, _ = queue.submit(db_url, {"n": 1}, holder="cli")
+    assert (item.state, item.holder, item.attempts) == ("running", "cli", 1)
+    assert queue.claim(db_url, "other") is None and queue.claim(db_url, "other", lease_seconds=60) is None
+    assert queue.heartbeat(db_url, Claim(item.id, "cli", 1)).held
