@@ -190,6 +190,7 @@ class QueueColumns:
     ``holder`` is who runs the current attempt and ``heartbeat_at`` when it last renewed its
     lease: an item whose heartbeat is older than the service's ``lease_seconds`` is taken over.
     ``available_at`` is when a ``retrying`` item may be claimed again (None: at once).
+    ``started_at`` is when the first attempt started; ``attempts`` counts those started.
     """
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
