@@ -21,6 +21,7 @@ def test_adapters_command_lists_servable_and_unservable(
         path = adapters / name / "v1"
         path.mkdir(parents=True)
         (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+        (path / "adapter_model.safetensors").write_bytes(b"weights")  # read by vLLM only, never here
         manifest = {"name": name, "base_model": "/m/tiny-llama", "method": "lora", "task": "btc-trend"}
         (path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setenv("HSIG_BASE_MODEL", str(tmp_path / "tiny-llama"))
