@@ -23,6 +23,10 @@ from services.common.db.models import Base
 from services.common.settings import get_settings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 cores: default threading starves a second process
+# No test reaches the Hugging Face Hub (`make test` exports these too; read at import, so set here
+# for a bare `pytest` as well): a name that is not a local directory fails at once, offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "HSIG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
