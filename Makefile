@@ -23,7 +23,7 @@ test: setup tools  ## the whole suite: SQLite and PostgreSQL, real vLLM, Ray Ser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup  ## the whole pipeline on the bundled real data with the tiny local model
-	$(PY) -m services.demo
+	$(PY) -m services.pipeline.demo
 
 lint: setup
 	$(PY) -m ruff check services tests bench scripts deploy

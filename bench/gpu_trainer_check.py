@@ -31,10 +31,10 @@ FSDP_CONFIG = REPO_ROOT / "deploy" / "accelerate" / "fsdp.yaml"
 
 
 def launch_command(args: argparse.Namespace, job: Path) -> tuple[list[str], dict[str, str]]:
-    from services.common.processes import free_port
+    from services.pipeline.processes import free_port
     from services.trainer.distributed import accelerate_launch_env
 
-    target = ["-m", "services.cli", "train", "run", str(job)]
+    target = ["-m", "services.pipeline.cli", "train", "run", str(job)]
     if args.launch == "single":
         return [sys.executable, *target], {}
     port = str(free_port())

@@ -1,4 +1,8 @@
-"""`hsig backtest ...`: run a backtest, serve the API, list reports, reproduce the research note."""
+"""`hsig backtest ...`: run a backtest, serve the API, list reports.
+
+`hsig backtest reproduce` (the research note across ingest, trainer and backtest) is added to
+this group by the composition root, services/pipeline/cli.py: a service imports no other.
+"""
 
 from __future__ import annotations
 
@@ -208,51 +212,3 @@ def serve(
     serve_app(
         settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     )
-
-
-@app.command("reproduce")
-def reproduce(
-    model: Annotated[
-        str, typer.Option(help="tiny (built here), a model directory or a Hugging Face id.")
-    ] = "tiny",
-    train_end: When = None,
-    validation_end: When = None,
-    test_end: When = None,
-    epochs: Annotated[float, typer.Option(help="Fine-tuning epochs (both methods).")] = 1.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop each fine-tune after N steps.")] = None,
-    data_dir: Annotated[Path, typer.Option(help="The bundled data folder.")] = Path("data"),
-    ingest: Annotated[
-        bool | None, typer.Option("--ingest/--no-ingest", help="Default: ingest only when no rows exist.")
-    ] = None,
-    bootstrap_reps: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    inference_url: Annotated[
-        str | None,
-        typer.Option(
-            help="Score base, LoRA and full fine-tune through this inference service (told of each)."
-        ),
-    ] = None,
-) -> None:
-    """The research note's comparison on the bundled 2017-2020 data: base, LoRA, full, baselines."""
-    from services.backtest.reproduce import ReproduceOptions
-    from services.backtest.reproduce import reproduce as run_reproduce
-
-    defaults = ReproduceOptions()
-    options = ReproduceOptions(
-        model=model,
-        train_end=_utc(train_end) or defaults.train_end,
-        validation_end=_utc(validation_end) or defaults.validation_end,
-        test_end=_utc(test_end),
-        epochs=epochs,
-        max_steps=max_steps,
-        data_dir=data_dir,
-        ingest=ingest,
-        bootstrap_reps=bootstrap_reps,
-        seed=seed,
-        inference_url=inference_url,
-    )
-    result = run_reproduce(_settings(), options, progress=typer.echo)
-    for note in result.report["notes"]:
-        typer.echo(f"* {note}")
-    typer.echo(result.summary_table)
-    typer.echo(f"run {result.run_id}\nJSON: {result.json_path}\nHTML: {result.html_path}")

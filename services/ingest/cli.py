@@ -1,4 +1,8 @@
-"""`hsig ingest ...` commands. Heavy work is imported inside each command."""
+"""`hsig ingest ...` commands. Heavy work is imported inside each command.
+
+`hsig ingest replay` and `hsig ingest bundled` (the bundled data through a local feed and
+exchange server) are added to this group by services/pipeline/cli.py.
+"""
 
 from __future__ import annotations
 
@@ -168,42 +172,3 @@ def stats() -> None:
 
     with session_scope(_settings().resolved_database_url) as session:
         typer.echo(json.dumps(collect(session), default=str, indent=2))
-
-
-@app.command("replay")
-def replay(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free one).")] = 8011,
-    data_dir: Annotated[Path, typer.Option(help="The project's data/ folder.")] = Path("data"),
-) -> None:
-    """Serve the bundled feeds and hourly candles as a local CNBC feed and Coinbase Exchange.
-
-    Point the service at it: HSIG_EXCHANGE=coinbaseexchange HSIG_EXCHANGE_API_URL=<url>
-    HSIG_FEED_URLS=cnbc-finance-snapshots=<url>/rss/cnbc-finance HSIG_CANDLE_SINCE=2017-07-01.
-    """
-    import time
-
-    from services.ingest.pipeline import FEED_PATH, bundled_replay_server
-
-    server, first, now = bundled_replay_server(data_dir, port)
-    with server:
-        typer.echo(
-            f"exchange {server.url} (coinbaseexchange, BTC/USD 1h from {first:%Y-%m-%d}, clock {now:%Y-%m-%d %H:%M})",
-            err=True,
-        )
-        typer.echo(f"feed     {server.url}{FEED_PATH} (the saved snapshots, one per poll)", err=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-
-
-@app.command("bundled")
-def bundled(
-    data_dir: Annotated[Path, typer.Option(help="The project's data/ folder.")] = Path("data"),
-) -> None:
-    """Ingest and label the bundled data the way live data comes in (local feed and exchange servers)."""
-    from services.ingest.pipeline import ingest_bundled_data
-
-    summary = ingest_bundled_data(_settings(), data_dir, progress=lambda line: typer.echo(line, err=True))
-    typer.echo(json.dumps(summary, default=str, indent=2))

@@ -1,9 +1,9 @@
 """Training one job across processes: data-parallel (DDP) or sharded (FSDP), when launched so.
 
-    accelerate launch --multi_gpu --num_processes 8 -m services.cli train run job.json
-    accelerate launch --config_file deploy/accelerate/fsdp.yaml -m services.cli train run job.json
-    torchrun --nproc_per_node 8 -m services.cli train run job.json          # DDP
-    ACCELERATE_USE_FSDP=true torchrun --nproc_per_node 8 -m services.cli train run job.json
+    accelerate launch --multi_gpu --num_processes 8 -m services.pipeline.cli train run job.json
+    accelerate launch --config_file deploy/accelerate/fsdp.yaml -m services.pipeline.cli train run job.json
+    torchrun --nproc_per_node 8 -m services.pipeline.cli train run job.json          # DDP
+    ACCELERATE_USE_FSDP=true torchrun --nproc_per_node 8 -m services.pipeline.cli train run job.json
 
 The launcher starts one process per GPU (or, with ``--cpu`` / ``ACCELERATE_USE_CPU=1``, CPU
 processes over gloo) and sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``. accelerate is the
@@ -248,7 +248,9 @@ def accelerate_launch_env(config_file: Path) -> dict[str, str]:
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "services.cli"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(config_file), "-m", "services.pipeline.cli"]
+    )
     env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
     return {key: value for key, value in env.items() if key.startswith(("FSDP_", "ACCELERATE_USE_"))}
 

@@ -20,10 +20,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.common.processes import free_port
 from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt
 from services.common.schemas import PredictRequest
 from services.common.scoring import best_label, score_with_transformers
+from services.pipeline.processes import free_port
 
 
 @contextmanager

@@ -53,7 +53,7 @@ class NotInstalled(importlib.abc.MetaPathFinder):
         return None
 
 
-# The CLI entry point (services.cli:main, what the `hsig` script calls) with the packages hidden
+# The CLI entry point (services.pipeline.cli:main, what the `hsig` script calls) with the packages hidden
 # before anything is imported: the slim image's situation, in the venv that has them. The finder's
 # own source goes into the program, so nothing else is imported before it is in place.
 SLIM_HSIG = (
@@ -61,7 +61,7 @@ SLIM_HSIG = (
     "import sys\n"
     f"{inspect.getsource(NotInstalled)}\n"
     f"sys.meta_path.insert(0, NotInstalled({PACKAGES!r}))\n"
-    "from services.cli import main\n"
+    "from services.pipeline.cli import main\n"
     "sys.argv = ['hsig', *sys.argv[1:]]\n"
     "main()\n"
 )

@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from services.backtest.cli import app
-from services.backtest.reproduce import TINY_DISCLAIMER, ReproduceOptions, reproduce
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.migrate import upgrade
 from services.common.db.models import LabelledRow
 from services.common.settings import get_settings
+from services.pipeline.reproduce import TINY_DISCLAIMER, ReproduceOptions, reproduce
 from tests.backtest.conftest import seed_market
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_cli_run_prints_the_summary(sqlite_settings: BacktestSettings) -> None:
 
 def _hsig(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "backtest", *args],
+        [sys.executable, "-m", "services.pipeline.cli", "backtest", *args],
         cwd=REPO_ROOT,
         env={**os.environ, **env},
         capture_output=True,

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.processes import ServiceProcess, free_port, launch_service, wait_ready
+from services.pipeline.processes import ServiceProcess, free_port, launch_service, wait_ready
 from tests.conftest import _drop_postgres, _postgres_or_skip
 from tests.deploy.conftest import buildah_command
 

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.processes import ServiceProcess, free_port, launch_service, wait_ready
 from services.ingest.csv_import import import_cryptodatadownload
-from services.ingest.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
+from services.pipeline.processes import ServiceProcess, free_port, launch_service, wait_ready
+from services.pipeline.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
 from tests.conftest import DATA_DIR, REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -165,7 +165,7 @@ def _served(client: httpx.Client, inference: str, name: str) -> bool:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.pipeline.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
 from services.common.db.migrate import upgrade
 from services.common.settings import get_settings
+from services.pipeline.cli import app
 
 
 def test_adapters_command_lists_servable_and_unservable(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.common.settings import get_settings
-from services.ingest.replay_server import ReplayServer, recorded_routes
 from services.ingest.settings import IngestSettings
+from services.pipeline.replay_server import ReplayServer, recorded_routes
 from tests.conftest import DATA_DIR
 
 RSS_DIR = DATA_DIR / "cnbc_rss"

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.ingest.app import build_app
-from services.ingest.replay_server import CoinbaseSeries, FeedSequence, ReplayServer, generated_series
 from services.ingest.settings import IngestSettings
+from services.pipeline.replay_server import CoinbaseSeries, FeedSequence, ReplayServer, generated_series
 
 AUTH = {"Authorization": "Bearer test-token"}
 H = 3600

@@ -24,7 +24,15 @@ pytestmark = pytest.mark.slow
 
 def _start(db_url: str, data_home: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HSIG_DATABASE_URL": db_url, "HSIG_DATA_DIR": str(data_home), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "services.cli", "ingest", "bundled", "--data-dir", str(DATA_DIR)]
+    command = [
+        sys.executable,
+        "-m",
+        "services.pipeline.cli",
+        "ingest",
+        "bundled",
+        "--data-dir",
+        str(DATA_DIR),
+    ]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

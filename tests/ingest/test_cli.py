@@ -15,7 +15,7 @@ def _hsig(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env.pop("HSIG_DATABASE_URL", None)
     env.pop("DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "ingest", *args],
+        [sys.executable, "-m", "services.pipeline.cli", "ingest", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -15,8 +15,14 @@ from services.common.db import session_scope
 from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
 from services.ingest.backfill import backfill_headline_csv
 from services.ingest.cycle import candle_source, feed_source, run_cycle
-from services.ingest.replay_server import CoinbaseSeries, Fault, FeedSequence, ReplayServer, generated_series
 from services.ingest.settings import IngestSettings
+from services.pipeline.replay_server import (
+    CoinbaseSeries,
+    Fault,
+    FeedSequence,
+    ReplayServer,
+    generated_series,
+)
 from tests.ingest.conftest import T0, snapshot
 
 H = 3600

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.errors import InvalidInput, OperationalError, TemporaryError
 from services.ingest.candles import build_exchange, find_gaps, pull_candles
-from services.ingest.replay_server import CoinbaseSeries, Fault, ReplayServer, generated_series, recording
+from services.pipeline.replay_server import CoinbaseSeries, Fault, ReplayServer, generated_series, recording
 from tests.ingest.conftest import EXCHANGE_DIR, T0
 
 H = 3600

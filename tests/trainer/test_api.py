@@ -73,7 +73,9 @@ def trainer_service(
         "HSIG_INFERENCE_URL": inference.url,
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "train", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env
+        [sys.executable, "-m", "services.pipeline.cli", "train", "serve", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -160,7 +160,7 @@ def test_the_cli_reports_bad_input_in_one_line(
         (tmp_path / "missing.json", 2, "does not exist"),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", "train", "run", str(path)],
+            [sys.executable, "-m", "services.pipeline.cli", "train", "run", str(path)],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

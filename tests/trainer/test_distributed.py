@@ -24,8 +24,8 @@ from services.common.db import session_scope
 from services.common.db.migrate import upgrade
 from services.common.db.models import Adapter
 from services.common.errors import InvalidInput
-from services.common.processes import free_port
 from services.common.schemas import AdapterManifest
+from services.pipeline.processes import free_port
 from services.trainer.distributed import Parallel, accelerate_launch_env, requested_strategy
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import FULL_OPTIM, lora_config
@@ -74,7 +74,7 @@ def test_a_deepspeed_launch_is_refused_in_one_line(
     config_path = tmp_path / "job.json"
     config_path.write_text(lora_config(planted_file, tiny_model_dir, name="ds").model_dump_json())
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "train", "run", str(config_path)],
+        [sys.executable, "-m", "services.pipeline.cli", "train", "run", str(config_path)],
         env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true", "HSIG_DATA_DIR": str(data_dir)},
         capture_output=True,
         text=True,
@@ -101,7 +101,15 @@ def _launch_command(
 ) -> tuple[list[str], dict[str, str]]:
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    command += ["--master_port", str(free_port()), "-m", "services.cli", "train", "run", str(config_path)]
+    command += [
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "services.pipeline.cli",
+        "train",
+        "run",
+        str(config_path),
+    ]
     env = {
         **os.environ,
         **LAUNCHES[strategy],

@@ -2,8 +2,9 @@
 
 The note fine-tuned Llama-2 with LoRA and with full fine-tuning and judged the Bitcoin-trend
 task on a handful of headlines, finding the untuned model answering "Increase" for all. Here:
-1. the bundled CNBC headlines and Coinbase hourly candles are ingested and labelled (the
-   ingest service's own pipeline; skipped when labelled rows already exist);
+1. the bundled CNBC headlines and Coinbase hourly candles are ingested and labelled through
+   the ingest service's own code paths (``services.pipeline.bundled``; skipped when labelled
+   rows already exist);
 2. the same base model is fine-tuned twice by the trainer, LoRA and full, on rows before
    ``train_end`` (validation window after it, separated by the label embargo);
 3. the untuned base, both fine-tunes and every baseline are scored, through the inference
@@ -73,8 +74,8 @@ def _labelled_rows(url: str) -> int:
 
 
 def _ingest(settings: BacktestSettings, options: ReproduceOptions, say: Progress) -> None:
-    from services.ingest.pipeline import ingest_bundled_data
     from services.ingest.settings import IngestSettings
+    from services.pipeline.bundled import ingest_bundled_data
 
     upgrade(settings.resolved_database_url)
     if options.ingest is False or (options.ingest is None and _labelled_rows(settings.resolved_database_url)):
@@ -171,7 +172,9 @@ def _await_served(url: str, name: str, timeout_seconds: float, say: Progress) ->
                 f"the inference service at {url} cannot serve {name}: {card.get('reason')}"
             )
         time.sleep(2)
-    raise OperationalError(f"the inference service at {url} did not serve {name} within {timeout_seconds:.0f} s")
+    raise OperationalError(
+        f"the inference service at {url} did not serve {name} within {timeout_seconds:.0f} s"
+    )
 
 
 def reproduce(

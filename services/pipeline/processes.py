@@ -64,7 +64,7 @@ def launch_service(
     log_path = log_dir / f"{name}.log"
     handle = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.pipeline.cli", *args],
         env={**os.environ, **env},
         stdout=handle,
         stderr=subprocess.STDOUT,

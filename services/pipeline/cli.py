@@ -1,4 +1,7 @@
-"""The one command-line entry point: ``hsig <group> <command>``.
+"""The one command-line entry point: ``hsig <group> <command>`` (``python -m services.pipeline.cli``).
+
+The composition root: every service's commands, plus those that span services
+(``services.pipeline.commands``), added to the groups a user finds them in.
 
 Errors this project raises on purpose end the command with one line on stderr and an exit
 code: 2 for bad input (InvalidInput, NotFound, Conflict), 1 for everything else.
@@ -17,6 +20,7 @@ from services.common.logging import configure_logging
 from services.common.settings import get_settings
 from services.inference.cli import app as inference_app
 from services.ingest.cli import app as ingest_app
+from services.pipeline.commands import attach
 from services.trainer.cli import app as trainer_app
 
 app = typer.Typer(
@@ -25,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+attach(ingest_app=ingest_app, backtest_app=backtest_app)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(trainer_app, name="train")
 app.add_typer(inference_app, name="inference")
