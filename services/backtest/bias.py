@@ -3,6 +3,10 @@
 The research note found untuned models and ChatGPT answering "Increase" for every headline.
 The test compares the count predicted Increase with a binomial whose probability is the
 share that actually was Increase in the same rows (two-sided, ``scipy.stats.binomtest``).
+
+That test takes every row as an independent trial, which rows sharing a label window are not:
+its p-value is reported as ``p_value_rows_independent`` and never gives the verdict. The
+verdict (``biased``) is the window-aware one of ``services.backtest.verdicts.bias_verdict``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ def bias_test(y_true: np.ndarray, y_pred: np.ndarray, alpha: float = 0.05) -> di
         "share_predicted_increase": predicted_share,
         "share_actual_increase": actual_share,
         "gap": predicted_share - actual_share,
-        "p_value": p_value,
+        "p_value_rows_independent": p_value,
         "alpha": alpha,
-        "biased": bool(p_value < alpha),
+        "biased_if_rows_independent": bool(p_value < alpha),
         "direction": "Increase" if predicted_share > actual_share else "Decrease",
     }

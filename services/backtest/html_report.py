@@ -10,9 +10,13 @@ from services.backtest import charts
 
 SECTIONS = (
     "notes",
+    "verdicts",
+    "summary",
+    "fee-sweep",
+    "overfitting",
+    "information-coefficient",
     "data",
     "leakage",
-    "summary",
     "classification",
     "per-class",
     "bias",
@@ -29,6 +33,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .warn{background:#fff3cd;border:1px solid #e0c36a;padding:0.6em}.flag{color:#b00020;font-weight:bold}
+.good{color:#1b5e20;font-weight:bold}h3{margin-bottom:0.2em}
 img{max-width:100%}
 """
 
@@ -65,6 +70,202 @@ def _img(png: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png}">'
 
 
+def _scored(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The predictors that have figures (an unavailable baseline has none)."""
+    return [p for p in report["predictors"] if p.get("metrics")]
+
+
+def _p(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _yes_no(value: bool | None, flag_yes: bool = True) -> str:
+    if value is None:
+        return "–"
+    if value:
+        return '<span class="flag">yes</span>' if flag_yes else '<span class="good">yes</span>'
+    return "no"
+
+
+def _verdicts(report: dict[str, Any]) -> str:
+    v = report["verdicts"]
+    level = f"{100 * v['level']:.0f}%"
+    intro = (
+        f"<p>Every verdict comes from a block bootstrap over label windows ({v['reps']} resamples, seed "
+        f"{v['seed']}): rows sharing a window are resampled together, so the effective sample is the "
+        f"number of label windows ({v['windows']} for {v['rows']} rows). Intervals are {level} percentile "
+        "intervals; p-values that take rows as independent stand beside them for reference and decide "
+        "nothing.</p>"
+    )
+    notes = "".join(f'<p class="warn">{html.escape(note)}</p>' for note in v["notes"])
+    rows = []
+    for c in v["comparisons"]:
+        if c.get("difference") is None:
+            rows.append([_fmt(c["model"]), _fmt(c["baseline"]), "–", "–", "–", _fmt(c["windows"]), "–", "–",
+                         f"unavailable: {html.escape(c['unavailable'] or '')}"])  # fmt: skip
+            continue
+        rows.append(
+            [
+                _fmt(c["model"]),
+                _fmt(c["baseline"]),
+                _pct(c["model_accuracy"]),
+                _pct(c["baseline_accuracy"]),
+                f"{100 * c['difference']:+.1f} pts",
+                _fmt(c["windows"]),
+                "–"
+                if c["interval"] is None
+                else f"[{100 * c['interval'][0]:+.1f}, {100 * c['interval'][1]:+.1f}]",
+                _p(c["p_value_rows_independent"]),
+                _yes_no(c["better"], flag_yes=False)
+                if c["interval"] is not None
+                else html.escape(c.get("unavailable") or "–"),
+            ]
+        )
+    comparisons = (
+        "<h3>Model against each baseline: paired accuracy on the same rows</h3>"
+        + _table(
+            [
+                "model",
+                "baseline",
+                "model acc.",
+                "baseline acc.",
+                "difference",
+                "label windows",
+                f"{level} interval (windows)",
+                "McNemar p (rows independent)",
+                "better",
+            ],
+            rows,
+        )
+        if rows
+        else "<p>No model among the predictors: only the bias verdicts apply.</p>"
+    )
+    bias_rows = []
+    for b in v["bias"]:
+        if b.get("gap") is None:
+            bias_rows.append([_fmt(b["predictor"]), "–", "–", "–", "–", "–", f"unavailable: {html.escape(b['unavailable'] or '')}"])  # fmt: skip
+            continue
+        interval = b["interval"]
+        verdict = (
+            f'<span class="flag">yes, towards {html.escape(b["direction"])}</span>'
+            if b["biased"]
+            else ("no" if b["biased"] is not None else html.escape(b.get("unavailable") or "–"))
+        )
+        bias_rows.append(
+            [
+                _fmt(b["predictor"]),
+                f"{100 * b['gap']:+.1f} pts",
+                _fmt(b["windows"]),
+                "–" if interval is None else f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]",
+                _p(b["p_value_windows"]),
+                _p(b["p_value_rows_independent"]),
+                verdict,
+            ]
+        )
+    bias = "<h3>Bias: share predicted Increase minus share actually Increase</h3>" + _table(
+        ["predictor", "gap", "label windows", f"{level} interval (windows)", "p (windows)",
+         "binomial p (rows independent)", "biased"],
+        bias_rows,
+    )  # fmt: skip
+    return intro + notes + comparisons + bias
+
+
+def _fee_sweep(report: dict[str, Any]) -> str:
+    scored = _scored(report)
+    if not scored:
+        return "<p>No predictor was scored.</p>"
+    fees = [row["fees_bps"] for row in scored[0]["metrics"]["fee_sweep"]["sweep"]]
+    rows = []
+    for p in scored:
+        sweep = p["metrics"]["fee_sweep"]
+        even = sweep["break_even_bps"]
+        rows.append(
+            [_fmt(p["name"])]
+            + [_pct(row["cumulative_return"]) for row in sweep["sweep"]]
+            + [_fmt(even["compounded"], 1), _fmt(even["mean"], 1)]
+        )
+    intro = (
+        "<p>Cumulative return after fees at each fee (bps of the notional traded), the strategy as below. "
+        "Break-even: the fee at which the cumulative return reaches 0 (compounded), and at which the mean "
+        "return per window, so the Sharpe, reaches 0; 0 when it loses before fees.</p>"
+    )
+    header = [
+        "predictor",
+        *[f"{fee:g} bps" for fee in fees],
+        "break-even (compounded)",
+        "break-even (Sharpe 0)",
+    ]
+    return intro + _table(header, rows)
+
+
+def _overfitting(report: dict[str, Any]) -> str:
+    o = report["overfitting"]
+    d = o["deflated_sharpe"]
+    intro = (
+        f"<p>Per-window Sharpe (mean / std of the net return per label window, not annualised) of each "
+        f"predictor's strategy. The Deflated Sharpe Ratio (Bailey &amp; López de Prado 2014) is the "
+        f"probability that the true Sharpe exceeds what the best of {d['trials']} unskilled trials would show "
+        f"(expected maximum {_fmt(d['expected_max_sharpe'], 4)}, from the variance "
+        f"{_fmt(d['sharpe_variance'], 6)} of the trials' Sharpes), adjusted for skewness and kurtosis; "
+        "PSR is the same against 0. 0.95 or more is the usual bar.</p>"
+    )
+    rows = [
+        [
+            _fmt(r["predictor"]) + (" (best)" if r["predictor"] == d["best"] else ""),
+            _fmt(r["observations"]),
+            _fmt(r["sharpe_per_period"], 4),
+            _fmt(r["skewness"], 2),
+            _fmt(r["kurtosis"], 2),
+            _fmt(r["psr"]),
+            _fmt(r["dsr"]),
+        ]
+        for r in d["predictors"]
+    ]
+    table = _table(["predictor", "windows", "Sharpe / window", "skewness", "kurtosis", "PSR", "DSR"], rows)
+    pbo = o["pbo"]
+    if pbo.get("pbo") is None:
+        pbo_text = f"<p>PBO: {html.escape(pbo.get('unavailable') or 'unavailable')}.</p>"
+    else:
+        picked = ", ".join(f"{html.escape(k)} {n}" for k, n in pbo["selected_in_sample"].items())
+        pbo_text = (
+            f"<p><b>Probability of backtest overfitting: {_pct(pbo['pbo'])}</b> (combinatorially symmetric "
+            f"cross-validation, Bailey, Borwein, López de Prado &amp; Zhu 2015: {pbo['periods']} windows in "
+            f"{pbo['blocks']} time blocks, all {pbo['combinations']} halves as in-sample; the share of them "
+            f"where the in-sample best predictor by {html.escape(pbo['metric'])} ranks at or below the median "
+            f"out of sample). Median logit {_fmt(pbo['logit_median'], 2)}; the in-sample best lost out of "
+            f"sample in {_pct(pbo['probability_oos_loss'])} of them; chosen in-sample: {picked}.</p>"
+        )
+    return intro + table + pbo_text
+
+
+def _information_coefficient(report: dict[str, Any]) -> str:
+    rows = []
+    for p in _scored(report):
+        ic = p["metrics"].get("information_coefficient")
+        if ic is None:
+            continue
+        if ic.get("unavailable"):
+            rows.append([_fmt(p["name"]), "–", "–", "–", "–", "–", html.escape(ic["unavailable"])])
+            continue
+        rows.append(
+            [_fmt(p["name"]), _fmt(ic["ic"]), _interval(ic["ic_interval"]), _fmt(ic["rank_ic"]),
+             _interval(ic["rank_ic_interval"]), _fmt(ic["windows"]), html.escape(ic.get("interval_unavailable") or "")]
+        )  # fmt: skip
+    if not rows:
+        return "<p>No predictor gave p(Increase).</p>"
+    intro = (
+        "<p>Correlation of p(Increase) with the realised return of each row's label window: Pearson (IC) "
+        "and Spearman (rank IC), with block-bootstrap intervals over label windows (the rank IC's with the "
+        "full-sample ranks).</p>"
+    )
+    return intro + _table(
+        ["predictor", "IC", "interval (windows)", "rank IC", "interval (windows)", "label windows", "note"],
+        rows,
+    )
+
+
 def _notes(report: dict[str, Any]) -> str:
     items = "".join(f"<li>{html.escape(note)}</li>" for note in report["notes"])
     return f'<div class="warn"><ul>{items}</ul></div>' if items else "<p>No notes.</p>"
@@ -87,30 +288,40 @@ def _summary(report: dict[str, Any]) -> str:
     header = [
         "predictor",
         "rows",
+        "label windows",
         "accuracy",
         "balanced acc.",
         "MCC",
         "predicted Increase",
-        "biased",
+        "biased (windows)",
         "Brier",
         "cum. return",
         "Sharpe",
+        "break-even fee (bps)",
     ]
-    rows = [
-        [
-            _fmt(s["predictor"]),
-            _fmt(s["rows"]),
-            _fmt(s["accuracy"]),
-            _fmt(s["balanced_accuracy"]),
-            _fmt(s["mcc"]),
-            _pct(s["share_predicted_increase"]),
-            '<span class="flag">yes</span>' if s["biased"] else "no",
-            _fmt(s["brier"]),
-            _pct(s["cumulative_return"]),
-            _fmt(s["sharpe"], 2),
-        ]
-        for s in report["summary"]
-    ]
+    rows = []
+    for s in report["summary"]:
+        if s.get("unavailable"):
+            rows.append(
+                [_fmt(s["predictor"]), f"<i>unavailable: {html.escape(s['unavailable'])}</i>"] + ["–"] * 10
+            )
+            continue
+        rows.append(
+            [
+                _fmt(s["predictor"]),
+                _fmt(s["rows"]),
+                _fmt(s.get("windows")),
+                _fmt(s["accuracy"]),
+                _fmt(s["balanced_accuracy"]),
+                _fmt(s["mcc"]),
+                _pct(s["share_predicted_increase"]),
+                _yes_no(s["biased"]) if s["predictor"] != "buy_and_hold" else "–",
+                _fmt(s["brier"]),
+                _pct(s["cumulative_return"]),
+                _fmt(s["sharpe"], 2),
+                _fmt(s.get("break_even_fee_bps"), 1),
+            ]
+        )
     return _table(header, rows)
 
 
@@ -127,7 +338,7 @@ def _classification(report: dict[str, Any]) -> str:
         "macro F1",
     ]
     rows = []
-    for p in report["predictors"]:
+    for p in _scored(report):
         c, b = p["metrics"]["classification"], p["metrics"]["bootstrap"]
         rows.append([
             _fmt(p["name"]), _fmt(c["accuracy"]), _interval(c["accuracy_wilson"]), _interval(b.get("accuracy")),
@@ -139,7 +350,7 @@ def _classification(report: dict[str, Any]) -> str:
 
 def _per_class(report: dict[str, Any]) -> str:
     rows = []
-    for p in report["predictors"]:
+    for p in _scored(report):
         for label, figures in p["metrics"]["classification"]["per_class"].items():
             rows.append([_fmt(p["name"]), _fmt(label), _fmt(figures["precision"]), _fmt(figures["recall"]), _fmt(figures["f1"]), _fmt(figures["support"])])  # fmt: skip
     return _table(["predictor", "label", "precision", "recall", "F1", "support"], rows)
@@ -147,32 +358,39 @@ def _per_class(report: dict[str, Any]) -> str:
 
 def _bias(report: dict[str, Any]) -> str:
     rows = []
-    for p in report["predictors"]:
+    for p in _scored(report):
         b = p["metrics"]["bias"]
-        flag = f'<span class="flag">biased towards {b["direction"]}</span>' if b["biased"] else "no"
+        if b["biased"] is None:
+            flag = html.escape(b.get("unavailable") or "–")
+        else:
+            flag = f'<span class="flag">towards {b["direction"]}</span>' if b["biased"] else "no"
         rows.append(
             [
                 _fmt(p["name"]),
                 _pct(b["share_predicted_increase"]),
                 _pct(b["share_actual_increase"]),
-                _fmt(b["p_value"], 4),
-                flag,
+                _fmt(b["windows"]),
                 _interval(b.get("gap_interval_windows")),
-                _fmt(b.get("biased_by_windows")),
+                _p(b.get("p_value_windows")),
+                flag,
+                _p(b["p_value_rows_independent"]),
+                _yes_no(b["biased_if_rows_independent"], flag_yes=False),
             ]
         )
     intro = (
-        "<p>Two-sided binomial test of the count predicted Increase against the share that was Increase "
-        "(rows taken as independent); and the block-bootstrap interval of the gap (share predicted minus "
-        "share actual, resampling label windows): biased by windows when that interval excludes 0.</p>"
+        "<p>The verdict: the block-bootstrap interval of the gap (share predicted minus share actual, "
+        "resampling label windows) excludes 0. Beside it, for reference only, the two-sided binomial test of "
+        "the count predicted Increase against the share that was Increase, which takes rows as independent "
+        "and so is far too confident when headlines share label windows.</p>"
     )
-    header = ["predictor", "predicted Increase", "actually Increase", "p-value", "flagged"]
-    return intro + _table([*header, "gap interval (windows)", "biased by windows"], rows)
+    header = ["predictor", "predicted Increase", "actually Increase", "label windows", "gap interval (windows)",
+              "p (windows)", "biased", "binomial p (rows independent)", "would flag if rows were independent"]  # fmt: skip
+    return intro + _table(header, rows)
 
 
 def _calibration(report: dict[str, Any]) -> str:
     rows = []
-    for p in report["predictors"]:
+    for p in _scored(report):
         c = p["metrics"]["calibration"]
         if c is None:
             rows.append([_fmt(p["name"]), "no probability", "–", "–"])
@@ -190,7 +408,7 @@ def _calibration(report: dict[str, Any]) -> str:
 
 def _strategy(report: dict[str, Any]) -> str:
     rows = []
-    for p in report["predictors"]:
+    for p in _scored(report):
         s = p["metrics"]["strategy"]
         rows.append([_fmt(p["name"]), _pct(s["cumulative_return"]), _fmt(s["sharpe"], 2), _pct(s["max_drawdown"]), _pct(s["hit_rate"]), _fmt(s["turnover_per_window"]), _fmt(s["windows_traded"])])  # fmt: skip
     bh = report["buy_and_hold"]
@@ -226,16 +444,16 @@ def _strategy(report: dict[str, Any]) -> str:
 
 
 def _charts(report: dict[str, Any]) -> dict[str, str]:
-    curves = {p["name"]: p["metrics"]["strategy"]["equity"] for p in report["predictors"]}
+    curves = {p["name"]: p["metrics"]["strategy"]["equity"] for p in _scored(report)}
     curves["buy_and_hold"] = report["buy_and_hold"]["equity"]
     calibrations = {
-        p["name"]: p["metrics"]["calibration"] for p in report["predictors"] if p["metrics"]["calibration"]
+        p["name"]: p["metrics"]["calibration"] for p in _scored(report) if p["metrics"]["calibration"]
     }
     return {
         "equity": _img(charts.equity_chart(curves), "equity curves"),
         "confusion": _img(
             charts.confusion_chart(
-                {p["name"]: p["metrics"]["classification"]["confusion"] for p in report["predictors"]}
+                {p["name"]: p["metrics"]["classification"]["confusion"] for p in _scored(report)}
             ),
             "confusion matrices",
         ),
@@ -252,9 +470,17 @@ def render_html(report: dict[str, Any]) -> str:
     images = _charts(report)
     parts = [
         _section("notes", "Read this first", _notes(report)),
+        _section("verdicts", "Verdicts (window-aware)", _verdicts(report)),
+        _section("summary", "Summary", _summary(report)),
+        _section("fee-sweep", "Fees: return at each fee and the break-even fee", _fee_sweep(report)),
+        _section("overfitting", "Overfitting across predictors: DSR and PBO", _overfitting(report)),
+        _section(
+            "information-coefficient",
+            "Information coefficient of p(Increase)",
+            _information_coefficient(report),
+        ),
         _section("data", "Rows scored", _data(report)),
         _section("leakage", "Leakage guard", _leakage(report)),
-        _section("summary", "Summary", _summary(report)),
         _section("classification", "Accuracy with intervals", _classification(report)),
         _section("per-class", "Precision, recall and F1 per label", _per_class(report)),
         _section("bias", "Bias: share predicted Increase", _bias(report)),

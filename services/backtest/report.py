@@ -39,64 +39,130 @@ def share_over_time(
     }
 
 
+def _empty_row(name: str, kind: str, rows: int) -> dict[str, Any]:
+    return {
+        "predictor": name,
+        "kind": kind,
+        "rows": rows,
+        "windows": None,
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "mcc": None,
+        "share_predicted_increase": None,
+        "biased": None,
+        "bias_p_value_windows": None,
+        "bias_p_value_rows_independent": None,
+        "better_than": {},
+        "brier": None,
+        "cumulative_return": None,
+        "sharpe": None,
+        "break_even_fee_bps": None,
+        "unavailable": None,
+    }
+
+
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per predictor and buy-and-hold. ``biased`` and ``better_than`` are the
+    window-aware verdicts (``report["verdicts"]``); the rows-as-independent p-value is beside."""
+    comparisons = report.get("verdicts", {}).get("comparisons", [])
     out = []
     for p in report["predictors"]:
+        row = _empty_row(p["name"], p["kind"], report["data"]["rows"])
+        if p.get("unavailable") or p["metrics"] is None:
+            row["unavailable"] = p.get("unavailable") or "no predictions"
+            out.append(row)
+            continue
         metrics = p["metrics"]
-        c, calibration, strategy = metrics["classification"], metrics["calibration"], metrics["strategy"]
-        out.append(
+        c, calibration, strategy, bias = (
+            metrics["classification"], metrics["calibration"], metrics["strategy"], metrics["bias"]
+        )  # fmt: skip
+        sweep = metrics.get("fee_sweep")
+        row.update(
             {
-                "predictor": p["name"],
-                "kind": p["kind"],
                 "rows": c["rows"],
+                "windows": metrics["windows"],
                 "accuracy": c["accuracy"],
                 "balanced_accuracy": c["balanced_accuracy"],
                 "mcc": c["mcc"],
-                "share_predicted_increase": metrics["bias"]["share_predicted_increase"],
-                "biased": metrics["bias"]["biased"],
+                "share_predicted_increase": bias["share_predicted_increase"],
+                "biased": bias["biased"],
+                "bias_p_value_windows": bias["p_value_windows"],
+                "bias_p_value_rows_independent": bias["p_value_rows_independent"],
+                "better_than": {
+                    v["baseline"]: {
+                        "better": v["better"],
+                        "difference": v.get("difference"),
+                        "interval": v.get("interval"),
+                        "windows": v["windows"],
+                        "unavailable": v.get("unavailable"),
+                    }
+                    for v in comparisons
+                    if v["model"] == p["name"]
+                },
                 "brier": calibration["brier"] if calibration else None,
                 "cumulative_return": strategy["cumulative_return"],
                 "sharpe": strategy["sharpe"],
+                "break_even_fee_bps": sweep["break_even_bps"]["compounded"] if sweep else None,
             }
         )
+        out.append(row)
     bh = report["buy_and_hold"]
-    out.append(
-        {
-            "predictor": "buy_and_hold",
-            "kind": "benchmark",
-            "rows": report["data"]["rows"],
-            "accuracy": None,
-            "balanced_accuracy": None,
-            "mcc": None,
-            "share_predicted_increase": None,
-            "biased": False,
-            "brier": None,
-            "cumulative_return": bh["cumulative_return"],
-            "sharpe": bh["sharpe"],
-        }
-    )
+    row = _empty_row("buy_and_hold", "benchmark", report["data"]["rows"])
+    row.update({"biased": False, "cumulative_return": bh["cumulative_return"], "sharpe": bh["sharpe"]})
+    out.append(row)
     return out
 
 
+def _verdict_word(value: bool | None) -> str:
+    return "-" if value is None else ("YES" if value else "no")
+
+
 def summary_table(summary: list[dict[str, Any]]) -> str:
-    """A fixed-width text table for the terminal and the demo."""
+    """A fixed-width text table for the terminal and the demo, then the window-aware verdicts."""
 
     def cell(value: Any, kind: str = "f") -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         return f"{100 * value:+.1f}%" if kind == "%" else f"{value:.3f}"
 
-    header = f"{'predictor':<24}{'rows':>6}{'acc':>7}{'bal.acc':>8}{'MCC':>7}{'pred.Inc':>9}{'biased':>7}{'Brier':>7}{'return':>9}{'Sharpe':>8}"
+    header = (
+        f"{'predictor':<24}{'rows':>6}{'windows':>8}{'acc':>7}{'bal.acc':>8}{'MCC':>7}{'pred.Inc':>9}"
+        f"{'biased':>7}{'p(win)':>7}{'p(rows)':>8}{'Brier':>7}{'return':>9}{'Sharpe':>8}{'BE fee':>8}"
+    )
     lines = [header, "-" * len(header)]
     for s in summary:
+        if s.get("unavailable"):
+            lines.append(f"{s['predictor'][:23]:<24}unavailable: {s['unavailable']}")
+            continue
         predicted = (
             "-" if s["share_predicted_increase"] is None else f"{100 * s['share_predicted_increase']:.0f}%"
         )
+        windows = "-" if s.get("windows") is None else str(s["windows"])
+        fee = "-" if s.get("break_even_fee_bps") is None else f"{s['break_even_fee_bps']:.1f}"
+        sharpe = "-" if s["sharpe"] is None else f"{s['sharpe']:.2f}"
         lines.append(
-            f"{s['predictor'][:23]:<24}{s['rows']:>6}{cell(s['accuracy']):>7}{cell(s['balanced_accuracy']):>8}"
-            f"{cell(s['mcc']):>7}{predicted:>9}{('YES' if s['biased'] else 'no'):>7}{cell(s['brier']):>7}"
-            f"{cell(s['cumulative_return'], '%'):>9}{s['sharpe']:>8.2f}"
+            f"{s['predictor'][:23]:<24}{s['rows']:>6}{windows:>8}{cell(s['accuracy']):>7}"
+            f"{cell(s['balanced_accuracy']):>8}{cell(s['mcc']):>7}{predicted:>9}"
+            f"{_verdict_word(s['biased']):>7}{cell(s.get('bias_p_value_windows')):>7}"
+            f"{cell(s.get('bias_p_value_rows_independent')):>8}{cell(s['brier']):>7}"
+            f"{cell(s['cumulative_return'], '%'):>9}{sharpe:>8}{fee:>8}"
         )
+    lines.append(
+        "biased: block bootstrap over label windows (p(win)); p(rows): binomial with rows taken as "
+        "independent, not a verdict. BE fee: break-even fee in bps."
+    )
+    verdicts = [(s["predictor"], b, v) for s in summary for b, v in (s.get("better_than") or {}).items()]
+    if verdicts:
+        lines += ["", "model better than baseline? paired accuracy difference, block bootstrap over windows"]
+        for model, baseline, v in verdicts:
+            if v.get("unavailable") or v.get("interval") is None:
+                lines.append(f"  {model} vs {baseline}: - ({v.get('unavailable') or 'no interval'})")
+                continue
+            low, high = v["interval"]
+            lines.append(
+                f"  {model} vs {baseline}: {100 * v['difference']:+.1f} pts "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] ({v['windows']} windows): {_verdict_word(v['better'])}"
+            )
     return "\n".join(lines)
 
 

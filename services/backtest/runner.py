@@ -19,13 +19,16 @@ import numpy as np
 from services.backtest import store
 from services.backtest.evaluate import EvaluationOptions, evaluate
 from services.backtest.leakage import guard
+from services.backtest.overfitting import overfitting_report
 from services.backtest.predictors.base import PredictionSet
+from services.backtest.predictors.baselines import BaselineUnavailable
 from services.backtest.predictors.factory import build_predictor
 from services.backtest.report import share_over_time, summary_rows, summary_table, write_report
 from services.backtest.rows import EvalRows, load_rows
 from services.backtest.schemas import BacktestConfig
 from services.backtest.settings import BacktestSettings
-from services.backtest.strategy import buy_and_hold_report
+from services.backtest.strategy import buy_and_hold_report, window_net_returns
+from services.backtest.verdicts import Sample, Scored, verdict_table
 from services.common.queue import new_holder
 
 log = logging.getLogger(__name__)
@@ -113,23 +116,50 @@ def build_report(
     )
     predictions: list[PredictionSet] = []
     sections = []
+    scored: list[Scored] = []
     for number, predictor in enumerate(predictors, start=1):
         started = time.perf_counter()
-        prediction = predictor.predict(rows)
+        try:
+            prediction = predictor.predict(rows)
+        except BaselineUnavailable as exc:  # reported as unavailable; the other predictors go on
+            log.warning("backtest: predictor %s unavailable: %s", predictor.name, exc)
+            sections.append(
+                {"name": predictor.name, "kind": predictor.kind, "unavailable": str(exc), "notes": [str(exc)],
+                 "meta": {}, "seconds": round(time.perf_counter() - started, 3), "metrics": None}
+            )  # fmt: skip
+            scored.append(Scored(predictor.name, predictor.kind, None, str(exc)))
+            continue
         predictions.append(prediction)
         metrics = evaluate(rows.y_true, prediction.y_pred, prediction.p_increase, windows, options)
         sections.append(
             {
                 "name": prediction.name,
                 "kind": prediction.kind,
+                "unavailable": None,
                 "notes": prediction.notes,
                 "meta": prediction.meta,
                 "seconds": round(time.perf_counter() - started, 3),
                 "metrics": metrics,
             }
         )
+        scored.append(Scored(prediction.name, prediction.kind, prediction.y_pred))
         log.info("backtest: predictor %d/%d %s done", number, len(predictors), prediction.name)
+    sample = Sample(windows.row_window, np.zeros(windows.count, dtype=np.int64))
+    verdicts = verdict_table(
+        rows.y_true,
+        scored,
+        sample,
+        options.bootstrap_reps,
+        options.seed,
+        options.bias_alpha,
+        bias={s["name"]: s["metrics"]["bias"] for s in sections if s["metrics"]},
+    )
+    returns = {
+        p.name: window_net_returns(p.y_pred, windows, options.fees_bps, options.decrease_position)
+        for p in predictions
+    }
     notes = list(config.notes)
+    notes += [f"{s['name']} unavailable: {s['unavailable']}" for s in sections if s["unavailable"]]
     if overlaps:
         notes.insert(
             0, "OVERLAP ALLOWED: some adapters are scored on rows from their training window plus embargo"
@@ -144,6 +174,8 @@ def build_report(
         "leakage": [overlap.describe() for overlap in overlaps],
         "overlap_allowed": bool(overlaps),
         "predictors": sections,
+        "verdicts": verdicts,
+        "overfitting": overfitting_report(returns),
         "buy_and_hold": buy_and_hold_report(windows, options.fees_bps),
         "share_over_time": share_over_time(rows, predictions),
         "row_ids": rows.row_id.tolist(),

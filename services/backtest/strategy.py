@@ -121,12 +121,29 @@ def _calendar_sharpe(returns: np.ndarray, periods: float, periods_per_year: floa
     return float(mean / np.sqrt(variance) * np.sqrt(periods_per_year))
 
 
-def strategy_report(
-    y_pred: np.ndarray, windows: Windows, fees_bps: float, decrease: Literal["short", "flat"]
-) -> dict[str, Any]:
+def gross_and_traded(
+    y_pred: np.ndarray, windows: Windows, decrease: Literal["short", "flat"]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window: position, gross return and notional traded (each a share of the capital)."""
     position = window_positions(y_pred, windows, decrease)
     traded = traded_notional(position, windows) / windows.sleeves
     gross = position * windows.window_return / windows.sleeves
+    return position, gross, traded
+
+
+def window_net_returns(
+    y_pred: np.ndarray, windows: Windows, fees_bps: float, decrease: Literal["short", "flat"]
+) -> np.ndarray:
+    """Each window's net return after fees, in exit order: the series DSR and PBO read."""
+    _, gross, traded = gross_and_traded(y_pred, windows, decrease)
+    order = np.argsort(windows.exit_time, kind="stable")
+    return (gross - traded * fees_bps / 1e4)[order]
+
+
+def strategy_report(
+    y_pred: np.ndarray, windows: Windows, fees_bps: float, decrease: Literal["short", "flat"]
+) -> dict[str, Any]:
+    position, gross, traded = gross_and_traded(y_pred, windows, decrease)
     net = gross - traded * fees_bps / 1e4
     order = np.argsort(windows.exit_time, kind="stable")
     equity = np.cumprod(1 + net[order])
@@ -166,3 +183,75 @@ def buy_and_hold_report(windows: Windows, fees_bps: float) -> dict[str, Any]:
         "max_drawdown": _max_drawdown(equity),
         "equity": {"time": times.tolist(), "value": equity.tolist()},
     }
+
+
+FEE_SWEEP_BPS = tuple(float(fee) for fee in range(0, 55, 5))  # 0, 5, ..., 50 bps
+
+
+def _compounded(gross: np.ndarray, traded: np.ndarray, fee: float) -> float:
+    """Cumulative return at a fee (a fraction, not bps); -1 once a window loses everything."""
+    step = 1 + gross - traded * fee
+    if np.any(step <= 0):
+        return -1.0
+    return float(np.expm1(np.log(step).sum()))
+
+
+def break_even_fee_bps(gross: np.ndarray, traded: np.ndarray) -> dict[str, float | None]:
+    """The fees (bps of notional) at which the strategy stops earning.
+
+    ``compounded``: cumulative return after fees is 0 (the root of prod(1 + g - t f) = 1,
+    which falls as the fee rises). ``mean``: the mean net return per window is 0, i.e. Sharpe
+    0: sum(g) / sum(t). None when nothing is traded; 0 when it loses before any fee.
+    """
+    total_traded = float(traded.sum())
+    if total_traded <= 0:
+        return {"compounded": None, "mean": None}
+    mean = max(0.0, float(gross.sum()) / total_traded * 1e4)
+    if _compounded(gross, traded, 0.0) <= 0:
+        return {"compounded": 0.0, "mean": mean}
+    low, high = 0.0, 1.0
+    while _compounded(gross, traded, high) > 0 and high < 1e3:
+        high *= 2
+    for _ in range(100):  # bisection: the compounded return is monotone in the fee
+        middle = (low + high) / 2
+        low, high = (middle, high) if _compounded(gross, traded, middle) > 0 else (low, middle)
+    return {"compounded": (low + high) / 2 * 1e4, "mean": mean}
+
+
+def fee_sweep(
+    gross: np.ndarray,
+    traded: np.ndarray,
+    periods: float,
+    periods_per_year: float,
+    fees_bps: tuple[float, ...] = FEE_SWEEP_BPS,
+) -> dict[str, Any]:
+    """Cumulative return and Sharpe at each fee, and the break-even fees.
+
+    ``gross`` and ``traded`` are per window (any order; folds concatenated); ``periods`` is the
+    calendar of horizon-long periods the Sharpe spreads them over, as ``strategy_report`` does.
+    """
+    rows = []
+    for fee in fees_bps:
+        net = gross - traded * fee / 1e4
+        rows.append(
+            {
+                "fees_bps": float(fee),
+                "cumulative_return": _compounded(gross, traded, fee / 1e4),
+                "sharpe": _calendar_sharpe(net, periods, periods_per_year),
+                "fees_paid": float((traded * fee / 1e4).sum()),
+            }
+        )
+    return {"sweep": rows, "break_even_bps": break_even_fee_bps(gross, traded)}
+
+
+def strategy_fee_sweep(
+    y_pred: np.ndarray,
+    windows: Windows,
+    decrease: Literal["short", "flat"],
+    fees_bps: tuple[float, ...] = FEE_SWEEP_BPS,
+) -> dict[str, Any]:
+    """``fee_sweep`` of one predictor on one set of windows (the strategy's calendar)."""
+    _, gross, traded = gross_and_traded(y_pred, windows, decrease)
+    span = float(windows.exit_time.max() - windows.entry_time.min()) if windows.count else 0.0
+    horizon = windows.horizon_seconds or 1.0
+    return fee_sweep(gross, traded, span / horizon, YEAR_SECONDS / horizon, fees_bps)

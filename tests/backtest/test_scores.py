@@ -78,9 +78,9 @@ def test_always_increase_is_flagged_biased() -> None:
     rng = np.random.default_rng(4)
     y_true = (rng.random(1000) < 0.5).astype(np.int8)
     result = bias_test(y_true, np.ones(1000, dtype=np.int8))
-    assert result["biased"] and result["direction"] == "Increase"
+    assert result["biased_if_rows_independent"] and result["direction"] == "Increase"
     assert result["share_predicted_increase"] == 1.0
-    assert result["p_value"] < 1e-100
+    assert result["p_value_rows_independent"] < 1e-100
 
 
 def test_balanced_random_predictor_is_not_flagged() -> None:
@@ -88,18 +88,18 @@ def test_balanced_random_predictor_is_not_flagged() -> None:
     y_true = (rng.random(1000) < 0.5).astype(np.int8)
     y_pred = rng.permutation(y_true)  # same share predicted Increase as actually happened, random order
     result = bias_test(y_true, y_pred)
-    assert not result["biased"]
-    assert result["p_value"] == pytest.approx(1.0)
+    assert not result["biased_if_rows_independent"]
+    assert result["p_value_rows_independent"] == pytest.approx(1.0)
 
 
 def test_bias_p_value_by_hand() -> None:
     y_true = np.array([1] * 50 + [0] * 50, dtype=np.int8)
     y_pred = np.array([1] * 60 + [0] * 40, dtype=np.int8)
     result = bias_test(y_true, y_pred, alpha=0.05)
-    assert result["p_value"] == pytest.approx(binomtest(60, 100, 0.5).pvalue)
-    assert result["p_value"] == pytest.approx(0.0569, abs=1e-4)
-    assert not result["biased"]
-    assert bias_test(y_true, y_pred, alpha=0.1)["biased"]
+    assert result["p_value_rows_independent"] == pytest.approx(binomtest(60, 100, 0.5).pvalue)
+    assert result["p_value_rows_independent"] == pytest.approx(0.0569, abs=1e-4)
+    assert not result["biased_if_rows_independent"]
+    assert bias_test(y_true, y_pred, alpha=0.1)["biased_if_rows_independent"]
 
 
 def test_bootstrap_is_seeded_and_resamples_windows() -> None:

@@ -7,6 +7,10 @@
 - momentum: the sign of the last candle that had closed when the headline appeared (a
   headline at 10:20 sees the 09:00-10:00 candle, never the 10:00 one it falls in);
 - coin_flip: a seeded fair coin, p(Increase) = 0.5.
+
+A baseline that cannot be computed for a window (majority with no row whose outcome was known
+before it) raises ``BaselineUnavailable`` with the reason: the runner reports it as unavailable
+and goes on with the other predictors.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from services.backtest.predictors.base import PredictionSet
 from services.backtest.rows import EvalRows, increase_share_before, previous_closed_moves
 from services.common.errors import InvalidInput
 from services.common.schemas import AdapterManifest
+
+
+class BaselineUnavailable(Exception):
+    """This baseline has no answer for this window; the message says why (the report shows it)."""
 
 
 @dataclass
@@ -56,9 +64,9 @@ class BaselinePredictor:
         before = self.majority_before or rows.first_time
         share, count = increase_share_before(self.database_url, rows, before)
         if count == 0:
-            raise InvalidInput(
-                f"the majority baseline has no rows whose outcome was known before {before.isoformat()}: "
-                "start the window later or leave the majority baseline out"
+            raise BaselineUnavailable(
+                f"no rows whose outcome was known before {before.isoformat()}: no majority to follow "
+                "(start the window later, or set majority_before to a time with known outcomes)"
             )
         y_pred = np.full(len(rows), 1 if share >= 0.5 else 0, dtype=np.int8)
         note = f"majority of {count} rows known before {before.isoformat()}: {share:.1%} Increase"
