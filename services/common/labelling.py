@@ -114,6 +114,43 @@ class Candles:
             raise ValueError("candle open times must sit on the timeframe grid")
 
 
+def candle_faults(
+    open_time: np.ndarray,
+    opens: np.ndarray,
+    highs: np.ndarray,
+    lows: np.ndarray,
+    closes: np.ndarray,
+    timeframe_seconds: int,
+    volume: np.ndarray | None = None,
+    max_price: float = np.inf,
+) -> np.ndarray:
+    """Why each candle cannot be used, or None: one object array aligned with the candles.
+
+    A usable candle has positive finite prices (at most ``max_price``), ``high >= max(open,
+    close)``, ``low <= min(open, close)``, an open time on the timeframe grid and, when given, a
+    finite volume >= 0. The first fault found wins: ``bad_price``, ``inconsistent_range``,
+    ``off_grid``, ``bad_volume``. Pure and vectorised, like the rest of this module.
+    """
+    prices = np.vstack(
+        [np.asarray(column, dtype=np.float64) for column in (opens, highs, lows, closes)]
+    ).reshape(4, -1)
+    times = np.asarray(open_time, dtype=np.int64)
+    faults = np.full(times.shape, None, dtype=object)
+    with np.errstate(invalid="ignore"):
+        bad_price = ~np.all(np.isfinite(prices) & (prices > 0) & (prices <= max_price), axis=0)
+        o, h, lo, c = prices
+        inconsistent = ~bad_price & ((h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (lo > h))
+    off_grid = times % timeframe_seconds != 0
+    checks = [("bad_price", bad_price), ("inconsistent_range", inconsistent), ("off_grid", off_grid)]
+    if volume is not None:
+        vol = np.asarray(volume, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            checks.append(("bad_volume", ~(np.isfinite(vol) & (vol >= 0))))
+    for reason, mask in reversed(checks):  # the first check listed wins
+        faults[mask] = reason
+    return faults
+
+
 @dataclass(frozen=True)
 class Labels:
     """Per-headline outcome, aligned with the input headline times.
@@ -153,7 +190,9 @@ class _GridIndex:
         self.table: np.ndarray | None = None
         if 0 < slots <= 4 * open_time.size + 1024:  # dense enough: a table costs little memory
             self.table = np.full(slots, -1, dtype=np.int64)
-            self.table[(open_time - self.first) // timeframe_seconds] = np.arange(open_time.size, dtype=np.int64)
+            self.table[(open_time - self.first) // timeframe_seconds] = np.arange(
+                open_time.size, dtype=np.int64
+            )
 
     def exact(self, wanted: np.ndarray) -> np.ndarray:
         """Index of the candle opening exactly at ``wanted`` (grid times), or -1."""

@@ -12,9 +12,11 @@ from pydantic import AwareDatetime
 from services.common.auth import Authorized
 from services.common.db import session_scope
 from services.common.errors import Conflict, InvalidInput
+from services.common.redact import redact_text
 from services.ingest.cycle import run_cycle
 from services.ingest.export import MEDIA_TYPES, query_rows, render_rows, stats
 from services.ingest.settings import IngestSettings
+from services.ingest.store import quarantine_counts
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 _ACCEPT_FORMATS = {
@@ -75,6 +77,12 @@ def rows(
 
 @router.get("/stats")
 def get_stats(request: Request) -> dict[str, Any]:
-    """Headline, candle, label and gap counts, and each source's last success and error."""
+    """Headline, candle, label and gap counts, quarantined rows by reason, and each source's
+    last success and error (URLs redacted: this endpoint needs no token)."""
     with session_scope(_settings(request).resolved_database_url) as session:
-        return stats(session)
+        found = stats(session)
+        found["quarantined"] = quarantine_counts(session)
+    for source in found.get("sources", []):
+        source["source"] = redact_text(source.get("source"))
+        source["last_error"] = redact_text(source.get("last_error"))
+    return found

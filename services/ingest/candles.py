@@ -5,11 +5,21 @@ network trouble, rate limits and maintenance become TemporaryError (retry next c
 unknown exchange or symbol is InvalidInput; any other exchange error body is an
 OperationalError (a person must look). The candle still open at ``now`` is dropped; gaps are
 reported, never filled.
+
+Garbage from the exchange is not success: a reply that is not JSON, or holds data ccxt could
+not read as candles, is ``OperationalError(param='malformed_reply')``; a pull that finds no
+usable closed candle where candles were expected is ``empty_reply``. A bad candle (a null,
+NaN, zero, negative or absurd price, high below open/close, low above them, an open time off
+the grid, before ``HSIG_EARLIEST_TIME`` or in the future, a negative or non-finite volume) is
+rejected and counted while the good ones in the same reply are kept. URLs in messages are
+redacted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 import ccxt
 import numpy as np
 
-from services.common.errors import InvalidInput, OperationalError, TemporaryError
-from services.common.labelling import timeframe_seconds
+from services.common.errors import HsigError, InvalidInput, OperationalError, TemporaryError
+from services.common.labelling import candle_faults, timeframe_seconds
+from services.common.redact import redact_text
 from services.ingest.csv_import import CandleFrame
+from services.ingest.headlines import Rejects
 
 log = logging.getLogger(__name__)
 
@@ -59,38 +71,129 @@ def build_exchange(
     if rate_limit_ms is not None:
         options["rateLimit"] = rate_limit_ms
     exchange = exchange_class(options)
+    # ccxt's own parser (orjson) refuses a whole reply for one NaN and ccxt then answers []:
+    # read NaN / Infinity as null instead, so that one candle is rejected, not the reply.
+    exchange.on_json_response = _lenient_json
     if api_url:
         exchange.urls["api"] = _rebase_all(exchange.urls["api"], api_url)
         exchange.hostname = urlsplit(api_url).netloc
     return exchange
 
 
+def _lenient_json(text: str) -> Any:
+    return json.loads(text, parse_constant=lambda _name: None)
+
+
 def call_exchange(what: str, call: Callable[[], Any]) -> Any:
-    """Run one ccxt call, translating its exceptions into ours at the boundary."""
+    """Run one ccxt call, translating its exceptions into ours at the boundary (messages
+    redacted: a ccxt error quotes the URL it called)."""
     try:
         return call()
+    except HsigError:
+        raise
+    except Exception as exc:
+        raise _translate(what, exc) from exc
+
+
+def _translate(what: str, raised: Exception) -> HsigError:
+    try:
+        raise raised
     except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as exc:
-        raise TemporaryError(f"{what}: rate limited: {exc}", retry_after=60, param="rate_limited") from exc
+        return TemporaryError(f"{what}: rate limited: {_said(exc)}", retry_after=60, param="rate_limited")
     except ccxt.RequestTimeout as exc:
-        raise TemporaryError(f"{what}: timeout: {exc}", param="timeout") from exc
+        return TemporaryError(f"{what}: timeout: {_said(exc)}", param="timeout")
     except (ccxt.ExchangeNotAvailable, ccxt.OnMaintenance) as exc:
-        raise TemporaryError(f"{what}: exchange unavailable: {exc}", param="unavailable") from exc
+        return TemporaryError(f"{what}: exchange unavailable: {_said(exc)}", param="unavailable")
     except ccxt.NetworkError as exc:
-        raise TemporaryError(f"{what}: network error: {exc}", param="network") from exc
+        return TemporaryError(f"{what}: network error: {_said(exc)}", param="network")
     except ccxt.BadSymbol as exc:
-        raise InvalidInput(f"{what}: unknown symbol: {exc}", param="symbol") from exc
+        return InvalidInput(f"{what}: unknown symbol: {_said(exc)}", param="symbol")
     except ccxt.BaseError as exc:
-        raise OperationalError(f"{what}: exchange error: {exc}", param="exchange_error") from exc
+        return OperationalError(f"{what}: exchange error: {_said(exc)}", param="exchange_error")
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError) as exc:  # ccxt choked on the shape
+        return OperationalError(
+            f"{what}: unreadable reply ({type(exc).__name__}: {_said(exc)})", param="malformed_reply"
+        )
+    except Exception as exc:
+        return OperationalError(f"{what}: {type(exc).__name__}: {_said(exc)}", param=type(exc).__name__)
+
+
+def _said(exc: Exception) -> str:
+    return str(redact_text(str(exc)))[:500]
 
 
 @dataclass
 class CandlePull:
-    """What one pull fetched: closed candles (sorted, unique) and the gaps seen among them."""
+    """What one pull fetched: closed candles (sorted, unique) and the gaps seen among them.
+
+    ``rejects`` counts the candles refused by reason; ``error`` is set when a later page failed
+    (or nothing usable came back): the candles before it are kept, the source is not a success.
+    """
 
     candles: CandleFrame
     gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last missing, count)
     pages: int = 0
     dropped_open: int = 0
+    rejects: Rejects = field(default_factory=Rejects)
+    error: HsigError | None = None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _clean_rows(page: Any, rejects: Rejects) -> list[list[float]]:
+    """ccxt rows as [ms, open, high, low, close, volume] floats; a row without a usable time
+    (or not a row at all) is rejected here, a bad price later (``validate_candles``)."""
+    if not isinstance(page, list):
+        raise OperationalError(
+            f"fetch_ohlcv answered {type(page).__name__}, not a list", param="malformed_reply"
+        )
+    rows = []
+    for row in page:
+        if not isinstance(row, list | tuple) or len(row) < 5:
+            rejects.add("malformed_candle", repr(row)[:80])
+            continue
+        stamp = _number(row[0])
+        if not math.isfinite(stamp) or abs(stamp) > 1e15:
+            rejects.add("bad_candle_time", repr(row)[:80])
+            continue
+        rows.append(
+            [stamp, *(_number(value) for value in row[1:5]), _number(row[5]) if len(row) > 5 else math.nan]
+        )
+    return rows
+
+
+def _holds_data(body: Any) -> bool:
+    if isinstance(body, list):
+        return bool(body)
+    if isinstance(body, dict):
+        return any(_holds_data(value) for value in body.values())
+    return False
+
+
+def _check_empty_page(exchange: ccxt.Exchange, what: str) -> None:
+    """ccxt answers [] for a reply it cannot read: look at the reply itself before calling an
+    empty page an empty window."""
+    raw = getattr(exchange, "last_http_response", None)
+    if not isinstance(raw, str):
+        return
+    try:
+        body = _lenient_json(raw)
+    except ValueError as exc:
+        raise OperationalError(
+            f"{what}: the reply is not JSON: {redact_text(raw[:80])!r}", param="malformed_reply"
+        ) from exc
+    if _holds_data(body):
+        raise OperationalError(
+            f"{what}: the reply holds data that is not candles: {redact_text(raw[:80])!r}",
+            param="malformed_reply",
+        )
 
 
 def _frame(rows: list[list[float]]) -> CandleFrame:
@@ -102,8 +205,49 @@ def _frame(rows: list[list[float]]) -> CandleFrame:
     order = np.argsort(times, kind="stable")
     times, array = times[order], array[order]
     keep = np.concatenate([times[1:] != times[:-1], [True]])  # last copy of a repeated time wins
-    volume = np.nan_to_num(array[keep, 5]) if array.shape[1] > 5 else np.zeros(int(keep.sum()))
-    return CandleFrame(times[keep], array[keep, 1], array[keep, 2], array[keep, 3], array[keep, 4], volume)
+    return CandleFrame(
+        times[keep], array[keep, 1], array[keep, 2], array[keep, 3], array[keep, 4], array[keep, 5]
+    )
+
+
+def _select(frame: CandleFrame, mask: np.ndarray) -> CandleFrame:
+    return CandleFrame(
+        *(getattr(frame, name)[mask] for name in ("open_time", "open", "high", "low", "close", "volume"))
+    )
+
+
+def validate_candles(
+    frame: CandleFrame,
+    timeframe_seconds: int,
+    now_seconds: int,
+    earliest_seconds: int | None = None,
+    max_price: float = math.inf,
+    rejects: Rejects | None = None,
+) -> tuple[CandleFrame, Rejects]:
+    """The usable candles of ``frame`` and what was refused, by reason (``candle_faults``,
+    plus ``early_candle`` before ``earliest_seconds`` and ``future_candle`` for an open time
+    after ``now_seconds``). Nothing is repaired: a refused candle is simply not stored."""
+    rejects = rejects if rejects is not None else Rejects()
+    if not len(frame):
+        return frame, rejects
+    faults = candle_faults(
+        frame.open_time,
+        frame.open,
+        frame.high,
+        frame.low,
+        frame.close,
+        timeframe_seconds,
+        frame.volume,
+        max_price,
+    )
+    faults[frame.open_time > now_seconds] = "future_candle"
+    if earliest_seconds is not None:
+        faults[frame.open_time < earliest_seconds] = "early_candle"
+    bad = faults != None  # noqa: E711 (elementwise on an object array)
+    for reason in sorted({str(reason) for reason in faults[bad]}):
+        where = np.flatnonzero(faults == reason)
+        rejects.add(reason, f"open time {int(frame.open_time[where[0]])}", count=int(where.size))
+    return _select(frame, ~bad), rejects
 
 
 def find_gaps(
@@ -133,29 +277,57 @@ def pull_candles(
     max_pages: int = 1000,
     previous_open_seconds: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    earliest_seconds: int | None = None,
+    max_price: float = math.inf,
 ) -> CandlePull:
-    """Page ``fetch_ohlcv`` from ``since_seconds`` until the candle open at ``now_seconds`` (dropped)."""
+    """Page ``fetch_ohlcv`` from ``since_seconds`` until the candle open at ``now_seconds`` (dropped).
+
+    A failure on the first page raises; on a later page the candles gathered so far come back
+    with ``error`` set. Bad candles are rejected (``validate_candles``), the rest kept.
+    """
     tf = timeframe_seconds(timeframe)
+    what = f"{exchange.id} fetch_ohlcv {symbol} {timeframe}"
     rows: list[list[float]] = []
+    rejects = Rejects()
+    error: HsigError | None = None
     cursor, pages = since_seconds - since_seconds % tf, 0
     while cursor + tf <= now_seconds and pages < max_pages:
-        page = call_exchange(
-            f"{exchange.id} fetch_ohlcv {symbol} {timeframe}",
-            lambda cursor=cursor: exchange.fetch_ohlcv(symbol, timeframe, since=cursor * 1000, limit=limit),
-        )
-        pages += 1
-        fresh = [row for row in page if row[0] // 1000 >= cursor]
+        try:
+            page = call_exchange(
+                what,
+                lambda cursor=cursor: exchange.fetch_ohlcv(
+                    symbol, timeframe, since=cursor * 1000, limit=limit
+                ),
+            )
+            pages += 1
+            cleaned = _clean_rows(page, rejects)
+            if not page:
+                _check_empty_page(exchange, what)
+        except HsigError as exc:
+            if not rows:
+                raise  # nothing gathered yet: the pull failed
+            error = exc
+            break
+        fresh = [row for row in cleaned if row[0] // 1000 >= cursor]
         rows.extend(fresh)
-        if fresh:
-            cursor = int(max(row[0] for row in fresh) // 1000) + tf
+        usable = [int(row[0] // 1000) for row in fresh if row[0] // 1000 <= now_seconds]
+        if usable:
+            cursor = max(usable) - max(usable) % tf + tf
+        elif fresh:
+            break  # only candles from the future: nothing later can be closed yet
         else:
             cursor += limit * tf  # a window with no trades at all: step over it
         if progress:
             progress(pages, len(rows))
-    frame = _frame(rows)
+    frame, rejects = validate_candles(_frame(rows), tf, now_seconds, earliest_seconds, max_price, rejects)
     closed = frame.open_time + tf <= now_seconds
     dropped = int((~closed).sum())
-    frame = CandleFrame(
-        *(getattr(frame, name)[closed] for name in ("open_time", "open", "high", "low", "close", "volume"))
-    )
-    return CandlePull(frame, find_gaps(frame.open_time, tf, previous_open_seconds), pages, dropped)
+    frame = _select(frame, closed)
+    if error is None and pages and not len(frame):
+        error = OperationalError(
+            f"{what}: no usable closed candle in {pages} page(s) from {since_seconds} to {now_seconds}"
+            f" (rejected: {rejects.counts or 'none'})",
+            param="empty_reply",
+        )
+    gaps = find_gaps(frame.open_time, tf, previous_open_seconds)
+    return CandlePull(frame, gaps, pages, dropped, rejects, error)

@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from services.common.errors import InvalidInput
-from services.ingest.headlines import HeadlineRecord, Rejects, normalise_title, payload_sha256
+from services.ingest.headlines import (
+    DEFAULT_LIMITS,
+    HeadlineRecord,
+    ItemLimits,
+    Rejects,
+    field_fault,
+    normalise_title,
+    payload_sha256,
+    time_fault,
+)
 
 EASTERN = ZoneInfo("America/New_York")
 KAGGLE_CNBC_SOURCE = "csv:cnbc_headlines"
@@ -77,7 +86,9 @@ def _read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
         raise InvalidInput(f"cannot read {path} as CSV: {exc}", param="path") from exc
 
 
-def import_kaggle_cnbc(path: Path, source: str = KAGGLE_CNBC_SOURCE) -> HeadlineImport:
+def import_kaggle_cnbc(
+    path: Path, source: str = KAGGLE_CNBC_SOURCE, limits: ItemLimits = DEFAULT_LIMITS
+) -> HeadlineImport:
     """The Kaggle "Financial News Headlines" CNBC file: Headlines, Time, Description."""
     return import_headline_csv(
         path,
@@ -86,6 +97,7 @@ def import_kaggle_cnbc(path: Path, source: str = KAGGLE_CNBC_SOURCE) -> Headline
         summary_column="Description",
         source=source,
         time_parser=parse_cnbc_time,
+        limits=limits,
     )
 
 
@@ -99,8 +111,10 @@ def import_headline_csv(
     timezone: str = "UTC",
     time_format: str | None = None,
     time_parser: Callable[[str], datetime] | None = None,
+    limits: ItemLimits = DEFAULT_LIMITS,
 ) -> HeadlineImport:
-    """Any headline CSV by column mapping. Times without an offset are read in ``timezone``."""
+    """Any headline CSV by column mapping. Times without an offset are read in ``timezone``;
+    implausible times and fields over their caps are rejected like a feed's (``limits``)."""
     zone = _zone(timezone)
     frame = _read_csv(Path(path))
     for column in (title_column, time_column, summary_column, guid_column):
@@ -120,16 +134,22 @@ def import_headline_csv(
             continue
         try:
             published_at = time_parser(raw_time) if time_parser else _parse_time(raw_time, zone, time_format)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             result.rejects.add("bad_time", f"line {line}: {exc}")
             continue
-        if published_at > now:
-            result.rejects.add("future_pubdate", f"line {line}: {raw_time}")
+        fault = time_fault(published_at, now, limits)
+        if fault:
+            result.rejects.add(fault, f"line {line}: {raw_time}")
             continue
         raw = {str(key): value for key, value in row.items()}
         guid = str(row[guid_column]) if guid_column else payload_sha256({"title": title, "time": raw_time})
         summary = normalise_title(row[summary_column]) if summary_column else None
-        result.records.append(HeadlineRecord(source, guid, title, published_at, None, summary or None, raw))
+        record = HeadlineRecord(source, guid, title, published_at, None, summary or None, raw)
+        fault = field_fault(record, limits)
+        if fault:
+            result.rejects.add(fault, f"line {line}")
+            continue
+        result.records.append(record)
     return result
 
 

@@ -1,10 +1,14 @@
 """One ingest cycle: every feed, every candle market, then labelling. Each source runs in its
 own transaction and its own try block: a failing source is logged once, counted and recorded
 in SourceState, and the others carry on.
+
+No credential leaves through here: source ids, messages, log lines and the errors recorded
+in SourceState have every URL redacted (``services.common.redact``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -19,9 +23,10 @@ from services.common.db import session_scope
 from services.common.errors import HsigError
 from services.common.labelling import SituationWords, timeframe_seconds
 from services.common.logging import forget, log_once
+from services.common.redact import redact_text, redact_url
 from services.ingest import metrics
 from services.ingest.candles import build_exchange, pull_candles
-from services.ingest.headlines import HeadlineRecord, Rejects
+from services.ingest.headlines import HeadlineRecord, ItemLimits, Rejects
 from services.ingest.labeller import Market, label_new_rows
 from services.ingest.rss import FeedError, fetch_feed, parse_feed
 from services.ingest.settings import IngestSettings
@@ -31,6 +36,7 @@ from services.ingest.store import (
     insert_headlines,
     last_candle_time,
     record_failure,
+    record_state,
     record_success,
     upsert_candles,
 )
@@ -71,7 +77,11 @@ def split_feed(entry: str) -> tuple[str, str]:
     match = _NAMED_FEED.match(entry.strip())
     if match:
         return f"rss:{match['name']}", match["url"]
-    return f"rss:{entry.strip()}", entry.strip()
+    url = entry.strip()
+    shown = redact_url(url)
+    if shown != url:  # credentials in the URL: never in the id (stats, metrics, logs, rows)
+        return f"rss:{shown}#{hashlib.sha256(url.encode()).hexdigest()[:8]}", url
+    return f"rss:{url}", url
 
 
 def feed_source(entry: str) -> str:
@@ -97,6 +107,7 @@ def guarded(source: str, work: Callable[[], SourceOutcome], url: str) -> SourceO
     except Exception as exc:
         reason = _reason(exc)
         message = exc.message if isinstance(exc, HsigError) else f"{type(exc).__name__}: {exc}"
+        message = redact_text(message) or ""
         metrics.ERRORS.labels(source, reason).inc()
         _failing_reasons.setdefault(source, set()).add(reason)
         log_once(
@@ -117,7 +128,7 @@ def guarded(source: str, work: Callable[[], SourceOutcome], url: str) -> SourceO
 _failing_reasons: dict[str, set[str]] = {}  # source -> reasons logged while it was failing
 
 
-def _count_rejects(source: str, rejects: Rejects) -> None:
+def count_rejects(source: str, rejects: Rejects) -> None:
     for reason, count in rejects.counts.items():
         metrics.ERRORS.labels(source, reason).inc(count)
         metrics.ITEMS.labels(source, "rejected").inc(count)
@@ -133,6 +144,21 @@ def _count_rejects(source: str, rejects: Rejects) -> None:
         )
 
 
+def _count_quarantined(source: str, kind: str, reasons: dict[str, int]) -> None:
+    for reason, count in reasons.items():
+        metrics.QUARANTINED.labels(kind, reason).inc(count)
+        log_once(
+            log,
+            logging.WARNING,
+            f"{source}:quarantine:{kind}:{reason}",
+            "%s: %d %s quarantined (%s): skipped, the rest labelled",
+            source,
+            count,
+            kind,
+            reason,
+        )
+
+
 def store_headlines(
     url: str, source: str, records: list[HeadlineRecord], rejects: Rejects, **state: Any
 ) -> SourceOutcome:
@@ -140,7 +166,7 @@ def store_headlines(
     with session_scope(url) as session:
         stored = insert_headlines(session, records)
         record_success(session, source, **state)
-    _count_rejects(source, rejects)
+    count_rejects(source, rejects)
     metrics.ITEMS.labels(source, "stored").inc(stored)
     metrics.ITEMS.labels(source, "duplicate").inc(len(records) - stored)
     return SourceOutcome(source, True, stored, len(records) - stored, dict(rejects.counts))
@@ -151,12 +177,19 @@ def poll_feed(settings: IngestSettings, client: httpx.Client, feed: str) -> Sour
     with session_scope(url) as session:
         state = get_source_state(session, source)
         etag, last_modified = state.etag, state.last_modified
-    fetched = fetch_feed(client, feed_url, etag, last_modified)
+    fetched = fetch_feed(
+        client,
+        feed_url,
+        etag,
+        last_modified,
+        max_bytes=settings.feed_max_bytes,
+        deadline_seconds=settings.feed_deadline_seconds,
+    )
     if fetched.content is None:  # 304: nothing new
         with session_scope(url) as session:
             record_success(session, source)
         return SourceOutcome(source, True, detail={"not_modified": True})
-    parsed = parse_feed(fetched.content, source)
+    parsed = parse_feed(fetched.content, source, limits=ItemLimits.from_settings(settings))
     return store_headlines(
         url, source, parsed.records, parsed.rejects, etag=fetched.etag, last_modified=fetched.last_modified
     )
@@ -191,6 +224,8 @@ def pull_market(
         settings.candle_max_pages,
         int(last.timestamp()) if last else None,
         progress,
+        earliest_seconds=int(settings.earliest_time.timestamp()),
+        max_price=settings.max_candle_price,
     )
     with session_scope(url) as session:
         written = upsert_candles(
@@ -199,10 +234,16 @@ def pull_market(
         gaps = insert_gaps(session, settings.exchange, settings.symbol, settings.timeframe, pull.gaps)
         fetched_to = int(pull.candles.open_time[-1]) + tf if len(pull.candles) else None
         cursor = datetime.fromtimestamp(fetched_to, tz=UTC) if fetched_to else since
-        record_success(session, source, cursor=cursor)  # informational: the next pull starts there
+        if pull.error is None:
+            record_success(session, source, cursor=cursor)  # informational: the next pull starts there
+        else:
+            record_state(session, source, cursor=cursor)  # the good candles are kept; not a success
+    count_rejects(source, pull.rejects)
     metrics.CANDLES.labels(source).inc(written)
+    if pull.error is not None:
+        raise pull.error  # guarded(): recorded in source_state.last_error, last_success_at kept
     detail = {"pages": pull.pages, "gaps": gaps, "dropped_open": pull.dropped_open}
-    return SourceOutcome(source, True, stored=written, detail=detail)
+    return SourceOutcome(source, True, stored=written, rejected=dict(pull.rejects.counts), detail=detail)
 
 
 def label_pass(settings: IngestSettings) -> list[SourceOutcome]:
@@ -215,13 +256,26 @@ def label_pass(settings: IngestSettings) -> list[SourceOutcome]:
         def work(horizon: str = horizon, source: str = source) -> SourceOutcome:
             with session_scope(settings.resolved_database_url) as session:
                 done = label_new_rows(
-                    session, market, horizon, settings.neutral_band, settings.situation_lookback, words
+                    session,
+                    market,
+                    horizon,
+                    settings.neutral_band,
+                    settings.situation_lookback,
+                    words,
+                    earliest=settings.earliest_time,
+                    future_skew=timedelta(seconds=settings.future_skew_seconds),
                 )
             for label, count in done.by_label.items():
                 metrics.LABELLED.labels(label).inc(count)
-            return SourceOutcome(
-                source, True, stored=done.labelled, detail={"waiting": done.waiting, **done.by_label}
-            )
+            _count_quarantined(source, "headline", done.quarantined_headlines)
+            _count_quarantined(source, "candle", done.quarantined_candles)
+            detail: dict[str, Any] = {"waiting": done.waiting, **done.by_label}
+            if done.quarantined_headlines or done.quarantined_candles:
+                detail["quarantined"] = {
+                    "headlines": done.quarantined_headlines,
+                    "candles": done.quarantined_candles,
+                }
+            return SourceOutcome(source, True, stored=done.labelled, detail=detail)
 
         outcomes.append(guarded(source, work, settings.resolved_database_url))
     return outcomes

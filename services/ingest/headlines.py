@@ -8,7 +8,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _SPACES = re.compile(r"\s+")
@@ -54,7 +54,7 @@ class HeadlineRecord:
     def row(self) -> dict[str, Any]:
         return {
             "source": self.source[:128],
-            "guid": self.guid[:512],
+            "guid": self.guid,  # over 512 characters is rejected before (field_fault)
             "title": self.title,
             "title_key": self.title_key,
             "published_at": self.published_at,
@@ -64,6 +64,63 @@ class HeadlineRecord:
         }
 
 
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ItemLimits:
+    """What a stored headline may be (``HSIG_MAX_*_CHARS``, ``HSIG_EARLIEST_TIME``,
+    ``HSIG_FUTURE_SKEW_SECONDS``). An item over a field cap is rejected, never truncated: a cut
+    title is a headline nobody wrote, and one over 1,000 characters is refused by inference."""
+
+    max_title_chars: int = 1000
+    max_summary_chars: int = 10_000
+    max_link_chars: int = 2048
+    max_guid_chars: int = 512
+    earliest: datetime = EARLIEST_TIME
+    future_skew: timedelta = timedelta(minutes=5)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ItemLimits:
+        return cls(
+            settings.max_title_chars,
+            settings.max_summary_chars,
+            settings.max_link_chars,
+            settings.max_guid_chars,
+            settings.earliest_time,
+            timedelta(seconds=settings.future_skew_seconds),
+        )
+
+
+DEFAULT_LIMITS = ItemLimits()
+
+
+def time_fault(moment: datetime, now: datetime, limits: ItemLimits = DEFAULT_LIMITS) -> str | None:
+    """Why a headline time is not plausible, or None: no timezone, before ``limits.earliest``
+    (year 0001, 1900, 1969...) or more than ``limits.future_skew`` after ``now``."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return "naive_pubdate"
+    if moment < limits.earliest:
+        return "early_pubdate"
+    if moment > now + limits.future_skew:
+        return "future_pubdate"
+    return None
+
+
+def field_fault(record: HeadlineRecord, limits: ItemLimits = DEFAULT_LIMITS) -> str | None:
+    """The first stored field over its cap (``title_too_long``...), or None."""
+    for name, cap in (
+        ("title", limits.max_title_chars),
+        ("guid", limits.max_guid_chars),
+        ("link", limits.max_link_chars),
+        ("summary", limits.max_summary_chars),
+    ):
+        value = getattr(record, name)
+        if value is not None and len(value) > cap:
+            return f"{name}_too_long"
+    return None
+
+
 @dataclass
 class Rejects:
     """Items refused while parsing, counted by reason (each reason logged once per source)."""
@@ -71,8 +128,8 @@ class Rejects:
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
 
-    def add(self, reason: str, example: str = "") -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
+    def add(self, reason: str, example: str = "", count: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
         self.examples.setdefault(reason, example[:200])
 
     def total(self) -> int:

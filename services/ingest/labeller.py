@@ -1,12 +1,17 @@
 """Label what is newly labellable: headlines without a row for this market and horizon, whose
 entry and exit candles are now stored. Runs every cycle; idempotent (ON CONFLICT DO NOTHING).
+
+Quarantine, not poison: a headline whose time cannot be labelled (no zone, before
+``HSIG_EARLIEST_TIME``, after now + ``HSIG_FUTURE_SKEW_SECONDS``) and a stored candle that
+cannot be used (``labelling.candle_faults``) are marked with their reason, in the same
+transaction, and skipped; everything else is labelled. A quarantined candle reads as missing.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -18,12 +23,15 @@ from services.common.labelling import (
     Candles,
     Labels,
     SituationWords,
+    candle_faults,
     label_headlines,
     label_names,
     situation_texts,
     timeframe_seconds,
 )
-from services.ingest.store import insert_labelled_rows
+from services.ingest.headlines import EARLIEST_TIME, time_fault
+from services.ingest.headlines import ItemLimits as _Limits
+from services.ingest.store import insert_labelled_rows, quarantine_candles, quarantine_headlines
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,15 @@ class LabelOutcome:
     labelled: int = 0
     by_label: dict[str, int] = field(default_factory=dict)
     waiting: int = 0  # no entry or exit candle stored yet (or ever, inside a gap)
+    quarantined_headlines: dict[str, int] = field(default_factory=dict)  # reason -> count, this pass
+    quarantined_candles: dict[str, int] = field(default_factory=dict)
+
+
+def _tally(reasons: dict[Any, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in reasons.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def _stamp(seconds: int | np.integer) -> datetime:
@@ -62,18 +79,49 @@ def _unlabelled(session: Session, market: Market, horizon: str) -> list[tuple[in
         )
     )
     statement = (
-        select(Headline.id, Headline.published_at).where(~already.exists()).order_by(Headline.published_at)
+        select(Headline.id, Headline.published_at)
+        .where(~already.exists(), Headline.quarantine_reason.is_(None))
+        .order_by(Headline.published_at)
     )
     return [(row[0], row[1]) for row in session.execute(statement)]
 
 
-def load_candles(session: Session, market: Market, start: datetime, end: datetime) -> Candles:
+def load_candles(
+    session: Session,
+    market: Market,
+    start: datetime,
+    end: datetime,
+    quarantined: dict[datetime, str] | None = None,
+) -> Candles:
+    """The usable candles in [start, end]. One that cannot be used (``candle_faults``) is left
+    out and, when ``quarantined`` is given, put there (open time -> reason) to be marked."""
+    tf = timeframe_seconds(market.timeframe)
     columns = (Candle.open_time, Candle.open, Candle.high, Candle.low, Candle.close)
     statement = candles_between(market.exchange, market.symbol, market.timeframe, start, end, *columns)
     rows = session.execute(statement).all()
     times = np.array([_epoch(row[0]) for row in rows], dtype=np.int64)
-    columns = [np.array([row[i] for row in rows], dtype=np.float64) for i in range(1, 5)]
-    return Candles(times, *columns, timeframe_seconds(market.timeframe))
+    prices = [
+        np.array([np.nan if row[i] is None else row[i] for row in rows], dtype=np.float64)
+        for i in range(1, 5)
+    ]
+    faults = candle_faults(times, *prices, tf)
+    bad = faults != None  # noqa: E711 (elementwise on an object array)
+    if quarantined is not None:
+        quarantined.update({rows[i][0]: str(faults[i]) for i in np.flatnonzero(bad).tolist()})
+    keep = ~bad
+    return Candles(times[keep], *(column[keep] for column in prices), tf)
+
+
+def _time_faults(
+    pending: list[tuple[int, datetime]], now: datetime, earliest: datetime, skew: timedelta
+) -> dict[int, str]:
+    limits = _Limits(earliest=earliest, future_skew=skew)
+    faults: dict[int, str] = {}
+    for headline_id, published in pending:
+        fault = time_fault(published, now, limits)
+        if fault:
+            faults[headline_id] = fault
+    return faults
 
 
 def label_new_rows(
@@ -83,39 +131,63 @@ def label_new_rows(
     neutral_band: float = 0.0,
     lookback: int = 2,
     words: SituationWords | None = None,
+    earliest: datetime = EARLIEST_TIME,
+    future_skew: timedelta = timedelta(minutes=5),
+    now: datetime | None = None,
 ) -> LabelOutcome:
-    """Label every headline that has no row yet and whose candles are stored; returns counts."""
+    """Label every headline that has no row yet and whose candles are stored; returns counts.
+
+    Headlines with an implausible time and candles that cannot be used are quarantined (in
+    this transaction) and skipped: one bad row never stops the pass.
+    """
     pending = _unlabelled(session, market, horizon)
     outcome = LabelOutcome(considered=len(pending))
     if not pending:
         return outcome
-    tf, horizon_seconds = timeframe_seconds(market.timeframe), timeframe_seconds(horizon)
-    times = np.array([_epoch(published) for _, published in pending], dtype=np.int64)
-    first = datetime.fromtimestamp(int(times.min()) - (lookback + 1) * tf, tz=UTC)
-    last = datetime.fromtimestamp(int(times.max()) + horizon_seconds + tf, tz=UTC)
-    candles = load_candles(session, market, first, last)
-    labels = label_headlines(
-        times, candles, horizon_seconds, neutral_band, lookback, words or SituationWords()
-    )
-    rows = _rows(pending, market, horizon, candles, labels)
-    outcome.labelled = insert_labelled_rows(session, rows)
-    outcome.waiting = int((~labels.labelled).sum())
-    for name in label_names(labels.label[labels.labelled]).tolist():
-        outcome.by_label[name] = outcome.by_label.get(name, 0) + 1
+    bad_headlines = _time_faults(pending, now or datetime.now(UTC), earliest, future_skew)
+    pending = [item for item in pending if item[0] not in bad_headlines]
+    bad_candles: dict[datetime, str] = {}
+    if pending:
+        tf, horizon_seconds = timeframe_seconds(market.timeframe), timeframe_seconds(horizon)
+        times = np.array([_epoch(published) for _, published in pending], dtype=np.int64)
+        first = datetime.fromtimestamp(int(times.min()) - (lookback + 1) * tf, tz=UTC)
+        last = datetime.fromtimestamp(int(times.max()) + horizon_seconds + tf, tz=UTC)
+        candles = load_candles(session, market, first, last, bad_candles)
+        labels = label_headlines(
+            times, candles, horizon_seconds, neutral_band, lookback, words or SituationWords()
+        )
+        rows, unlabellable = _rows(pending, market, horizon, candles, labels)
+        bad_headlines.update(unlabellable)
+        outcome.labelled = insert_labelled_rows(session, rows)
+        outcome.waiting = int((~labels.labelled).sum())
+        for row in rows:
+            outcome.by_label[row["label"]] = outcome.by_label.get(row["label"], 0) + 1
+    if bad_headlines:
+        quarantine_headlines(session, bad_headlines)
+    if bad_candles:
+        quarantine_candles(session, market.exchange, market.symbol, market.timeframe, bad_candles)
+    outcome.quarantined_headlines = _tally(bad_headlines)
+    outcome.quarantined_candles = _tally(bad_candles)
     return outcome
 
 
 def _rows(
     pending: list[tuple[int, datetime]], market: Market, horizon: str, candles: Candles, labels: Labels
-) -> list[dict[str, Any]]:
-    """One insertable dict per labelled headline (the table's column names)."""
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """One insertable dict per labelled headline (the table's column names), and the headlines
+    whose label came out non-finite (never stored: a last guard, the candles were checked)."""
     tf = candles.timeframe_seconds
     names = label_names(labels.label)
     texts = situation_texts(labels.situation_code)
     now = datetime.now(UTC)
     rows = []
+    unlabellable: dict[int, str] = {}
+    finite = np.isfinite(labels.entry_price) & np.isfinite(labels.exit_price) & np.isfinite(labels.return_)
     for position in np.flatnonzero(labels.labelled).tolist():
         headline_id, published_at = pending[position]
+        if not finite[position]:
+            unlabellable[headline_id] = "bad_return"
+            continue
         used = labels.situation_idx[position]
         rows.append(
             {
@@ -138,4 +210,4 @@ def _rows(
                 "labelled_at": now,
             }
         )
-    return rows
+    return rows, unlabellable

@@ -39,3 +39,9 @@ SCHEDULED_SKIPPED = Counter(
     "Scheduled slots this replica skipped because another replica had claimed them, by job.",
     ["job"],
 )
+QUARANTINED = Counter(
+    "hsig_ingest_quarantined_total",
+    "Stored rows the labeller quarantined (marked with a reason and skipped), by kind (headline or"
+    " candle) and reason.",
+    ["kind", "reason"],
+)

@@ -46,6 +46,41 @@ class IngestSettings(CommonSettings):
         gt=0,
         description="Connect/read timeout for feeds and exchanges.",
     )
+    feed_deadline_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest one feed fetch may take, whole body included (a drip-feeding server is cut off).",
+    )
+    feed_max_bytes: int = Field(
+        5_242_880,
+        ge=1024,
+        description="Largest feed body read (decompressed); a larger one is refused unread.",
+    )
+    max_title_chars: int = Field(
+        1000,
+        ge=1,
+        le=1000,
+        description="Longest headline title stored; longer items are rejected (inference accepts 1,000).",
+    )
+    max_summary_chars: int = Field(
+        10_000, ge=1, description="Longest summary stored; longer items are rejected."
+    )
+    max_link_chars: int = Field(2048, ge=1, description="Longest link stored; longer items are rejected.")
+    max_guid_chars: int = Field(
+        512, ge=1, le=512, description="Longest guid stored; longer items are rejected."
+    )
+    earliest_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="Headlines and candles dated before this are rejected (and quarantined if stored).",
+    )
+    future_skew_seconds: float = Field(
+        300.0, ge=0, description="Headlines and candles dated more than this after now are rejected."
+    )
+    max_candle_price: float = Field(
+        1e12,
+        gt=0,
+        description="Candle prices above this are rejected as absurd (like zero or negative ones).",
+    )
     exchange: str = Field("coinbaseexchange", description="ccxt exchange id for candles.")
     exchange_api_url: str | None = Field(
         None, description="Replace every ccxt API base URL with this one (tests, replay server)."
@@ -73,7 +108,7 @@ class IngestSettings(CommonSettings):
     )
     scheduler_enabled: bool = Field(True, description="Poll on the intervals while the service runs.")
 
-    @field_validator("candle_since")
+    @field_validator("candle_since", "earliest_time")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)

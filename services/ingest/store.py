@@ -12,11 +12,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
+from services.common.redact import redact_text
 from services.ingest.csv_import import CandleFrame
 from services.ingest.headlines import HeadlineRecord
 
@@ -46,6 +47,9 @@ def insert_headlines(session: Session, records: Iterable[HeadlineRecord]) -> int
     return inserted
 
 
+_CANDLE_REFRESHED = ("open", "high", "low", "close", "volume", "quarantine_reason", "quarantined_at")
+
+
 def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str, candles: CandleFrame) -> int:
     """Insert or refresh closed candles (the exchange's latest values win). Returns rows written."""
     rows = [
@@ -59,6 +63,8 @@ def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str,
             "low": float(lo),
             "close": float(c),
             "volume": float(v),
+            "quarantine_reason": None,  # a fresh copy that passed validation lifts a quarantine
+            "quarantined_at": None,
         }
         for t, o, h, lo, c, v in zip(
             candles.open_time,
@@ -74,7 +80,7 @@ def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str,
         statement = _insert(session, Candle.__table__)
         statement = statement.on_conflict_do_update(
             index_elements=["exchange", "symbol", "timeframe", "open_time"],
-            set_={name: statement.excluded[name] for name in ("open", "high", "low", "close", "volume")},
+            set_={name: statement.excluded[name] for name in _CANDLE_REFRESHED},
         )
         session.execute(statement, list(batch))
     return len(rows)
@@ -145,6 +151,54 @@ def _copy_labelled_rows(session: Session, rows: Sequence[dict[str, Any]]) -> int
     return inserted
 
 
+def quarantine_headlines(session: Session, reasons: dict[int, str]) -> int:
+    """Mark headlines (id -> reason) as not labellable; the labeller skips them from now on."""
+    now = datetime.now(UTC)
+    for reason in sorted(set(reasons.values())):
+        ids = [key for key, value in reasons.items() if value == reason]
+        for start in range(0, len(ids), BATCH_ROWS):
+            session.execute(
+                update(Headline)
+                .where(Headline.id.in_(ids[start : start + BATCH_ROWS]), Headline.quarantine_reason.is_(None))
+                .values(quarantine_reason=reason[:64], quarantined_at=now)
+            )
+    return len(reasons)
+
+
+def quarantine_candles(
+    session: Session, exchange: str, symbol: str, timeframe: str, reasons: dict[datetime, str]
+) -> int:
+    """Mark candles (open time -> reason) as unusable: they read as missing from now on."""
+    now = datetime.now(UTC)
+    for reason in sorted(set(reasons.values())):
+        times = [key for key, value in reasons.items() if value == reason]
+        for start in range(0, len(times), BATCH_ROWS):
+            session.execute(
+                update(Candle)
+                .where(
+                    Candle.exchange == exchange,
+                    Candle.symbol == symbol,
+                    Candle.timeframe == timeframe,
+                    Candle.open_time.in_(times[start : start + BATCH_ROWS]),
+                )
+                .values(quarantine_reason=reason[:64], quarantined_at=now)
+            )
+    return len(reasons)
+
+
+def quarantine_counts(session: Session) -> dict[str, dict[str, int]]:
+    """Quarantined rows by table and reason (``/v1/stats``)."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, model in (("headlines", Headline), ("candles", Candle)):
+        statement = (
+            select(model.quarantine_reason, func.count())
+            .where(model.quarantine_reason.is_not(None))
+            .group_by(model.quarantine_reason)
+        )
+        counts[name] = {str(reason): int(count) for reason, count in session.execute(statement).all()}
+    return counts
+
+
 def get_source_state(session: Session, source: str) -> SourceState:
     state = session.get(SourceState, source)
     if state is None:
@@ -160,9 +214,17 @@ def record_success(session: Session, source: str, **fields: Any) -> None:
     state.last_success_at = datetime.now(UTC)
 
 
-def record_failure(session: Session, source: str, message: str) -> None:
+def record_state(session: Session, source: str, **fields: Any) -> None:
+    """Update a source's state (its cursor...) without calling the poll a success."""
     state = get_source_state(session, source)
-    state.last_error = message[:2000]
+    for name, value in fields.items():
+        setattr(state, name, value)
+
+
+def record_failure(session: Session, source: str, message: str) -> None:
+    """The failure as the operator sees it: URLs in ``message`` redacted, at most 2,000 chars."""
+    state = get_source_state(session, source)
+    state.last_error = (redact_text(message) or "")[:2000]
     state.last_error_at = datetime.now(UTC)
 
 

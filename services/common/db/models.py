@@ -84,6 +84,10 @@ class Headline(Base):
     summary: Mapped[str | None] = mapped_column(Text, default=None)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the headline cannot be labelled (a time outside the plausible range...): the
+    # labeller skips it and labels the rest. Clear both to let it be labelled again.
+    quarantine_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    quarantined_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Candle(Base):
@@ -100,12 +104,17 @@ class Candle(Base):
     low: Mapped[float] = mapped_column(Float)
     close: Mapped[float] = mapped_column(Float)
     volume: Mapped[float] = mapped_column(Float)
+    # Set when the candle cannot be used (a zero price, off the timeframe grid...): it reads as
+    # missing, like a gap. A fresh, valid copy from the exchange clears it.
+    quarantine_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    quarantined_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 def candles_between(
     exchange: str, symbol: str, timeframe: str, start: datetime, end: datetime, *columns: Any
 ) -> Select[Any]:
-    """The given columns of one market's candles opening in [start, end], oldest first."""
+    """The given columns of one market's candles opening in [start, end], oldest first
+    (quarantined candles left out: they read as missing)."""
     return (
         select(*columns)
         .where(
@@ -114,6 +123,7 @@ def candles_between(
             Candle.timeframe == timeframe,
             Candle.open_time >= start,
             Candle.open_time <= end,
+            Candle.quarantine_reason.is_(None),
         )
         .order_by(Candle.open_time)
     )
