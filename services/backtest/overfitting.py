@@ -28,6 +28,7 @@ each predictor's returns over all folds in time order; the IC takes the fold of 
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
 from typing import Any
 
@@ -221,63 +222,92 @@ def information_coefficient(
 ) -> dict[str, Any]:
     """IC and rank IC of p(Increase) against each row's realised return, per fold and pooled.
 
-    ``fold`` (per row) must match the sample's folds; default: the sample's one fold per window.
+    ``fold`` (per row) must match the sample's folds; default: the sample's fold of each window.
     """
-    p_increase = np.asarray(p_increase, dtype=float)
+    return information_coefficients({"": p_increase}, realised_return, sample, fold, reps, seed, confidence)[
+        ""
+    ]
+
+
+def information_coefficients(
+    p_increase: dict[str, np.ndarray],
+    realised_return: np.ndarray,
+    sample: Sample,
+    fold: np.ndarray | None = None,
+    reps: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """``information_coefficient`` of several predictors on the same rows, one shared bootstrap."""
     realised_return = np.asarray(realised_return, dtype=float)
-    if p_increase.size == 0 or np.isnan(p_increase).any():
-        return {"unavailable": "no p(Increase)"}
     fold = sample.fold_of_window[sample.window] if fold is None else np.asarray(fold)
-    folds = []
-    columns = np.zeros((p_increase.size, 12))
-    for number in range(sample.folds):
-        rows = fold == number
-        x, y = p_increase[rows], realised_return[rows]
-        # centred within the fold: the sums' cancellation stays small
-        centred = _moment_columns(x - x.mean(), y - y.mean())
-        rx, ry = rankdata(x), rankdata(y)
-        ranked = _moment_columns(rx - rx.mean(), ry - ry.mean())
-        columns[rows, :6], columns[rows, 6:] = centred, ranked
-        folds.append(
-            {
-                "fold": number,
-                "rows": int(rows.sum()),
-                "windows": int(np.sum(sample.fold_of_window == number)),
-                "ic": _nan_none(_correlation(centred.sum(axis=0))),
-                "rank_ic": _nan_none(_correlation(ranked.sum(axis=0))),
-            }
-        )
-    ics = np.array([np.nan if f["ic"] is None else f["ic"] for f in folds])
-    rank_ics = np.array([np.nan if f["rank_ic"] is None else f["rank_ic"] for f in folds])
-    if np.all(np.isnan(ics)):
-        return {"unavailable": "p(Increase) or the return does not vary: no correlation", "folds": folds}
-    out: dict[str, Any] = {
-        "ic": float(np.nanmean(ics)),
-        "rank_ic": float(np.nanmean(rank_ics)),
-        "folds": folds,
-        "windows": sample.windows,
-        "rows": sample.rows,
-        "level": confidence,
-        "ic_interval": None,
-        "rank_ic_interval": None,
-        "unavailable": None,
-    }
-    if sample.folds > 1:
-        for key, values in (("ic", ics), ("rank_ic", rank_ics)):
-            finite = values[np.isfinite(values)]
-            spread = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
-            out[f"{key}_t_across_folds"] = (
-                float(finite.mean() / (spread / math.sqrt(finite.size))) if spread > 0 else None
+    in_fold = [fold == number for number in range(sample.folds)]
+    ranked_return = [rankdata(realised_return[rows]) for rows in in_fold]
+    out: dict[str, dict[str, Any]] = {}
+    columns: dict[str, np.ndarray] = {}
+    for name, values in p_increase.items():
+        values = np.asarray(values, dtype=float)
+        if values.size == 0 or np.isnan(values).any():
+            out[name] = {"unavailable": "no p(Increase)"}
+            continue
+        block = np.zeros((values.size, 12))
+        folds = []
+        for number, rows in enumerate(in_fold):
+            x, y = values[rows], realised_return[rows]
+            # centred within the fold: the sums' cancellation stays small
+            centred = _moment_columns(x - x.mean(), y - y.mean())
+            rx, ry = rankdata(x), ranked_return[number]
+            ranked = _moment_columns(rx - rx.mean(), ry - ry.mean())
+            block[rows, :6], block[rows, 6:] = centred, ranked
+            folds.append(
+                {
+                    "fold": number,
+                    "rows": int(rows.sum()),
+                    "windows": int(np.sum(sample.fold_of_window == number)),
+                    "ic": _nan_none(_correlation(centred.sum(axis=0))),
+                    "rank_ic": _nan_none(_correlation(ranked.sum(axis=0))),
+                }
             )
-    reason = sample.unavailable(reps)
-    out["interval_unavailable"] = reason
-    if reason is None:
-        totals = resample_totals(sample, sample.per_window(columns), reps, seed)  # (reps, folds, 12)
-        with np.errstate(invalid="ignore"):
-            ic = np.nanmean(_correlation(totals[..., :6]), axis=1)
-            rank_ic = np.nanmean(_correlation(totals[..., 6:]), axis=1)
-        out["ic_interval"] = percentile_interval(ic, confidence)
-        out["rank_ic_interval"] = percentile_interval(rank_ic, confidence)
+        ics = np.array([np.nan if f["ic"] is None else f["ic"] for f in folds])
+        rank_ics = np.array([np.nan if f["rank_ic"] is None else f["rank_ic"] for f in folds])
+        if np.all(np.isnan(ics)):
+            out[name] = {
+                "unavailable": "p(Increase) or the return does not vary: no correlation",
+                "folds": folds,
+            }
+            continue
+        result: dict[str, Any] = {
+            "ic": float(np.nanmean(ics)),
+            "rank_ic": float(np.nanmean(rank_ics)),
+            "folds": folds,
+            "windows": sample.windows,
+            "rows": sample.rows,
+            "level": confidence,
+            "ic_interval": None,
+            "rank_ic_interval": None,
+            "interval_unavailable": sample.unavailable(reps),
+            "unavailable": None,
+        }
+        if sample.folds > 1:
+            for key, fold_values in (("ic", ics), ("rank_ic", rank_ics)):
+                finite = fold_values[np.isfinite(fold_values)]
+                spread = float(np.std(finite, ddof=1)) if finite.size > 1 else 0.0
+                result[f"{key}_t_across_folds"] = (
+                    float(finite.mean() / (spread / math.sqrt(finite.size))) if spread > 0 else None
+                )
+        out[name] = result
+        columns[name] = block
+    if columns and sample.unavailable(reps) is None:
+        stacked = np.concatenate(list(columns.values()), axis=1)
+        totals = resample_totals(sample, sample.per_window(stacked), reps, seed)  # (reps, folds, 12 each)
+        for number, name in enumerate(columns):
+            part = totals[..., 12 * number : 12 * (number + 1)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a fold may not vary in a replicate
+                ic = np.nanmean(_correlation(part[..., :6]), axis=1)
+                rank_ic = np.nanmean(_correlation(part[..., 6:]), axis=1)
+            out[name]["ic_interval"] = percentile_interval(ic, confidence)
+            out[name]["rank_ic_interval"] = percentile_interval(rank_ic, confidence)
     return out
 
 

@@ -134,7 +134,7 @@ def resample_totals(sample: Sample, per_window: np.ndarray, reps: int, seed: int
             count = min(chunk, reps - start)
             picks = rng.integers(0, size, size=(count, size)) + (np.arange(count) * size)[:, None]
             drawn = np.bincount(picks.ravel(), minlength=count * size).reshape(count, size)
-            out[start : start + count, fold] = drawn @ block
+            out[start : start + count, fold] = drawn.astype(np.float64) @ block  # float: BLAS
     return out
 
 
@@ -184,30 +184,48 @@ def bias_verdict(
     y_true: np.ndarray, y_pred: np.ndarray, sample: Sample, reps: int, seed: int, alpha: float = 0.05
 ) -> dict[str, Any]:
     """The bias section: the window-aware verdict, with the rows-as-independent binomial beside it."""
-    naive = bias_test(y_true, y_pred, alpha)
+    return bias_verdicts(y_true, {"": y_pred}, sample, reps, seed, alpha)[""]
+
+
+def bias_verdicts(
+    y_true: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    sample: Sample,
+    reps: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, Any]]:
+    """``bias_verdict`` of several predictors on the same rows, from one shared bootstrap."""
     reason = sample.unavailable(reps)
-    replicates = None
-    if reason is None:
-        columns = np.stack([y_pred.astype(float) - y_true.astype(float), np.ones(y_true.size)], axis=1)
+    replicates: dict[str, np.ndarray] = {}
+    if reason is None and predictions:
+        columns = np.stack(
+            [np.ones(y_true.size)] + [y.astype(float) - y_true.astype(float) for y in predictions.values()],
+            axis=1,
+        )
         totals = resample_totals(sample, sample.per_window(columns), reps, seed).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            replicates = totals[:, 0] / totals[:, 1]
-    test = _test(naive["gap"], replicates, sample, reps, seed, alpha, reason)
-    interval = test["interval"]
-    biased = None if interval is None else bool(interval[0] > 0 or interval[1] < 0)
-    return {
-        **naive,
-        "method": "block bootstrap over label windows (rows sharing a window resampled together)",
-        "gap_interval_windows": interval,
-        "p_value_windows": test["p_value"],
-        "biased": biased,
-        "windows": test["windows"],
-        "rows": test["rows"],
-        "folds": test["folds"],
-        "level": test["level"],
-        "reps": test["reps"],
-        "unavailable": reason,
-    }
+            for number, name in enumerate(predictions, start=1):
+                replicates[name] = totals[:, number] / totals[:, 0]
+    out = {}
+    for name, y_pred in predictions.items():
+        naive = bias_test(y_true, y_pred, alpha)
+        test = _test(naive["gap"], replicates.get(name), sample, reps, seed, alpha, reason)
+        interval = test["interval"]
+        out[name] = {
+            **naive,
+            "method": "block bootstrap over label windows (rows sharing a window resampled together)",
+            "gap_interval_windows": interval,
+            "p_value_windows": test["p_value"],
+            "biased": None if interval is None else bool(interval[0] > 0 or interval[1] < 0),
+            "windows": test["windows"],
+            "rows": test["rows"],
+            "folds": test["folds"],
+            "level": test["level"],
+            "reps": test["reps"],
+            "unavailable": reason,
+        }
+    return out
 
 
 @dataclass(frozen=True)
@@ -318,9 +336,8 @@ def verdict_table(
     are computed here on the same sample.
     """
     bias = dict(bias or {})
-    for p in predictors:
-        if p.name not in bias and p.y_pred is not None:
-            bias[p.name] = bias_verdict(y_true, p.y_pred, sample, reps, seed, alpha)
+    missing = {p.name: p.y_pred for p in predictors if p.name not in bias and p.y_pred is not None}
+    bias.update(bias_verdicts(y_true, missing, sample, reps, seed, alpha))
     bias_rows = []
     for p in predictors:
         if p.y_pred is None:
