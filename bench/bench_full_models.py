@@ -98,7 +98,8 @@ def main() -> None:
     from services.common.tiny_model import build_tiny_model
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
-    from tests.inference.helpers import free_port, publish_full, publish_lora
+    from tests.support.adapters import publish_full, publish_lora
+    from tests.support.net import free_port
 
     with tempfile.TemporaryDirectory(prefix="bench-full-") as tmp:
         root = Path(tmp)

@@ -220,7 +220,8 @@ def main() -> None:
     from services.common.tiny_model import build_tiny_model
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
-    from tests.inference.helpers import free_port, publish_lora
+    from tests.support.adapters import publish_lora
+    from tests.support.net import free_port
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         root = Path(tmp)

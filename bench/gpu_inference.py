@@ -127,7 +127,7 @@ def main() -> None:
     from services.common.tiny_model import build_tiny_model
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
-    from tests.inference.helpers import free_port
+    from tests.support.net import free_port
 
     with tempfile.TemporaryDirectory(prefix="gpu-inference-") as tmp:
         root = Path(tmp)

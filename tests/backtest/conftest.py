@@ -8,7 +8,6 @@ independent of it; the reproduce test uses the real one on the bundled data.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from services.common.db import session_scope
 from services.common.db.models import Adapter, BacktestRun, Candle, Headline, LabelledRow
 from services.common.schemas import AdapterManifest
 from services.common.settings import get_settings
+from tests.support.waits import wait_for
 
 START = datetime(2019, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -34,12 +34,7 @@ def stored_runs(url: str) -> list[BacktestRun]:
 
 
 def wait_until(condition: Callable[[], object], timeout_seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the scheduler")
+    wait_for(condition, seconds=timeout_seconds, what="the scheduler", interval=0.05)
 
 
 def seed_market(url: str, hours: int = 400, headlines: int = 600, seed: int = 7) -> dict[str, int]:

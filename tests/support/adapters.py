@@ -1,33 +1,15 @@
-"""Real LoRA adapters for the tests and benchmarks: peft on the tiny model, random weights, published
-the way the trainer publishes (``<adapters>/<name>/v<version>/`` + manifest + a row)."""
+"""Real adapters and full fine-tunes for the tests and benchmarks: peft (or seeded noise) on the
+tiny model, published through the trainer's own ``publish`` (staging, hash, rename, registry row),
+or, without a database URL, written straight onto the volume as a directory copied in by hand."""
 
 from __future__ import annotations
 
-import socket
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from services.common.db import session_scope
-from services.common.db.models import Adapter
 from services.common.schemas import AdapterManifest, LoraSettings
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def wait_for(condition, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``condition`` every 0.25 s until it holds (True) or ``seconds`` pass (False)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_lora(model_dir: Path, out: Path, seed: int, rank: int = 8) -> Path:
@@ -56,9 +38,7 @@ def publish_lora(
     task: str = "btc-trend",
     rank: int = 8,
 ) -> Path:
-    """Write weights + manifest under ``<adapters>/<name>/v<version>``; register a row when given a URL."""
-    path = adapters_path / name / f"v{version}"
-    make_lora(model_dir, path, seed, rank)
+    """A LoRA adapter as ``<adapters>/<name>/v<version>``: published by the trainer when given a URL."""
     manifest = AdapterManifest(
         name=name,
         version=version,
@@ -66,18 +46,8 @@ def publish_lora(
         method="lora",
         task=task,  # type: ignore[arg-type]
         lora=LoraSettings(r=rank, alpha=2 * rank, dropout=0.0, target_modules=TARGETS),
-        weights_sha256=f"seed-{seed}",
     )
-    return _register(path, manifest, database_url)
-
-
-def _register(path: Path, manifest: AdapterManifest, database_url: str | None) -> Path:
-    """The manifest beside the weights and, given a URL, the registry row, as the trainer writes them."""
-    (path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    if database_url:
-        with session_scope(database_url) as session:
-            session.add(Adapter.from_manifest(manifest, str(path.resolve())))
-    return path
+    return _publish(adapters_path, manifest, lambda out: make_lora(model_dir, out, seed, rank), database_url)
 
 
 def make_full_model(model_dir: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
@@ -105,15 +75,32 @@ def publish_full(
     version: int = 1,
     task: str = "btc-trend",
 ) -> Path:
-    """A full fine-tune under ``<adapters>/<name>/v<version>`` with its manifest (and a row, given a URL)."""
-    path = adapters_path / name / f"v{version}"
-    make_full_model(model_dir, path, seed)
+    """A full fine-tune as ``<adapters>/<name>/v<version>``: published by the trainer when given a URL."""
     manifest = AdapterManifest(
         name=name,
         version=version,
         base_model=str(model_dir),
         method="full",
         task=task,  # type: ignore[arg-type]
-        weights_sha256=f"full-seed-{seed}",
     )
-    return _register(path, manifest, database_url)
+    return _publish(adapters_path, manifest, lambda out: make_full_model(model_dir, out, seed), database_url)
+
+
+def _publish(
+    adapters_path: Path, manifest: AdapterManifest, write: Callable[[Path], object], database_url: str | None
+) -> Path:
+    """Through ``services.trainer.publish.publish`` given a URL (its version is the registry's
+    next, which must be the one asked for); else weights and manifest straight onto the volume."""
+    from services.common.adapters import version_dir, write_manifest
+    from services.trainer.publish import publish, weights_sha256
+
+    if database_url:
+        published = publish(
+            database_url, adapters_path, manifest, write, {"made_by": "tests.support.adapters"}
+        )
+        assert published.version == manifest.version, (published.version, manifest.version)
+        return published.path
+    path = version_dir(adapters_path, manifest.name, manifest.version)
+    write(path)
+    write_manifest(path, manifest.model_copy(update={"weights_sha256": weights_sha256(path)}))
+    return path
