@@ -59,7 +59,6 @@ SERVICES: dict[str, Callable[[str, Path], FastAPI]] = {
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_fuzzed_requests_never_get_a_5xx(service: str, mode: str, tmp_path: Path) -> None:
     import schemathesis
-
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
