@@ -164,9 +164,7 @@ class FullModelDeployment:
         return self._refusal
 
     async def predict(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._answer(
-            lambda server: server.scorer.predict(PredictRequest.model_validate(body))
-        )
+        return await self._answer(lambda server: server.scorer.predict(PredictRequest.model_validate(body)))
 
     async def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._answer(

@@ -45,7 +45,9 @@ def test_failed_run_is_recorded_and_retried(fast_settings: BacktestSettings) -> 
     url = fast_settings.resolved_database_url  # no rows yet: the first attempt must fail
     # Many quick attempts: however slow seeding is on a busy machine, a later retry finds the rows.
     scheduler = BacktestScheduler(
-        fast_settings.model_copy(update={"schedule_cron": "off", "retry_delay_seconds": 0.3, "max_attempts": 1000})
+        fast_settings.model_copy(
+            update={"schedule_cron": "off", "retry_delay_seconds": 0.3, "max_attempts": 1000}
+        )
     )
     scheduler.start()
     try:

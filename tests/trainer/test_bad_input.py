@@ -71,7 +71,9 @@ def test_bad_jobs_fail_before_training(
 
     original = loop.run_loop
     with pytest.MonkeyPatch.context() as patch:  # a spy: proves no step ever ran
-        patch.setattr("services.trainer.training.run_loop", lambda *a, **k: trained.append(1) or original(*a, **k))
+        patch.setattr(
+            "services.trainer.training.run_loop", lambda *a, **k: trained.append(1) or original(*a, **k)
+        )
         with pytest.raises(InvalidInput, match=message):
             train(TrainConfig.model_validate(raw), trainer_settings)
     assert trained == []
