@@ -36,6 +36,7 @@ from services.common.adapters import (
 from services.common.db import session_scope
 from services.common.db.models import Adapter
 from services.common.errors import OperationalError
+from services.common.redact import redact_text, redact_url
 from services.common.schemas import AdapterManifest
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ def notify_inference(inference_url: str, token: str, name: str, timeout: float, 
         )
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        log.warning("could not tell inference at %s about %s: %s", url, name, exc)
+        log.warning(
+            "could not tell inference at %s about %s: %s", redact_url(url), name, redact_text(str(exc))
+        )
         return False
     state = "is starting" if response.status_code == 202 else "serves"
     log.info("inference service %s %s", state, name)

@@ -131,3 +131,21 @@ def _finished(client: TestClient, run_id: int) -> dict[str, Any]:
         return run if run["state"] in ("succeeded", "failed") else None
 
     return wait_for(finished, seconds=60, what=f"run {run_id} to finish")
+
+
+def test_credentials_in_a_predictor_url_are_never_shown(
+    backtest_settings: BacktestSettings, market: dict
+) -> None:
+    """Issue 14 item 9 for the backtest: an inference URL carrying credentials fails without them."""
+    from services.backtest.predictors.service import ServicePredictor
+    from services.backtest.rows import load_rows
+    from services.common.errors import HsigError
+    from tests.support.net import free_port
+
+    url = f"http://robot:hunter2@127.0.0.1:{free_port()}/?token=s3cr3t"  # nothing listens there
+    rows = load_rows(backtest_settings.resolved_database_url, "BTC/USD", "1h", START + timedelta(days=15))
+    predictor = ServicePredictor("base", "base", url, backtest_settings.resolved_database_url, retries=0)
+    with pytest.raises(HsigError) as raised:
+        predictor.predict(rows)
+    assert "127.0.0.1" in raised.value.message
+    assert "hunter2" not in raised.value.message and "s3cr3t" not in raised.value.message

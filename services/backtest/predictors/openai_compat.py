@@ -22,6 +22,7 @@ import numpy as np
 from services.backtest.predictors.base import PredictionSet, prompts_of
 from services.backtest.rows import EvalRows
 from services.common.errors import InvalidInput, OperationalError
+from services.common.redact import redact_url
 from services.common.schemas import AdapterManifest
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -88,7 +89,7 @@ class OpenAIPredictor:
                 "labels parsed from the first word of each answer (no usable logprobs): no calibration",
                 f"{unparsed} answers were neither Increase nor Decrease and count as Decrease",
             ]
-        meta = {"model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+        meta = {"model": self.model, "base_url": redact_url(self.base_url or "https://api.openai.com/v1")}
         return PredictionSet(self.name, self.kind, y_pred, p_increase, notes, meta)
 
     def _ask(self, client: Any, prompt: str) -> tuple[float | None, str | None]:
@@ -108,10 +109,12 @@ class OpenAIPredictor:
                 self._logprobs = False  # this endpoint has none: parse words from here on
                 return self._ask(client, prompt)
             raise InvalidInput(
-                f"{self.model} at {self.base_url or 'OpenAI'} refused the request: {exc}"
+                f"{self.model} at {redact_url(self.base_url) if self.base_url else 'OpenAI'} refused the request: {exc}"
             ) from exc
         except openai.OpenAIError as exc:
-            raise OperationalError(f"{self.model} at {self.base_url or 'OpenAI'} failed: {exc}") from exc
+            raise OperationalError(
+                f"{self.model} at {redact_url(self.base_url) if self.base_url else 'OpenAI'} failed: {exc}"
+            ) from exc
         choice = response.choices[0]
         text = choice.message.content or ""
         probability = None

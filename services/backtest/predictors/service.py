@@ -19,6 +19,7 @@ from services.backtest.predictors.registry import adapter_manifest
 from services.backtest.rows import EvalRows
 from services.common.errors import InvalidInput, NotFound, OperationalError, TemporaryError
 from services.common.prompts import INCREASE
+from services.common.redact import redact_url
 from services.common.schemas import (
     BASE_MODEL_NAME,
     AdapterManifest,
@@ -62,7 +63,7 @@ class ServicePredictor:
                     base_model = prediction.base_model
                 log.info("%s: %d/%d rows scored", self.name, len(labels), len(rows))
         y_pred = np.array([label == INCREASE for label in labels], dtype=np.int8)
-        meta = {"adapter": self.adapter, "base_model": base_model, "url": self.base_url}
+        meta = {"adapter": self.adapter, "base_model": base_model, "url": redact_url(self.base_url)}
         return PredictionSet(self.name, self.kind, y_pred, np.array(p_increase, dtype=float), meta=meta)
 
     def _request(self, rows: EvalRows, start: int, stop: int) -> PredictRequest:
@@ -89,7 +90,7 @@ class ServicePredictor:
                         parsed := PredictResponse.model_validate_json(response.content).predictions
                     ) != len(request.items):
                         raise OperationalError(
-                            f"{self.base_url} returned {len(parsed)} predictions for {len(request.items)} items"
+                            f"{redact_url(self.base_url)} returned {len(parsed)} predictions for {len(request.items)} items"
                         )
                     return PredictResponse(predictions=parsed)
                 if response.status_code not in (429, 503):
@@ -97,10 +98,12 @@ class ServicePredictor:
                 wait = _retry_after(response, default=min(2.0**attempt, 30.0))
                 reason = f"HTTP {response.status_code}"
             if attempt < self.retries:
-                log.warning("%s: %s from %s; retrying in %.1f s", self.name, reason, self.base_url, wait)
+                log.warning(
+                    "%s: %s from %s; retrying in %.1f s", self.name, reason, redact_url(self.base_url), wait
+                )
                 time.sleep(wait)
         raise TemporaryError(
-            f"inference at {self.base_url} did not answer for adapter {self.adapter!r} after "
+            f"inference at {redact_url(self.base_url)} did not answer for adapter {self.adapter!r} after "
             f"{self.retries + 1} attempts (last: {reason})",
             retry_after=wait,
         )
@@ -110,7 +113,7 @@ class ServicePredictor:
             message = response.json()["error"]["message"]
         except Exception:  # not our error shape: show the start of the body
             message = response.text[:200]
-        text = f"inference at {self.base_url} refused adapter {self.adapter!r}: HTTP {response.status_code}: {message}"
+        text = f"inference at {redact_url(self.base_url)} refused adapter {self.adapter!r}: HTTP {response.status_code}: {message}"
         if response.status_code == 404:
             return NotFound(text, param="adapter")
         if 400 <= response.status_code < 500:
