@@ -63,8 +63,6 @@ def evaluate(
             p_increase,
             windows.window_return[windows.row_window],
             sample,
-            reps=options.bootstrap_reps,
-            seed=options.seed,
             confidence=options.confidence,
         )
         if has_p

@@ -257,8 +257,9 @@ def _information_coefficient(report: dict[str, Any]) -> str:
         return "<p>No predictor gave p(Increase).</p>"
     intro = (
         "<p>Correlation of p(Increase) with the realised return of each row's label window: Pearson (IC) "
-        "and Spearman (rank IC), with block-bootstrap intervals over label windows (the rank IC's with the "
-        "full-sample ranks).</p>"
+        "and Spearman (rank IC), with window-aware intervals: the variance of the correlation from each "
+        "row's influence on it, summed within label windows (rows sharing a window count as one "
+        "observation), on Fisher's z.</p>"
     )
     return intro + _table(
         ["predictor", "IC", "interval (windows)", "rank IC", "interval (windows)", "label windows", "note"],

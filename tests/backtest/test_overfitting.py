@@ -153,7 +153,7 @@ def test_ic_and_rank_ic_per_fold_match_scipy() -> None:
     realised = window_returns[window]  # every row of a window has its window's return
     p = np.clip(0.5 + 8 * realised + rng.normal(0, 0.05, realised.size), 0, 1)
     sample = Sample.of(window, fold)
-    result = information_coefficient(p, realised, sample, fold, reps=500, seed=0)
+    result = information_coefficient(p, realised, sample, fold)
     for number, row in enumerate(result["folds"]):
         rows = fold == number
         assert row["ic"] == pytest.approx(pearsonr(p[rows], realised[rows])[0])
@@ -170,12 +170,45 @@ def test_ic_interval_does_not_narrow_when_rows_repeat_inside_windows() -> None:
     windows = 200
     realised = rng.normal(0, 0.01, windows)
     p = np.clip(0.5 + 3 * realised + rng.normal(0, 0.05, windows), 0, 1)
-    once = information_coefficient(p, realised, Sample.of(np.arange(windows)), reps=800, seed=1)
+    once = information_coefficient(p, realised, Sample.of(np.arange(windows)))
     copies = np.repeat(np.arange(windows), 6)
-    many = information_coefficient(p[copies], realised[copies], Sample.of(copies), reps=800, seed=1)
+    many = information_coefficient(p[copies], realised[copies], Sample.of(copies))
     assert many["ic"] == pytest.approx(once["ic"])
     assert many["ic_interval"] == pytest.approx(once["ic_interval"])
     assert many["windows"] == windows and many["rows"] == 6 * windows
+
+
+def test_ic_standard_error_is_the_textbook_one_for_independent_normal_rows() -> None:
+    """Bivariate normal, one row per window: SE(r) = (1 - r^2) / sqrt(n) (Fisher 1915)."""
+    rng = np.random.default_rng(10)
+    rows, rho = 20_000, 0.3
+    x = rng.normal(size=rows)
+    y = rho * x + math.sqrt(1 - rho**2) * rng.normal(size=rows)
+    result = information_coefficient(x, y, Sample.of(np.arange(rows)))
+    assert result["ic_se"] == pytest.approx((1 - result["ic"] ** 2) / math.sqrt(rows), rel=0.05)
+    low, high = result["ic_interval"]
+    assert math.atanh(high) - math.atanh(low) == pytest.approx(
+        2 * norm.ppf(0.975) * result["ic_se"] / (1 - result["ic"] ** 2)
+    )
+
+
+def test_ic_standard_error_agrees_with_a_block_bootstrap() -> None:
+    """Rows crowded in windows that share a return: the cluster-robust SE against resampling windows."""
+    rng = np.random.default_rng(11)
+    windows = 300
+    size = rng.integers(1, 12, windows)
+    window = np.repeat(np.arange(windows), size)
+    realised = rng.normal(0, 0.01, windows)[window]
+    p = 0.5 + 4 * realised + rng.normal(0, 0.02, windows)[window] + rng.normal(0, 0.02, window.size)
+    result = information_coefficient(p, realised, Sample.of(window))
+    members = [np.flatnonzero(window == w) for w in range(windows)]
+    draws = []
+    for _ in range(1500):
+        picked = np.concatenate([members[w] for w in rng.integers(0, windows, windows)])
+        draws.append(pearsonr(p[picked], realised[picked])[0])
+    assert result["ic_se"] == pytest.approx(np.std(draws), rel=0.12)
+    naive_se = (1 - result["ic"] ** 2) / math.sqrt(window.size)
+    assert result["ic_se"] > 1.5 * naive_se  # the rows-as-independent error is too small
 
 
 def test_ic_without_probabilities_or_variation_is_unavailable() -> None:
