@@ -170,11 +170,25 @@ def _clean_rows(page: Any, rejects: Rejects) -> list[list[float]]:
 
 
 def _holds_data(body: Any) -> bool:
-    if isinstance(body, list):
-        return bool(body)
+    """True when a reply holds data but no candle-shaped row: ccxt could not read it. Rows
+    that look like candles (a list of five or more, a number first) are ones ccxt dropped
+    itself (before ``since``...): an empty window, not garbage."""
     if isinstance(body, dict):
         return any(_holds_data(value) for value in body.values())
-    return False
+    if not isinstance(body, list) or not body:
+        return False
+    if any(_candle_like(row) for row in body):
+        return False
+    return any(_holds_data(row) for row in body) or not all(isinstance(row, list | dict) for row in body)
+
+
+def _candle_like(row: Any) -> bool:
+    return (
+        isinstance(row, list)
+        and len(row) >= 5
+        and isinstance(row[0], int | float)
+        and not isinstance(row[0], bool)
+    )
 
 
 def _check_empty_page(exchange: ccxt.Exchange, what: str) -> None:
