@@ -31,7 +31,7 @@ SECTIONS = (
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
 .warn{background:#fff3cd;border:1px solid #e0c36a;padding:0.6em}.flag{color:#b00020;font-weight:bold}
 .good{color:#1b5e20;font-weight:bold}h3{margin-bottom:0.2em}
 img{max-width:100%}
@@ -176,20 +176,24 @@ def _fee_sweep(report: dict[str, Any]) -> str:
     scored = _scored(report)
     if not scored:
         return "<p>No predictor was scored.</p>"
-    fees = [row["fees_bps"] for row in scored[0]["metrics"]["fee_sweep"]["sweep"]]
+    shown = [
+        i for i, row in enumerate(scored[0]["metrics"]["fee_sweep"]["sweep"]) if row["fees_bps"] % 10 == 0
+    ]
+    fees = [scored[0]["metrics"]["fee_sweep"]["sweep"][i]["fees_bps"] for i in shown]
     rows = []
     for p in scored:
         sweep = p["metrics"]["fee_sweep"]
         even = sweep["break_even_bps"]
         rows.append(
             [_fmt(p["name"])]
-            + [_pct(row["cumulative_return"]) for row in sweep["sweep"]]
+            + [_pct(sweep["sweep"][i]["cumulative_return"]) for i in shown]
             + [_fmt(even["compounded"], 1), _fmt(even["mean"], 1)]
         )
     intro = (
         "<p>Cumulative return after fees at each fee (bps of the notional traded), the strategy as below. "
         "Break-even: the fee at which the cumulative return reaches 0 (compounded), and at which the mean "
-        "return per window, so the Sharpe, reaches 0; 0 when it loses before fees.</p>"
+        "return per window, so the Sharpe, reaches 0; 0 when it loses before fees. The JSON report has every "
+        "5 bps, with the Sharpe at each.</p>"
     )
     header = [
         "predictor",

@@ -129,6 +129,12 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
         f"{'predictor':<24}{'rows':>6}{'windows':>8}{'acc':>7}{'bal.acc':>8}{'MCC':>7}{'pred.Inc':>9}"
         f"{'biased':>7}{'p(win)':>7}{'p(rows)':>8}{'Brier':>7}{'return':>9}{'Sharpe':>8}{'BE fee':>8}"
     )
+
+    def p_cell(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if value >= 0.001 else f"{value:.0e}"
+
     lines = [header, "-" * len(header)]
     for s in summary:
         if s.get("unavailable"):
@@ -143,8 +149,8 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
         lines.append(
             f"{s['predictor'][:23]:<24}{s['rows']:>6}{windows:>8}{cell(s['accuracy']):>7}"
             f"{cell(s['balanced_accuracy']):>8}{cell(s['mcc']):>7}{predicted:>9}"
-            f"{_verdict_word(s['biased']):>7}{cell(s.get('bias_p_value_windows')):>7}"
-            f"{cell(s.get('bias_p_value_rows_independent')):>8}{cell(s['brier']):>7}"
+            f"{_verdict_word(s['biased']):>7}{p_cell(s.get('bias_p_value_windows')):>7}"
+            f"{p_cell(s.get('bias_p_value_rows_independent')):>8}{cell(s['brier']):>7}"
             f"{cell(s['cumulative_return'], '%'):>9}{sharpe:>8}{fee:>8}"
         )
     lines.append(
