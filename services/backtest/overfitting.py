@@ -291,6 +291,9 @@ def information_coefficients(
         for key in ("ic", "rank_ic"):
             values_f = np.array([np.nan if f[key] is None else f[key] for f in folds])
             finite = np.isfinite(values_f)
+            if not finite.any():
+                result[key], result[f"{key}_se"], result[f"{key}_interval"] = None, None, None
+                continue
             estimate = float(values_f[finite].mean())
             variance = float(np.nansum(np.array(variances[key])[finite]) / finite.sum() ** 2)
             result[key] = estimate
