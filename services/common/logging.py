@@ -6,16 +6,26 @@ import logging
 import sys
 import threading
 
+from services.common.redact import redact_text
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _seen: set[tuple[str, str]] = set()
 _seen_lock = threading.Lock()
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every line leaves with credentials masked in any URL it holds (ours or a library's:
+    ccxt at DEBUG, httpx at INFO log full URLs), whatever the logger that wrote it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_hsig", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(RedactingFormatter(_FORMAT))
         handler._hsig = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
