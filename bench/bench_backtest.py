@@ -191,7 +191,7 @@ def main() -> None:
         "mcc": (c["mcc"], figures["mcc"]),
         "f1_increase": (c["per_class"]["Increase"]["f1"], figures["f1_increase"]),
         "wilson_low": (c["accuracy_wilson"][0], figures["wilson"][0]),
-        "bias_p": (report["bias"]["p_value"], figures["bias_p"]),
+        "bias_p": (report["bias"]["p_value_rows_independent"], figures["bias_p"]),
         "brier": (report["calibration"]["brier"], figures["brier"]),
         "log_loss": (report["calibration"]["log_loss"], figures["log_loss"]),
         "cumulative_return": (s["cumulative_return"], figures["cumulative_return"]),
