@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +12,7 @@ import pytest
 
 from services.backtest.settings import BacktestSettings
 from services.common.adapters import read_manifest
-from services.common.db.migrate import upgrade
 from services.common.errors import Conflict, InvalidInput
-from services.common.settings import get_settings
 from services.pipeline.walk_forward import (
     WalkForwardInputError,
     WalkForwardOptions,
@@ -23,7 +20,7 @@ from services.pipeline.walk_forward import (
     run_walk_forward,
     state_path,
 )
-from tests.trainer.planted import insert_rows, planted_rows
+from tests.pipeline.conftest import stored_jobs
 
 HOUR = timedelta(hours=1)
 START = datetime(2020, 1, 1, tzinfo=UTC)
@@ -108,27 +105,8 @@ def test_a_fold_with_an_empty_window_stops_the_plan_there() -> None:
 # --- end to end ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def settings(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BacktestSettings]:
-    """SQLite under a fresh data dir, 200 hourly planted rows (2020-01-01 to 2020-01-09)."""
-    monkeypatch.setenv("HSIG_SCHEDULE_CRON", "off")
-    monkeypatch.setenv("HSIG_BOOTSTRAP_REPS", "100")
-    get_settings.cache_clear()
-    settings = get_settings(BacktestSettings)
-    upgrade(settings.resolved_database_url)
-    insert_rows(settings.resolved_database_url, planted_rows(200))
-    yield settings
-    get_settings.cache_clear()
-
-
 class Killed(Exception):
     pass
-
-
-def _jobs(url: str) -> list:
-    from services.trainer import jobs
-
-    return sorted(jobs.list_jobs(url), key=lambda job: job.id)
 
 
 def test_bad_input_queues_nothing(settings: BacktestSettings, tiny_model_dir: Path) -> None:
@@ -139,7 +117,7 @@ def test_bad_input_queues_nothing(settings: BacktestSettings, tiny_model_dir: Pa
     with pytest.raises(WalkForwardInputError) as caught:
         run_walk_forward(settings, replace(options, k=2, embargo_seconds=60))
     assert caught.value.param == "embargo_seconds"
-    assert _jobs(settings.resolved_database_url) == []
+    assert stored_jobs(settings.resolved_database_url) == []
     assert not state_path(settings.reports_path, "wf-bad").exists()
 
 
@@ -191,7 +169,7 @@ def test_walk_forward_trains_per_fold_resumes_and_pools(
     assert "planted failure of fold 2" in folds[1]["error"]
 
     url = settings.resolved_database_url
-    stored = _jobs(url)
+    stored = stored_jobs(url)
     assert [(job.adapter_name, job.state) for job in stored] == [
         ("wf-test-f1-lora", "succeeded"), ("wf-test-f2-lora", "failed"), ("wf-test-f3-lora", "succeeded"),
     ]  # fmt: skip
