@@ -49,7 +49,10 @@ def publish(summary: list[dict[str, Any]], written_at: float) -> None:
         _set(ACCURACY, name, row["accuracy"])
         _set(BALANCED_ACCURACY, name, row["balanced_accuracy"])
         _set(SHARE_PREDICTED_INCREASE, name, row["share_predicted_increase"])
-        _set(BIASED, name, 1.0 if row["biased"] else 0.0)
+        # No verdict (too few label windows, no bootstrap, an unavailable predictor): no sample,
+        # rather than a 0 that would read as "not biased".
+        biased = row.get("biased")
+        _set(BIASED, name, None if biased is None else float(bool(biased)))
         _set(SHARPE, name, row["sharpe"])
         _set(CUMULATIVE_RETURN, name, row["cumulative_return"])
     LAST_REPORT.set(written_at)
