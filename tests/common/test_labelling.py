@@ -60,7 +60,9 @@ def test_two_hour_horizon_exits_at_the_close_of_the_second_candle() -> None:
 def test_gaps_and_missing_candles_leave_headlines_unlabelled() -> None:
     # 02:00 is missing: a headline at 01:30 must not borrow the 03:00 open.
     candles = _candles([0, H, 3 * H, 4 * H], [100, 110, 130, 140], [110, 120, 140, 150])
-    labels = label_headlines(np.array([H + 1800, 2 * H + 1800, 4 * H + 1800, -5 * H]), candles, horizon_seconds=H)
+    labels = label_headlines(
+        np.array([H + 1800, 2 * H + 1800, 4 * H + 1800, -5 * H]), candles, horizon_seconds=H
+    )
     assert labels.label[0] == NO_LABEL  # entry candle in the gap
     assert labels.label[1] == 0  # 02:30 -> 03:00 candle: 130 -> 140
     assert labels.label[2] == NO_LABEL  # after the last candle: waits for prices

@@ -78,7 +78,11 @@ def test_racing_fires_of_one_slot_run_once(ingest_settings: IngestSettings, cycl
 def test_two_replicas_run_each_slot_once(ingest_settings: IngestSettings, cycles: list[str]) -> None:
     interval = 0.5
     settings = ingest_settings.model_copy(
-        update={"feed_interval_seconds": interval, "candle_interval_seconds": 3600.0, "label_interval_seconds": 3600.0}
+        update={
+            "feed_interval_seconds": interval,
+            "candle_interval_seconds": 3600.0,
+            "label_interval_seconds": 3600.0,
+        }
     )
     skipped = _skipped("feeds")
     replicas = [build_scheduler(settings), build_scheduler(settings)]
