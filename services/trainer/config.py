@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -58,11 +58,15 @@ class DataConfig(BaseModel):
         "LabelledRowOut shape); chat and implicit-hate always read `path`.",
     )
     path: Path | None = Field(None, description="Rows file, chat corpus (.parquet/.jsonl) or hate TSV.")
-    symbol: str | None = Field(None, description="Database rows: market (default: settings.symbol).")
-    horizon: str | None = Field(
-        None, description="Database rows: label horizon (default: first of settings.horizons)."
+    symbol: str | None = Field(
+        None, max_length=32, description="Database rows: market (default: settings.symbol)."
     )
-    exchange: str | None = Field(None, description="Database rows: exchange id (default: any).")
+    horizon: str | None = Field(
+        None, max_length=8, description="Database rows: label horizon (default: first of settings.horizons)."
+    )
+    exchange: str | None = Field(
+        None, max_length=64, description="Database rows: exchange id (default: any)."
+    )
     train: TimeWindow | None = Field(None, description="btc-trend: explicit training window.")
     validation: TimeWindow | None = Field(None, description="btc-trend: explicit validation window.")
     test: TimeWindow | None = Field(None, description="btc-trend: explicit test window (optional).")
@@ -78,8 +82,9 @@ class DataConfig(BaseModel):
         description="Gap between windows; default and minimum: the longest label span "
         "(exit_time - headline_time) in the rows.",
     )
-    hate_labels: dict[str, str | None] = Field(
+    hate_labels: dict[Annotated[str, Field(max_length=64)], str | None] = Field(
         default_factory=lambda: {"implicit_hate": "Yes", "not_hate": "No"},
+        max_length=32,
         description="implicit-hate: class -> Yes/No/Unsure, or null to drop the class.",
     )
     hate_other: str | None = Field(
@@ -135,6 +140,7 @@ class TrainConfig(BaseModel):
     base_model: str = Field(
         TINY_PRESET,
         min_length=1,
+        max_length=1000,
         description=f"Local directory, Hugging Face id, or a preset: {', '.join([TINY_PRESET, *PRESETS])}.",
     )
     method: Method = Field(TrainingMethod.LORA, description="lora, qlora (GPU + bitsandbytes) or full.")
