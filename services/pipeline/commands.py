@@ -1,6 +1,7 @@
 """The commands that span services, shown inside the service groups they belong to for a user.
 
-``hsig backtest reproduce`` (ingest, trainer, inference and backtest) and ``hsig ingest replay``
+``hsig backtest reproduce`` (ingest, trainer, inference and backtest), ``hsig backtest
+walk-forward`` (trainer and backtest, fold by fold) and ``hsig ingest replay``
 / ``hsig ingest bundled`` (the bundled data through the local feed and exchange servers of
 ``services.pipeline.replay_server``). The services' own CLIs cannot import this package, so
 ``services.pipeline.cli`` adds these to their typer apps. Heavy work is imported inside each
@@ -85,6 +86,83 @@ def reproduce(
     typer.echo(f"run {result.run_id}\nJSON: {result.json_path}\nHTML: {result.html_path}")
 
 
+def walk_forward(
+    id: Annotated[
+        str | None, typer.Option("--id", help="Name of this walk-forward; the same id resumes it.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="tiny (built here), a model directory or a Hugging Face id.")
+    ] = "tiny",
+    method: Annotated[
+        list[str] | None, typer.Option(help="lora, qlora or full (repeat; default lora).")
+    ] = None,
+    train_mode: Annotated[
+        str, typer.Option(help="expanding (from the first row) or rolling (train-days long).")
+    ] = "expanding",
+    train_days: Annotated[float, typer.Option(help="The first fold's training window, in days.")] = 90.0,
+    test_days: Annotated[float, typer.Option(help="Each fold's test window, in days.")] = 30.0,
+    step_days: Annotated[
+        float | None, typer.Option(help="From one test window to the next (default: test-days).")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Folds (default 3; 0: as many as fit).")] = 3,
+    embargo_seconds: Annotated[
+        float | None, typer.Option(help="Gap before each window (default: the longest label span).")
+    ] = None,
+    start: When = None,
+    end: When = None,
+    epochs: Annotated[float, typer.Option(help="Fine-tuning epochs.")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop each fine-tune after N steps.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    base: Annotated[bool, typer.Option("--base/--no-base", help="Score the untuned base too.")] = True,
+    baseline: Annotated[
+        list[str] | None, typer.Option(help="Baseline to score (repeat; default all; none for none).")
+    ] = None,
+    bootstrap_reps: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    run_jobs: Annotated[
+        str, typer.Option(help="inline: this process runs the training jobs; queue: a trainer service does.")
+    ] = "inline",
+) -> None:
+    """Walk-forward: per fold, train each method on the rows before its test window, score it there, pool."""
+    from services.backtest.settings import BacktestSettings
+    from services.common.errors import InvalidInput
+    from services.common.settings import get_settings
+    from services.pipeline.walk_forward import WalkForwardOptions, run_walk_forward
+
+    if run_jobs not in ("inline", "queue"):
+        raise InvalidInput(f"--run-jobs must be inline or queue, not {run_jobs!r}", param="run_jobs")
+    baselines = None if baseline is None else tuple(b for b in baseline if b != "none")
+    options = WalkForwardOptions(
+        id=id,
+        model=model,
+        methods=tuple(method or ["lora"]),
+        train_mode=train_mode,  # type: ignore[arg-type]  # checked by plan_folds
+        train_days=train_days,
+        test_days=test_days,
+        step_days=step_days,
+        k=k or None,
+        embargo_seconds=embargo_seconds,
+        start=_utc(start),
+        end=_utc(end),
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        include_base=base,
+        baselines=baselines,
+        bootstrap_reps=bootstrap_reps,
+        seed=seed,
+        run_jobs=run_jobs,  # type: ignore[arg-type]
+    )
+    result = run_walk_forward(
+        get_settings(BacktestSettings), options, progress=lambda line: typer.echo(line, err=True)
+    )
+    typer.echo(result.summary_table)
+    for fold in result.state["folds"]:
+        where = fold.get("backtest", {}).get("html_path") or fold.get("error") or fold["state"]
+        typer.echo(f"fold {fold['fold']}: {fold['state']}: {where}")
+    typer.echo(f"walk-forward {result.id}\nJSON: {result.state_path}")
+
+
 def replay(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free one).")] = 8011,
     data_dir: Annotated[Path, typer.Option(help="The project's data/ folder.")] = Path("data"),
@@ -129,3 +207,4 @@ def attach(ingest_app: typer.Typer, backtest_app: typer.Typer) -> None:
     ingest_app.command("replay")(replay)
     ingest_app.command("bundled")(bundled)
     backtest_app.command("reproduce")(reproduce)
+    backtest_app.command("walk-forward")(walk_forward)
