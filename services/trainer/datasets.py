@@ -4,17 +4,32 @@
   (``services/trainer/windows.py``); Flat rows are left out.
 - chat: a parquet or JSON-lines ``text`` corpus in the Llama-2 ``<s>[INST] ... [/INST] ...</s>``
   format (guanaco-llama2-1k); a malformed line is an error naming the line.
-- implicit-hate: a TSV of ``post`` and ``class``; classes map to Yes / No / Unsure.
+- implicit-hate: a corpus answering "Yes, No or Unsure: does this text contain hate speech?",
+  in one of two layouts told apart by the header:
+  - a TSV of ``post`` and ``class`` (the SALT-NLP implicit-hate layout); classes map through
+    ``data.hate_labels`` / ``data.hate_other``;
+  - the Davidson et al. (ICWSM 2017) CSV (unnamed id, ``count``, ``hate_speech``,
+    ``offensive_language``, ``neither``, ``class``, ``tweet``; data/hate_speech_davidson/): class
+    0 (hate speech) -> Yes, 2 (neither) -> No, 1 (offensive but not hate) -> Unsure
+    (``DAVIDSON_LABELS``). Newlines inside quoted tweets are kept; HTML entities (``&amp;``,
+    ``&#128514;``) are unescaped.
 
-Chat and implicit-hate have no time, so they split in file order (the last share validates).
+Chat and the implicit-hate TSV have no time, so they split in file order (the last share
+validates). The Davidson corpus is sorted by text, so it splits stratified: per label, a shuffle
+seeded by ``optim.seed`` and the last ``data.validation_fraction`` of it validates. Either way
+the mapping and the split (method, seed, counts per label per split) go into
+``DatasetSplit.notes`` (``label_map``, ``split``), which the manifest records under ``notes``,
+beside ``class_balance``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import json
 import logging
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -72,7 +87,7 @@ class DatasetSplit:
     first_row_time: datetime | None = None
     last_row_time: datetime | None = None
     class_balance: dict[str, dict[str, int]] = field(default_factory=dict)
-    notes: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # counts; hate corpora add label_map, split
 
     def sha256(self) -> str:
         """Hash of every example in order: the same data gives the same hash on any machine."""
@@ -274,6 +289,36 @@ def chat_turns(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+HATE_ANSWERS = ("Yes", "No", "Unsure")
+# Davidson et al.'s majority class -> the note's answer: hate speech is Yes, neither is No, and
+# offensive language that is not hate speech is the unclear middle, Unsure.
+DAVIDSON_LABELS: dict[str, str] = {"0": "Yes", "1": "Unsure", "2": "No"}
+DAVIDSON_COLUMNS = ("count", "hate_speech", "offensive_language", "neither", "class", "tweet")
+TSV_LAYOUT, DAVIDSON_LAYOUT = "implicit-hate-tsv", "davidson-csv"
+
+
+def hate_layout(path: Path) -> str:
+    """Which hate corpus layout ``path`` has, from its header: the implicit-hate TSV (``post``
+    and ``class``) or the Davidson CSV. A ``.csv`` with neither header is refused; any other
+    file is read as the TSV (whose loader names the missing columns)."""
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist", param="data.path")
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().rstrip("\r\n")
+    if {"post", "class"} <= {name.strip() for name in first.split("\t")}:
+        return TSV_LAYOUT
+    header = {name.strip() for name in next(csv.reader([first]), [])}
+    if set(DAVIDSON_COLUMNS) <= header:
+        return DAVIDSON_LAYOUT
+    if path.suffix.lower() == ".csv":
+        raise InvalidInput(
+            f"{path}: neither hate corpus layout: the header has no 'post' and 'class' (implicit-hate "
+            f"TSV) nor {', '.join(DAVIDSON_COLUMNS)} (Davidson CSV)",
+            param="data.path",
+        )
+    return TSV_LAYOUT
+
+
 def load_hate_tsv(path: Path, data: DataConfig) -> list[Example]:
     """A TSV with ``post`` and ``class`` columns; classes map through data.hate_labels."""
     if not path.is_file():
@@ -299,6 +344,129 @@ def load_hate_tsv(path: Path, data: DataConfig) -> list[Example]:
             if data.max_examples and len(examples) >= data.max_examples:
                 break
     return examples
+
+
+def load_davidson_csv(path: Path, data: DataConfig) -> list[Example]:
+    """The Davidson et al. CSV: ``class`` maps through DAVIDSON_LABELS, ``tweet`` is the text
+    (HTML entities unescaped, newlines inside quotes kept). ``key`` is the record's first line."""
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist", param="data.path")
+    examples = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            missing = set(DAVIDSON_COLUMNS) - set(header)
+            if missing:
+                raise InvalidInput(
+                    f"{path}: not the Davidson CSV layout: missing column(s) {', '.join(sorted(missing))}",
+                    param="data.path",
+                )
+            klass_at, tweet_at = header.index("class"), header.index("tweet")
+            line = reader.line_num + 1
+            for record in reader:
+                number, line = line, reader.line_num + 1  # a quoted tweet may span several lines
+                if not record:
+                    continue
+                if len(record) != len(header):
+                    raise InvalidInput(
+                        f"{path}: line {number} has {len(record)} fields, the header {len(header)}",
+                        param="data.path",
+                    )
+                klass, tweet = record[klass_at].strip(), html.unescape(record[tweet_at]).strip()
+                if klass not in DAVIDSON_LABELS:
+                    raise InvalidInput(
+                        f"{path}: line {number}: class {klass!r} is not 0, 1 or 2", param="data.path"
+                    )
+                if not tweet:
+                    raise InvalidInput(f"{path}: line {number} has an empty tweet", param="data.path")
+                examples.append(
+                    Example(implicit_hate_prompt(tweet), DAVIDSON_LABELS[klass], key=f"line:{number}")
+                )
+                if data.max_examples and len(examples) >= data.max_examples:
+                    break
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInput(f"{path}: not a readable UTF-8 CSV: {exc}", param="data.path") from exc
+    return examples
+
+
+def hate_split(path: Path, data: DataConfig, seed: int) -> DatasetSplit:
+    """The implicit-hate split of either layout, with its mapping and split in ``notes``."""
+    layout = hate_layout(path)
+    if layout == DAVIDSON_LAYOUT:
+        examples = load_davidson_csv(path, data)
+        _check_hate_answers(path, examples)
+        split = stratified_split("implicit-hate", examples, data.validation_fraction, seed, path)
+        label_map: dict[str, str | None] = dict(DAVIDSON_LABELS)
+        method: dict[str, Any] = {"method": "stratified", "seed": seed}
+    else:
+        examples = load_hate_tsv(path, data)
+        _check_hate_answers(path, examples)
+        split = ordered_split("implicit-hate", examples, data.validation_fraction)
+        label_map = {**data.hate_labels, "*": data.hate_other}  # "*": any other class
+        method = {"method": "file-order"}
+    split.notes.update(
+        layout=layout,
+        label_map=label_map,
+        split={
+            **method,
+            "validation_fraction": data.validation_fraction,
+            "counts": _label_counts(split.train, split.validation),
+        },
+    )
+    return split
+
+
+def _check_hate_answers(path: Path, examples: list[Example]) -> None:
+    for example in examples:
+        if example.answer not in HATE_ANSWERS:
+            raise InvalidInput(
+                f"{path}: {example.key}: label {example.answer!r} is not Yes, No or Unsure",
+                param="data.path",
+            )
+
+
+def _label_counts(train: list[Example], validation: list[Example]) -> dict[str, dict[str, int]]:
+    found = Counter(e.answer for e in train), Counter(e.answer for e in validation)
+    labels = sorted(set(found[0]) | set(found[1]), key=_label_order)
+    return {label: {"train": found[0][label], "validation": found[1][label]} for label in labels}
+
+
+def _label_order(label: str) -> int:
+    return HATE_ANSWERS.index(label) if label in HATE_ANSWERS else len(HATE_ANSWERS)
+
+
+def stratified_split(
+    task: str, examples: list[Example], validation_fraction: float, seed: int, source: Path
+) -> DatasetSplit:
+    """Per label, a seeded shuffle whose last ``validation_fraction`` (rounded) validates; both
+    parts are shuffled again, so any prefix of the validation part is a fair sample of it."""
+    rng = random.Random(seed)
+    train: list[Example] = []
+    validation: list[Example] = []
+    for label in sorted({e.answer for e in examples}, key=_label_order):
+        group = [e for e in examples if e.answer == label]
+        rng.shuffle(group)
+        cut = len(group) - round(len(group) * validation_fraction)
+        train += group[:cut]
+        validation += group[cut:]
+    rng.shuffle(train)
+    rng.shuffle(validation)
+    for name, part in (("train", train), ("validation", validation)):
+        if not part:
+            raise InvalidInput(
+                f"{source}: the {name} split is empty ({len(examples)} usable example(s), "
+                f"validation_fraction {validation_fraction})",
+                param="data.validation_fraction" if len(examples) else "data.path",
+            )
+    balance = {
+        "train": dict(Counter(e.answer for e in train)),
+        "validation": dict(Counter(e.answer for e in validation)),
+    }
+    if len(balance["train"]) < 2:
+        raise InvalidInput(f"{source}: the training split holds one class only", param="data.path")
+    labels = tuple(sorted({e.answer for e in examples}, key=_label_order))
+    return DatasetSplit(task=task, train=train, validation=validation, labels=labels, class_balance=balance)
 
 
 def ordered_split(task: str, examples: list[Example], validation_fraction: float) -> DatasetSplit:
@@ -343,6 +511,6 @@ def build_dataset(
         )
     else:
         assert data.path is not None
-        split = ordered_split("implicit-hate", load_hate_tsv(data.path, data), data.validation_fraction)
+        split = hate_split(data.path, data, config.optim.seed)
     log.info("%s", split.summary())
     return split
