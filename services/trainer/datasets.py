@@ -383,8 +383,6 @@ def load_davidson_csv(path: Path, data: DataConfig) -> list[Example]:
                 examples.append(
                     Example(implicit_hate_prompt(tweet), DAVIDSON_LABELS[klass], key=f"line:{number}")
                 )
-                if data.max_examples and len(examples) >= data.max_examples:
-                    break
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInput(f"{path}: not a readable UTF-8 CSV: {exc}", param="data.path") from exc
     return examples
@@ -395,6 +393,9 @@ def hate_split(path: Path, data: DataConfig, seed: int) -> DatasetSplit:
     layout = hate_layout(path)
     if layout == DAVIDSON_LAYOUT:
         examples = load_davidson_csv(path, data)
+        if data.max_examples and len(examples) > data.max_examples:
+            # The file is sorted by tweet text: its first N rows are no sample of it; a seeded one is.
+            examples = random.Random(seed).sample(examples, data.max_examples)
         _check_hate_answers(path, examples)
         split = stratified_split("implicit-hate", examples, data.validation_fraction, seed, path)
         label_map: dict[str, str | None] = dict(DAVIDSON_LABELS)

@@ -170,3 +170,15 @@ def test_the_cli_refuses_a_wrong_layout_csv_with_exit_2(
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hsig: error:") and str(data) in last and "neither hate corpus layout" in last
+
+
+def test_max_examples_is_a_seeded_sample_not_the_files_first_rows() -> None:
+    """The file is sorted by tweet text, so its first rows would be a biased sample."""
+    data = DataConfig(source="file", path=DAVIDSON, max_examples=2_000)
+    split = hate_split(DAVIDSON, data, seed=0)
+    labels = [example.answer for example in split.train + split.validation]
+    assert len(labels) == 2_000
+    assert 0.72 < labels.count("Unsure") / 2_000 < 0.83  # the corpus: 19,190 / 24,783 = 0.774
+    lines = sorted(int(example.key.split(":")[1]) for example in split.train + split.validation)
+    assert lines[0] < 2_000 < 20_000 < lines[-1]  # drawn from the whole file, not its head
+    assert hate_split(DAVIDSON, data, seed=0).sha256() == split.sha256()
