@@ -174,11 +174,10 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
 
 
 def _full_model_reason(path: Path) -> str | None:
-    """What a full fine-tune's engine would miss; vLLM itself judges the rest when it loads."""
+    """What a full fine-tune's engine would miss (its weights: ``unsafe_weights``); vLLM itself
+    judges the rest when it loads."""
     if not is_full_model_dir(path):
         return f"a full model needs {MODEL_CONFIG_FILE}; none in {path}"
-    if not any(path.glob("*.safetensors")):
-        return f"a full model needs safetensors weights; none in {path}"
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return f"a full model carries its tokenizer ({' or '.join(TOKENIZER_FILES)}); none in {path}"
     return None
