@@ -68,6 +68,14 @@ def postgres_url() -> Iterator[str]:
     _drop_postgres(url)
 
 
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of its own, not migrated, dropped after the test."""
+    url = _postgres_or_skip()
+    yield url
+    _drop_postgres(url)
+
+
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"

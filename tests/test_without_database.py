@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect
 
 from services.common.db import get_engine
-from tests.conftest import _drop_postgres, _postgres_or_skip
 from tests.support.net import TcpProxy
 
 pytestmark = pytest.mark.postgres
@@ -57,15 +56,14 @@ SERVICES: dict[str, Callable[[str, Path], tuple[FastAPI, str]]] = {
 
 
 @pytest.fixture
-def unreachable_postgres() -> Iterator[tuple[str, TcpProxy]]:
+def unreachable_postgres(empty_postgres_url: str) -> Iterator[tuple[str, TcpProxy]]:
     """A fresh, empty (unmigrated) database behind a proxy that is down: (its URL, the proxy)."""
-    direct = _postgres_or_skip()
+    direct = empty_postgres_url
     proxy = TcpProxy(("127.0.0.1", int(direct.rsplit(":", 1)[1].split("/", 1)[0])))
     host, name = direct.rsplit("@", 1)[0], direct.rsplit("/", 1)[1]
     yield f"{host}@127.0.0.1:{proxy.port}/{name}", proxy
     proxy.down()
     get_engine(f"{host}@127.0.0.1:{proxy.port}/{name}").dispose()
-    _drop_postgres(direct)
 
 
 def _ready_within(client: TestClient, seconds: float) -> dict:

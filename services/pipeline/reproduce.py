@@ -34,6 +34,7 @@ from services.common.db import session_scope
 from services.common.db.migrate import upgrade
 from services.common.db.models import LabelledRow
 from services.common.errors import InvalidInput, OperationalError
+from services.common.methods import TrainingMethod
 from services.common.settings import CommonSettings, SettingsT, get_settings
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,21 @@ def _is_tiny(model_dir: str) -> bool:
     return (Path(model_dir) / "tiny_model_stamp.json").is_file()
 
 
+def default_learning_rate(method: str, tiny: bool) -> float:
+    """A fine-tune's rate unless one is given: one that trains every weight takes smaller steps.
+    The tiny model, trained from random weights for a few steps, takes larger ones."""
+    if TrainingMethod(method).trains_all_weights:
+        return 1e-3 if tiny else 2e-5
+    return 5e-3 if tiny else 2e-4
+
+
 def _train(settings: BacktestSettings, options: ReproduceOptions, method: str, say: Progress) -> Any:
     from services.trainer.config import TrainConfig
     from services.trainer.settings import TrainerSettings
     from services.trainer.training import train
 
     tiny = options.model == "tiny"
-    default_rate = {"lora": 5e-3 if tiny else 2e-4, "full": 1e-3 if tiny else 2e-5}[method]
+    default_rate = default_learning_rate(method, tiny)
     chosen = options.lora_learning_rate if method == "lora" else options.full_learning_rate
     embargo = timedelta(hours=2)  # >= the longest label span of 1h labels (entry up to 1h after t)
     config = TrainConfig.model_validate(

@@ -266,12 +266,6 @@ class WalkForwardResult:
     summary_table: str
 
 
-def _default_rate(method: str, tiny: bool) -> float:
-    if method == "full":
-        return 1e-3 if tiny else 2e-5
-    return 5e-3 if tiny else 2e-4
-
-
 def _spec(
     options: WalkForwardOptions, plans: list[FoldPlan], embargo: float, symbol: str, horizon: str
 ) -> dict:
@@ -323,9 +317,10 @@ def _clean(value: Any) -> Any:
 
 
 def _train_config(options: WalkForwardOptions, plan: FoldPlan, method: str, name: str, embargo: float) -> Any:
+    from services.pipeline.reproduce import default_learning_rate
     from services.trainer.config import TrainConfig
 
-    rate = options.learning_rates.get(method) or _default_rate(method, options.model == "tiny")
+    rate = options.learning_rates.get(method) or default_learning_rate(method, options.model == "tiny")
     return TrainConfig.model_validate(
         {
             "name": name,

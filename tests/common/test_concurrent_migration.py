@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from services.common.db import get_engine
-from tests.conftest import REPO_ROOT, _drop_postgres, _postgres_or_skip
+from tests.conftest import REPO_ROOT
 
 PROCESSES = 3
 # Each child imports first, then sleeps until a shared moment, so the upgrades start together.
@@ -29,10 +29,8 @@ upgrade(sys.argv[1])
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    url = _postgres_or_skip()
-    yield url
-    _drop_postgres(url)
+    else:
+        yield request.getfixturevalue("empty_postgres_url")
 
 
 def test_processes_migrating_a_fresh_database_at_once_all_succeed(fresh_url: str) -> None:
