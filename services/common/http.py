@@ -101,8 +101,15 @@ class DatabaseWatch:
         self._thread: threading.Thread | None = None
 
     def try_once(self) -> bool:
-        """Migrate (or ping) and run the hooks not yet run; True once all have succeeded."""
-        with self._lock:
+        """Migrate (or ping) and run the hooks not yet run; True once all have succeeded.
+
+        An attempt already under way (a connect to an unreachable host can take its full
+        timeout) is not waited for: /readyz answers at once with the last reason."""
+        if self.ready:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             if self.ready:
                 return True
             try:
@@ -119,6 +126,8 @@ class DatabaseWatch:
                 log.info("database reachable again: ready")
             self.ready, self.last_error = True, None
             return True
+        finally:
+            self._lock.release()
 
     def _connect(self) -> None:
         url = self.app.state.settings.resolved_database_url
@@ -148,7 +157,9 @@ class DatabaseWatch:
 def database_ready(app: FastAPI) -> None:
     watch: DatabaseWatch | None = getattr(app.state, "database_watch", None)
     if watch is not None and not watch.try_once():
-        raise RuntimeError(f"database unavailable: {watch.last_error}")
+        raise RuntimeError(
+            f"database unavailable: {watch.last_error or 'the first attempt to reach it is under way'}"
+        )
     ping(app.state.settings.resolved_database_url)
 
 

@@ -88,3 +88,31 @@ def test_a_fresh_database_is_migrated_as_the_app_starts(tmp_path) -> None:
     assert {"headlines", "labelled_rows", "adapters", "alembic_version"} <= set(
         inspect(get_engine(url)).get_table_names()
     )
+
+
+def test_readyz_answers_while_a_database_attempt_hangs(tmp_path) -> None:
+    """A connect to an unreachable host can hang for its whole timeout: /readyz must not wait."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def hook(_app) -> None:  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not yet")  # start-up fails: the background retry takes over
+        entered.set()
+        release.wait(30)  # the retry hangs, holding its attempt
+
+    settings = CommonSettings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", api_token="x")
+    with TestClient(create_app("demo", settings, on_database_ready=[hook])) as client:
+        assert entered.wait(10), "the background retry never ran"
+        answers: list[int] = []
+        probe = threading.Thread(target=lambda: answers.append(client.get("/readyz").status_code))
+        probe.start()
+        probe.join(10)
+        hung = probe.is_alive()
+        release.set()
+        probe.join()
+        assert not hung and answers == [503]
+        assert client.get("/readyz").status_code == 200  # the attempt finished: ready
