@@ -57,7 +57,10 @@ class DataConfig(BaseModel):
         description="btc-trend rows from the database or from `path` (.jsonl/.json/.csv/.parquet, "
         "LabelledRowOut shape); chat and implicit-hate always read `path`.",
     )
-    path: Path | None = Field(None, description="Rows file, chat corpus (.parquet/.jsonl) or hate corpus (TSV, or the Davidson CSV).")
+    path: Path | None = Field(
+        None,
+        description="Rows file, chat corpus (.parquet/.jsonl) or hate corpus (TSV, or the Davidson CSV).",
+    )
     symbol: str | None = Field(
         None, max_length=32, description="Database rows: market (default: settings.symbol)."
     )
