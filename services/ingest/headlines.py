@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common.time_precision import Precision
+
 _SPACES = re.compile(r"\s+")
 _KEY_DROP = re.compile(r"[^\w ]+")
 TITLE_KEY_CHARS = 512
@@ -37,7 +39,9 @@ def payload_sha256(payload: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class HeadlineRecord:
-    """One headline ready to store: ``published_at`` is aware UTC."""
+    """One headline ready to store: ``published_at`` is aware UTC, the start of its
+    ``precision`` period; ``known_at`` the period's end in the source's zone
+    (``time_precision.known_at``), or None for a time known to the second."""
 
     source: str
     guid: str
@@ -46,6 +50,8 @@ class HeadlineRecord:
     link: str | None = None
     summary: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    precision: Precision = Precision.second
+    known_at: datetime | None = None
 
     @property
     def title_key(self) -> str:
