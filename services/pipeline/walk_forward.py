@@ -37,225 +37,48 @@ folds they cover.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from services.common.errors import Conflict, HsigError, InvalidInput, OperationalError
+from services.common.errors import Conflict, HsigError, OperationalError
+
+# The plan, the options and the checks live in services.common so that the backtest API checks
+# a POSTed walk-forward with the very code that runs it; re-exported here for the CLI and tests.
+from services.common.walk_forward_plan import (
+    FoldPlan,
+    WalkForwardInputError,
+    WalkForwardOptions,
+    plan_folds,
+    prepare_walk_forward,
+    state_path,
+)
+
+__all__ = [
+    "FoldPlan",
+    "WalkForwardInputError",
+    "WalkForwardOptions",
+    "WalkForwardResult",
+    "plan_folds",
+    "prepare_walk_forward",
+    "run_walk_forward",
+    "state_path",
+]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-TrainMode = Literal["expanding", "rolling"]
-DAY = timedelta(days=1)
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}
 BASE_LABEL = "base (untuned)"
 TRIGGER = "walk-forward"  # the backtest runs' trigger (at most 16 characters)
-
-
-class WalkForwardInputError(InvalidInput):
-    """A walk-forward the data cannot hold; ``largest_k`` says how many folds would fit."""
-
-    def __init__(self, message: str, *, param: str, largest_k: int | None = None) -> None:
-        if largest_k is not None:
-            message = f"{message} (largest k that fits: {largest_k})"
-        super().__init__(message, param=param)
-        self.largest_k = largest_k
-
-
-# --- the folds -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FoldPlan:
-    """One fold: the trainer's windows (train, then validation) and the backtest's test window.
-
-    Every window holds headline times t with start <= t < end. ``train_end`` is one embargo
-    before ``validation_start``, ``validation_end`` one embargo before ``test_start``.
-    """
-
-    fold: int  # 1..K
-    train_start: datetime
-    train_end: datetime
-    validation_start: datetime
-    validation_end: datetime
-    test_start: datetime
-    test_end: datetime
-    train_rows: int
-    validation_rows: int
-    test_rows: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            key: value.isoformat() if isinstance(value, datetime) else value
-            for key, value in asdict(self).items()
-        }
-
-
-def _count(times: Sequence[datetime], start: datetime, end: datetime) -> int:
-    return bisect.bisect_left(times, end) - bisect.bisect_left(times, start)
-
-
-def _days(value: float) -> str:
-    return f"{value:g} day{'s' if value != 1 else ''}"
-
-
-def plan_folds(
-    rows_times: Sequence[datetime],
-    horizon: timedelta,
-    train_mode: str,
-    train_days: float,
-    test_days: float,
-    step_days: float | None,
-    k: int | None,
-    embargo: timedelta,
-    validation_fraction: float = 0.15,
-) -> list[FoldPlan]:
-    """The K folds over rows with these headline times (any order), or WalkForwardInputError.
-
-    ``step_days`` None: the test length (folds' test windows back to back). ``k`` None: as
-    many folds as fit. Pure: no database, nothing queued.
-    """
-    step_days = test_days if step_days is None else step_days
-    if train_mode not in ("expanding", "rolling"):
-        raise WalkForwardInputError(
-            f"train_mode must be expanding or rolling, not {train_mode!r}", param="train_mode"
-        )
-    for name, value in (("train_days", train_days), ("test_days", test_days), ("step_days", step_days)):
-        if not (value > 0 and math.isfinite(value)):
-            raise WalkForwardInputError(f"{name} must be a positive number of days, not {value}", param=name)
-    if not 0 < validation_fraction < 1:
-        raise WalkForwardInputError(
-            f"validation_fraction must be between 0 and 1, not {validation_fraction}",
-            param="validation_fraction",
-        )
-    if embargo < timedelta(0):
-        raise WalkForwardInputError("embargo must not be negative", param="embargo_seconds")
-    if k is not None and k < 1:
-        raise WalkForwardInputError(f"k must be at least 1, not {k}", param="k")
-    test, step, training = test_days * DAY, step_days * DAY, train_days * DAY
-    if test < horizon:
-        raise WalkForwardInputError(
-            f"test_days of {_days(test_days)} is shorter than the label horizon ({horizon}): "
-            "no label of the test window would end inside it",
-            param="test_days",
-        )
-    if step < test:
-        raise WalkForwardInputError(
-            f"step_days ({_days(step_days)}) is shorter than test_days ({_days(test_days)}): the folds' "
-            "test windows would overlap, and a row would be scored in two folds",
-            param="step_days",
-        )
-    times = sorted(rows_times)
-    if not times:
-        raise WalkForwardInputError("no labelled rows to walk forward over", param="start", largest_k=0)
-    first = times[0]
-    data_end = times[-1] + timedelta(seconds=1)  # windows are start <= t < end
-    folds: list[FoldPlan] = []
-    problem: tuple[str, str] | None = None  # why fold len(folds)+1 does not fit: (param, reason)
-    while k is None or len(folds) < k:
-        number = len(folds) + 1
-        test_start = first + training + embargo + (number - 1) * step
-        test_end = test_start + test
-        if test_end > data_end:
-            problem = (
-                "k",
-                f"fold {number}'s test window ({test_start:%Y-%m-%d %H:%M} to {test_end:%Y-%m-%d %H:%M}) "
-                f"ends after the last row ({times[-1]:%Y-%m-%d %H:%M}): {_days(train_days)} of training, "
-                f"then test windows of {_days(test_days)} every {_days(step_days)}",
-            )
-            if number == 1:
-                problem = ("train_days", problem[1])
-            break
-        window_end = test_start - embargo  # the trainer reads rows before this
-        train_start = first if train_mode == "expanding" else window_end - training
-        before = times[bisect.bisect_left(times, train_start) : bisect.bisect_left(times, window_end)]
-        validation_count = max(1, round(len(before) * validation_fraction))
-        if len(before) <= validation_count:
-            problem = (
-                "train_days",
-                f"fold {number}'s training window ({train_start:%Y-%m-%d %H:%M} to {window_end:%Y-%m-%d %H:%M}) "
-                f"holds {len(before)} row{'s' if len(before) != 1 else ''}: too few for a training and a "
-                "validation window",
-            )
-            break
-        validation_start = before[len(before) - validation_count]
-        train_end = validation_start - embargo
-        train_rows = _count(times, train_start, train_end)
-        if train_rows == 0:
-            problem = (
-                "train_days",
-                f"fold {number}'s training window is empty once the validation window and the embargo "
-                f"({embargo}) are taken from its {len(before)} rows",
-            )
-            break
-        test_rows = _count(times, test_start, test_end)
-        if test_rows == 0:
-            problem = (
-                "test_days",
-                f"fold {number}'s test window ({test_start:%Y-%m-%d %H:%M} to {test_end:%Y-%m-%d %H:%M}) "
-                "holds no rows",
-            )
-            break
-        folds.append(
-            FoldPlan(
-                fold=number,
-                train_start=train_start,
-                train_end=train_end,
-                validation_start=validation_start,
-                validation_end=window_end,
-                test_start=test_start,
-                test_end=test_end,
-                train_rows=train_rows,
-                validation_rows=_count(times, validation_start, window_end),
-                test_rows=test_rows,
-            )
-        )
-    if problem is not None and (k is not None or not folds):
-        param, reason = problem
-        asked = f"k={k}: " if k is not None and param == "k" else ""
-        raise WalkForwardInputError(f"{asked}{reason}", param=param, largest_k=len(folds))
-    return folds
-
-
-# --- what a walk-forward is asked to do --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WalkForwardOptions:
-    id: str | None = None  # default: wf-<UTC time>; the same id resumes
-    model: str = "tiny"
-    methods: tuple[str, ...] = ("lora",)
-    train_mode: TrainMode = "expanding"
-    train_days: float = 90.0
-    test_days: float = 30.0
-    step_days: float | None = None  # default: test_days
-    k: int | None = 3  # None: as many folds as fit
-    embargo_seconds: float | None = None  # default: the longest label span of the rows
-    validation_fraction: float = 0.15
-    start: datetime | None = None  # only rows from here ...
-    end: datetime | None = None  # ... and before here
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    learning_rates: dict[str, float] = field(default_factory=dict)  # method -> rate
-    seed: int = 0
-    include_base: bool = True
-    baselines: tuple[str, ...] | None = None  # default: every baseline
-    bootstrap_reps: int | None = None
-    run_jobs: Literal["inline", "queue"] = "inline"
-    job_wait_seconds: float = 6 * 3600.0  # run_jobs="queue": how long to wait for a trainer worker
 
 
 @dataclass(frozen=True)
@@ -287,10 +110,6 @@ def _spec(
         "baselines": list(options.baselines) if options.baselines is not None else None,
         "bootstrap_reps": options.bootstrap_reps,
     }
-
-
-def state_path(reports_dir: Path, walk_forward_id: str) -> Path:
-    return reports_dir / "walk-forwards" / f"{walk_forward_id}.json"
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -431,6 +250,7 @@ def pool(settings: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
         "folds_covered": [fold["fold"] for fold in covered],
         "folds_failed": failed,
         "folds_total": len(folds),
+        "methods_failed": _methods_failed(covered),
     }
     if not covered:
         out["unavailable"] = "no fold succeeded: nothing to pool"
@@ -493,17 +313,112 @@ def pool(settings: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
             "left_out": sorted(set(kinds) - set(names)),
             "verdicts": verdict_table(truth, scored, sample, reps, seed, alpha),
             "overfitting": overfitting_report({name: np.concatenate(r) for name, r in returns.items()}),
-            "note": (
-                f"covers folds {', '.join(str(f['fold']) for f in covered)} of {len(folds)}"
-                + (
-                    "; failed: " + "; ".join(f"fold {f['fold']}: {f['error']}" for f in failed)
-                    if failed
-                    else ""
+            "information_coefficient": {
+                name: pooled_information_coefficient(
+                    [_fold_ic(report, name) for report in reports], [f["fold"] for f in covered]
                 )
-            ),
+                for name in names
+            },
+            "note": _note(covered, failed, out["methods_failed"], len(folds)),
         }
     )
     return _clean(out)
+
+
+def _methods_failed(covered: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Method label -> the covered folds where its training failed (the others were scored)."""
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for fold in covered:
+        for method, error in (fold.get("methods_failed") or {}).items():
+            failed.setdefault(METHOD_LABELS[method], []).append({"fold": fold["fold"], "error": error})
+    return failed
+
+
+def _note(
+    covered: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    methods_failed: dict[str, list[dict[str, Any]]],
+    total: int,
+) -> str:
+    note = f"covers folds {', '.join(str(f['fold']) for f in covered)} of {total}"
+    if failed:
+        note += "; failed: " + "; ".join(f"fold {f['fold']}: {f['error']}" for f in failed)
+    for label, where in methods_failed.items():
+        folds = ", ".join(str(f["fold"]) for f in where)
+        note += f"; {label} not trained in folds {folds}: {where[0]['error']}"
+    return note
+
+
+def _fold_ic(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A fold report's IC section of one predictor (None: it gives no p(Increase))."""
+    for section in report["predictors"]:
+        if section["name"] == name and section.get("metrics"):
+            return section["metrics"].get("information_coefficient")
+    return None
+
+
+def pooled_information_coefficient(
+    per_fold: list[dict[str, Any] | None], fold_numbers: list[int]
+) -> dict[str, Any]:
+    """IC and rank IC pooled over folds from each fold report's own IC section.
+
+    The same estimate and window-aware interval as ``overfitting.information_coefficients`` on
+    the pooled rows with the folds marked (the mean of the folds' ICs; its variance the sum of
+    the folds' cluster-robust variances over F^2; Fisher z interval): each fold's variance
+    depends on its own rows and windows only, so the per-row p(Increase), which the reports do
+    not keep, is not needed.
+    """
+    from scipy.stats import norm
+
+    if any(section is None or not section.get("folds") for section in per_fold):
+        return {"unavailable": "no p(Increase) in every fold"}
+    sections: list[dict[str, Any]] = per_fold  # type: ignore[assignment]
+    rows = [section["folds"][0] for section in sections]  # a fold report holds one fold
+    level = float(next((s["level"] for s in sections if s.get("level")), 0.95))
+    z = float(norm.ppf(0.5 + level / 2))
+    windows = sum(int(row["windows"]) for row in rows)
+    folds = [
+        {"fold": number, **{key: row[key] for key in ("rows", "windows", "ic", "rank_ic")}}
+        for number, row in zip(fold_numbers, rows, strict=True)
+    ]
+    if all(row["ic"] is None for row in rows):
+        return {"unavailable": "p(Increase) or the return does not vary: no correlation", "folds": folds}
+    result: dict[str, Any] = {
+        "folds": folds,
+        "rows": sum(int(row["rows"]) for row in rows),
+        "windows": windows,
+        "level": level,
+        "method": "mean of the folds' ICs; influence function summed within label windows "
+        "(cluster-robust) per fold, Fisher z interval",
+        "interval_unavailable": None
+        if windows >= 2
+        else "fewer than 2 label windows: no window-aware interval",
+        "unavailable": None,
+    }
+    for key in ("ic", "rank_ic"):
+        values = np.array([np.nan if row[key] is None else row[key] for row in rows], dtype=float)
+        spread = np.array(
+            [np.nan if s.get(f"{key}_se") is None else s[f"{key}_se"] for s in sections], dtype=float
+        )
+        finite = np.isfinite(values)
+        if not finite.any():
+            result[key], result[f"{key}_se"], result[f"{key}_interval"] = None, None, None
+            continue
+        estimate = float(values[finite].mean())
+        variance = float(np.nansum(spread[finite] ** 2) / finite.sum() ** 2)
+        result[key] = estimate
+        result[f"{key}_se"] = math.sqrt(variance)
+        interval = None
+        if result["interval_unavailable"] is None and abs(estimate) < 1:
+            centre, half = math.atanh(estimate), z * math.sqrt(variance) / (1 - estimate**2)
+            interval = [math.tanh(centre - half), math.tanh(centre + half)]
+        result[f"{key}_interval"] = interval
+        if len(sections) > 1:
+            deviation = float(np.std(values[finite], ddof=1)) if finite.sum() > 1 else 0.0
+            result[f"{key}_t_across_folds"] = (
+                float(estimate / (deviation / math.sqrt(finite.sum()))) if deviation > 0 else None
+            )
+    return result
 
 
 def summary_table(state: dict[str, Any]) -> str:
@@ -540,73 +455,18 @@ def summary_table(state: dict[str, Any]) -> str:
     pbo = (pooled.get("overfitting") or {}).get("pbo") or {}
     if pbo.get("pbo") is not None:
         lines.append(f"  PBO across the predictors: {pbo['pbo']:.2f} ({pbo['combinations']} combinations)")
+    for name, ic in (pooled.get("information_coefficient") or {}).items():
+        if ic.get("ic") is None:
+            continue
+        span = "" if ic.get("ic_interval") is None else " [{:+.3f}, {:+.3f}]".format(*ic["ic_interval"])
+        rank = "" if ic.get("rank_ic") is None else f", rank IC {ic['rank_ic']:+.3f}"
+        lines.append(
+            f"  IC of {name}: {ic['ic']:+.3f}{span}{rank} ({ic['windows']} windows, pooled over folds)"
+        )
     return "\n".join(lines)
 
 
 # --- the walk-forward --------------------------------------------------------------------
-
-
-def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime], float]:
-    """Headline times of the Increase/Decrease rows in range, and their longest label span."""
-    from services.common.db import session_scope
-    from services.common.labelled_rows import read_labelled_rows
-    from services.common.prompts import DECREASE, INCREASE
-
-    with session_scope(settings.resolved_database_url) as session:
-        rows = read_labelled_rows(
-            session, settings.symbol, settings.horizons[0], start=options.start, end=options.end
-        )
-    usable = [row for row in rows if row.label in (INCREASE, DECREASE)]
-    times = [row.headline_time.astimezone(UTC) for row in usable]
-    span = max(((row.exit_time - row.headline_time).total_seconds() for row in usable), default=0.0)
-    return times, float(math.ceil(span))
-
-
-def _horizon(settings: Any) -> timedelta:
-    from services.common.labelling import timeframe_seconds
-
-    try:
-        return timedelta(seconds=timeframe_seconds(settings.horizons[0]))
-    except ValueError as exc:
-        raise InvalidInput(str(exc), param="horizon") from exc
-
-
-def prepare_walk_forward(settings: Any, options: WalkForwardOptions) -> tuple[list[FoldPlan], float]:
-    """The checks of a walk-forward that need only the rows: its folds and embargo, or bad input."""
-    from services.common.methods import TrainingMethod
-
-    if options.id is not None and not ID_PATTERN.fullmatch(options.id):
-        raise InvalidInput(
-            "id must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-            param="id",
-        )
-    if not options.methods:
-        raise InvalidInput("give at least one method (lora, qlora, full)", param="methods")
-    for method in options.methods:
-        if method not in {m.value for m in TrainingMethod}:
-            raise InvalidInput(f"unknown method {method!r}: lora, qlora or full", param="methods")
-    if len(set(options.methods)) != len(options.methods):
-        raise InvalidInput("a method is given twice", param="methods")
-    times, span = _labelled(settings, options)
-    embargo = span if options.embargo_seconds is None else float(options.embargo_seconds)
-    if embargo < span:
-        raise WalkForwardInputError(
-            f"embargo of {embargo:g} s is shorter than the longest label span of the rows ({span:g} s): "
-            "a training label would still be open when the test window starts",
-            param="embargo_seconds",
-        )
-    plans = plan_folds(
-        times,
-        _horizon(settings),
-        options.train_mode,
-        options.train_days,
-        options.test_days,
-        options.step_days,
-        options.k,
-        timedelta(seconds=embargo),
-        options.validation_fraction,
-    )
-    return plans, embargo
 
 
 def run_walk_forward(
@@ -690,12 +550,21 @@ def run_walk_forward(
                 errors.append(f"{method}: {version['error']}")
             fold["versions"][method] = version
             _write_state(path, state)
-        if errors:
+        versions = [
+            fold["versions"][m] for m in options.methods if fold["versions"][m]["state"] == "succeeded"
+        ]
+        if not versions:  # no version to score: the fold fails with every job's reason
             fold.update(state="failed", error="training failed: " + "; ".join(errors))
             _write_state(path, state)
             say(f"{where} failed: {fold['error']}")
             continue
-        versions = [fold["versions"][method] for method in options.methods]
+        if errors:  # e.g. QLoRA on a host without CUDA: the other methods' versions are still scored
+            fold["methods_failed"] = {
+                m: fold["versions"][m]["error"]
+                for m in options.methods
+                if fold["versions"][m]["state"] != "succeeded"
+            }
+            say(f"{where}: training failed for {'; '.join(errors)}; scoring the other versions")
         base_dir = _base_dir(versions[0]["path"])
         notes = [TINY_DISCLAIMER] if options.model == "tiny" or _is_tiny(base_dir) else []
         notes.append(
