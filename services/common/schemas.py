@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from services.common.cutoffs import KnowledgeCutoff
 from services.common.methods import Method  # TrainingMethod with its rules, as a field type
 
 Task = Literal["btc-trend", "implicit-hate", "chat"]
@@ -80,6 +81,9 @@ class AdapterManifest(BaseModel):
     total_parameters: int = 0
     tokens_per_second: float = 0.0
     weights_sha256: str = ""
+    # The base model's knowledge cutoff when it was trained (services/common/cutoffs.py); None in
+    # manifests written before cutoffs were recorded: readers look the base model up instead.
+    base_model_cutoff: KnowledgeCutoff | None = None
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     extra: dict[str, Any] = Field(default_factory=dict)
 

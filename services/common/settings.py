@@ -57,6 +57,12 @@ class CommonSettings(BaseSettings):
     adapters_dir: Path | None = Field(None, description="Adapter volume; default <data_dir>/adapters.")
     reports_dir: Path | None = Field(None, description="Report volume; default <data_dir>/reports.")
     models_dir: Path | None = Field(None, description="Local base models; default <data_dir>/models.")
+    model_cutoffs: str = Field(
+        "",
+        description='Knowledge cutoffs of models the shipped table lacks (services/common/cutoffs.py), as JSON: '
+        '{"model id, directory name or endpoint model": {"pretraining": "2023-12", "tuning": "2024-03", '
+        '"released": "2024-04-18", "source": "..."} or "unknown" or "none"}.',
+    )
 
     @field_validator("api_token")
     @classmethod

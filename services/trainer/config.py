@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from services.common.cutoffs import CutoffSpec, cutoff_for
 from services.common.methods import TrainingMethod
 from services.common.schemas import LoraSettings, Method, Task
 
@@ -156,6 +157,11 @@ class TrainConfig(BaseModel):
         True, description="Score the held-out window by label scoring after training."
     )
     max_eval_examples: int = Field(400, ge=1, description="Most held-out rows scored for accuracy.")
+    base_model_cutoff: CutoffSpec | None = Field(
+        None,
+        description="The base model's knowledge cutoff, recorded in the manifest; default: the shipped "
+        "table or HSIG_MODEL_CUTOFFS (services/common/cutoffs.py), else unknown.",
+    )
 
     @model_validator(mode="after")
     def _data_source(self) -> TrainConfig:
@@ -165,4 +171,6 @@ class TrainConfig(BaseModel):
             raise ValueError("data.source 'file' needs data.path")
         if self.task != "btc-trend" and any((self.data.train, self.data.validation, self.data.test)):
             raise ValueError("time windows apply to btc-trend rows only")
+        if self.base_model_cutoff is not None:  # checked now (future, after release), not at publish
+            cutoff_for(PRESETS.get(self.base_model, self.base_model), job=self.base_model_cutoff)
         return self

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.cutoffs import cutoff_for
 from services.common.errors import InvalidInput
 from services.common.prompts import EncodedExample, bos_id_of
 from services.common.schemas import AdapterManifest, TrainingWindow
@@ -179,6 +180,8 @@ def _train(
         return None
     peak_bytes, peak_kind = read_peak(job.device)
     manifest = _manifest(job, result, trainable, total, peak_bytes, peak_kind)
+    # What the base could have read (services/common/cutoffs.py): backtests split rows by it.
+    manifest.base_model_cutoff = cutoff_for(job.base.name, settings.model_cutoffs, config.base_model_cutoff)
     manifest.extra.update(
         {
             "validation_loss_before": loss_before,
