@@ -4,6 +4,11 @@ Every service that needs a label or a market situation imports it from here, so 
 be re-derived and audited anywhere. Times are int64 seconds since the epoch (UTC); candles are
 stamped with their OPEN time (ccxt's convention) and must be sorted, unique and closed.
 
+The "headline time" t below is when the headline is KNOWN: its ``known_at``, the end of its
+time's precision period in its zone (``services.common.time_precision``), never the start of
+a coarse period. A headline dated only "2020-07-17" is known at the next midnight, so no
+candle of that day can be its entry or its market situation.
+
 - Entry: the open of the first candle whose open time is >= the headline time, and only if
   that candle is the next one on the grid (open time < headline time + timeframe). A headline
   that falls in a gap gets no entry: we never reach past a gap for a later price.

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.common.time_precision import Precision
+from services.common.time_precision import known_at as period_end
 
 _SPACES = re.compile(r"\s+")
 _KEY_DROP = re.compile(r"[^\w ]+")
@@ -41,7 +42,8 @@ def payload_sha256(payload: dict[str, Any]) -> str:
 class HeadlineRecord:
     """One headline ready to store: ``published_at`` is aware UTC, the start of its
     ``precision`` period; ``known_at`` the period's end in the source's zone
-    (``time_precision.known_at``), or None for a time known to the second."""
+    (``time_precision.known_at``), or None for a time known to the second or the minute (whose
+    period ends at the same instant in every zone). ``row()`` stores both."""
 
     source: str
     guid: str
@@ -57,6 +59,16 @@ class HeadlineRecord:
     def title_key(self) -> str:
         return title_key(self.title)
 
+    def stored_known_at(self) -> datetime:
+        """The end of the precision period: ``known_at`` when given, else derived for a second
+        or a minute; an hour or a day without its ``known_at`` is refused (its end depends on the
+        source's zone, which only the importer knows)."""
+        if self.known_at is not None:
+            return self.known_at
+        if self.precision in (Precision.second, Precision.minute):
+            return period_end(self.published_at, self.precision)
+        raise ValueError(f"{self.precision.value}-precision headline {self.guid!r} has no known_at")
+
     def row(self) -> dict[str, Any]:
         return {
             "source": self.source[:128],
@@ -67,6 +79,8 @@ class HeadlineRecord:
             "link": self.link,
             "summary": self.summary,
             "payload_sha256": payload_sha256(self.raw or {"title": self.title, "guid": self.guid}),
+            "time_precision": Precision(self.precision).value,
+            "known_at": self.stored_known_at(),
         }
 
 

@@ -1,6 +1,11 @@
 """Label what is newly labellable: headlines without a row for this market and horizon, whose
 entry and exit candles are now stored. Runs every cycle; idempotent (ON CONFLICT DO NOTHING).
 
+Labels are derived from each headline's ``known_at`` (the end of its time's precision period,
+``services.common.time_precision``), not its ``published_at``: a headline known only to the
+day enters at the first candle opening at or after the day's end in its zone, and its market
+situation is the candles closed by then. The row stores that ``known_at``.
+
 Quarantine, not poison: a headline whose time cannot be labelled (no zone, before
 ``HSIG_EARLIEST_TIME``, after now + ``HSIG_FUTURE_SKEW_SECONDS``) and a stored candle that
 cannot be used (``labelling.candle_faults``) are marked with their reason, in the same
@@ -68,7 +73,10 @@ def _epoch(moment: datetime) -> int:
     return int(moment.astimezone(UTC).timestamp())
 
 
-def _unlabelled(session: Session, market: Market, horizon: str) -> list[tuple[int, datetime]]:
+Pending = list[tuple[int, datetime, datetime]]  # headline id, published_at, known_at
+
+
+def _unlabelled(session: Session, market: Market, horizon: str) -> Pending:
     already = select(LabelledRow.id).where(
         and_(
             LabelledRow.headline_id == Headline.id,
@@ -79,11 +87,11 @@ def _unlabelled(session: Session, market: Market, horizon: str) -> list[tuple[in
         )
     )
     statement = (
-        select(Headline.id, Headline.published_at)
+        select(Headline.id, Headline.published_at, Headline.known_at)
         .where(~already.exists(), Headline.quarantine_reason.is_(None))
         .order_by(Headline.published_at)
     )
-    return [(row[0], row[1]) for row in session.execute(statement)]
+    return [(row[0], row[1], row[2]) for row in session.execute(statement)]
 
 
 def load_candles(
@@ -112,12 +120,10 @@ def load_candles(
     return Candles(times[keep], *(column[keep] for column in prices), tf)
 
 
-def _time_faults(
-    pending: list[tuple[int, datetime]], now: datetime, earliest: datetime, skew: timedelta
-) -> dict[int, str]:
+def _time_faults(pending: Pending, now: datetime, earliest: datetime, skew: timedelta) -> dict[int, str]:
     limits = _Limits(earliest=earliest, future_skew=skew)
     faults: dict[int, str] = {}
-    for headline_id, published in pending:
+    for headline_id, published, _ in pending:
         fault = time_fault(published, now, limits)
         if fault:
             faults[headline_id] = fault
@@ -149,7 +155,8 @@ def label_new_rows(
     bad_candles: dict[datetime, str] = {}
     if pending:
         tf, horizon_seconds = timeframe_seconds(market.timeframe), timeframe_seconds(horizon)
-        times = np.array([_epoch(published) for _, published in pending], dtype=np.int64)
+        # The labelling contract reads when each headline is known, not when its period began.
+        times = np.array([_epoch(known) for _, _, known in pending], dtype=np.int64)
         first = datetime.fromtimestamp(int(times.min()) - (lookback + 1) * tf, tz=UTC)
         last = datetime.fromtimestamp(int(times.max()) + horizon_seconds + tf, tz=UTC)
         candles = load_candles(session, market, first, last, bad_candles)
@@ -172,7 +179,7 @@ def label_new_rows(
 
 
 def _rows(
-    pending: list[tuple[int, datetime]], market: Market, horizon: str, candles: Candles, labels: Labels
+    pending: Pending, market: Market, horizon: str, candles: Candles, labels: Labels
 ) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """One insertable dict per labelled headline (the table's column names), and the headlines
     whose label came out non-finite (never stored: a last guard, the candles were checked)."""
@@ -184,7 +191,7 @@ def _rows(
     unlabellable: dict[int, str] = {}
     finite = np.isfinite(labels.entry_price) & np.isfinite(labels.exit_price) & np.isfinite(labels.return_)
     for position in np.flatnonzero(labels.labelled).tolist():
-        headline_id, published_at = pending[position]
+        headline_id, published_at, known_at = pending[position]
         if not finite[position]:
             unlabellable[headline_id] = "bad_return"
             continue
@@ -208,6 +215,7 @@ def _rows(
                     _stamp(candles.open_time[i]).isoformat() for i in used.tolist() if i >= 0
                 ],
                 "labelled_at": now,
+                "known_at": known_at,
             }
         )
     return rows, unlabellable

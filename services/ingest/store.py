@@ -111,6 +111,7 @@ COPY_THRESHOLD = 2000  # below this, a multi-row INSERT is as fast and simpler
 _LABELLED_COLUMNS = (
     "headline_id", "exchange", "symbol", "timeframe", "horizon", "headline_time", "entry_time", "exit_time",
     "entry_price", "exit_price", "return", "label", "market_situation", "situation_candles", "labelled_at",
+    "known_at",
 )  # fmt: skip
 
 

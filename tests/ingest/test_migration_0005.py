@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from alembic import command
-from sqlalchemy import inspect, select
+from sqlalchemy import column, inspect, select, table
 
 from services.common.db import get_engine, session_scope
 from services.common.db.migrate import alembic_config, upgrade
@@ -19,6 +19,7 @@ from tests.conftest import stored_at
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NEW_COLUMNS = {"quarantine_reason", "quarantined_at"}
+LATER_COLUMNS = {"time_precision", "known_at"}  # 0006: not in the 0004 schema either
 
 
 def _columns(db_url: str, table: str) -> set[str]:
@@ -55,11 +56,12 @@ def test_rows_stored_before_0005_are_kept_then_quarantined_or_labelled(
     db_url: str, ingest_settings: IngestSettings
 ) -> None:
     headlines, candles = Headline.__table__, Candle.__table__
-    old_headline_columns = [c for c in headlines.c if c.name not in NEW_COLUMNS]
+    old_headline_columns = [c for c in headlines.c if c.name not in NEW_COLUMNS | LATER_COLUMNS]
+    old_headlines = table("headlines", *(column(c.name, c.type) for c in old_headline_columns))
     with stored_at(db_url, "0004") as connection:
         assert not NEW_COLUMNS & _columns(db_url, "headlines")
         connection.execute(
-            headlines.insert(),
+            old_headlines.insert(),
             [
                 _headline("year one", datetime(1, 1, 1, tzinfo=UTC)),
                 _headline("good", T0 + timedelta(minutes=30)),

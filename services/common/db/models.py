@@ -6,7 +6,7 @@ those describe what crosses HTTP. Every timestamp is stored and returned as awar
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
@@ -54,6 +54,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _second_known_at(context: Any, time_column: str, precision_column: str | None) -> datetime:
+    """The default ``known_at`` of a row inserted without one: the end of its second (a time
+    given to the second is known one second after it starts). A coarser precision needs the
+    source's zone to find its period's end, so it must come with its ``known_at``."""
+    parameters = context.get_current_parameters()
+    precision = parameters.get(precision_column, "second") if precision_column else "second"
+    if precision not in (None, "second"):
+        raise ValueError(f"a {precision}-precision row needs its known_at (the period's end in its zone)")
+    moment = parameters[time_column]
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(f"{time_column} must be an aware datetime to derive known_at")
+    return moment.replace(microsecond=0) + timedelta(seconds=1)
+
+
+def _headline_known_at(context: Any) -> datetime:
+    return _second_known_at(context, "published_at", "time_precision")
+
+
+def _row_known_at(context: Any) -> datetime:
+    return _second_known_at(context, "headline_time", None)
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
@@ -84,6 +106,11 @@ class Headline(Base):
     summary: Mapped[str | None] = mapped_column(Text, default=None)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # How precisely the source gave the time (services.common.time_precision.Precision), and the
+    # end of that period in the source's zone: when the headline is certainly known. Labels,
+    # splits and scores read known_at, never published_at (the period's start).
+    time_precision: Mapped[str] = mapped_column(String(8), default="second")
+    known_at: Mapped[datetime] = mapped_column(index=True, default=_headline_known_at)
     # Set when the headline cannot be labelled (a time outside the plausible range...): the
     # labeller skips it and labels the rest. Clear both to let it be labelled again.
     quarantine_reason: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -165,7 +192,7 @@ class LabelledRow(Base):
     timeframe: Mapped[str] = mapped_column(String(8))
     horizon: Mapped[str] = mapped_column(String(8))
     headline_time: Mapped[datetime] = mapped_column()
-    entry_time: Mapped[datetime] = mapped_column()  # open time of the entry candle (>= headline_time)
+    entry_time: Mapped[datetime] = mapped_column()  # open time of the entry candle (>= known_at)
     exit_time: Mapped[datetime] = mapped_column()  # close time of the exit candle (entry + horizon)
     entry_price: Mapped[float] = mapped_column(Float)
     exit_price: Mapped[float] = mapped_column(Float)
@@ -174,6 +201,9 @@ class LabelledRow(Base):
     market_situation: Mapped[str] = mapped_column(Text)
     situation_candles: Mapped[list[Any]] = mapped_column(default=list)  # open times, ISO 8601
     labelled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The headline's known_at the label was derived from: entry opens at or after it, the
+    # situation candles closed at or before it. known_at - headline_time is the entry shift.
+    known_at: Mapped[datetime] = mapped_column(default=_row_known_at)
 
 
 class SourceState(Base):
@@ -279,6 +309,19 @@ class BacktestRun(QueueColumns, Base):
     trigger: Mapped[str] = mapped_column(String(16), default="manual")  # manual | schedule | cli
     json_path: Mapped[str | None] = mapped_column(Text, default=None)
     html_path: Mapped[str | None] = mapped_column(Text, default=None)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class WalkForward(QueueColumns, Base):
+    """A walk-forward in the work queue: queued by the backtest API, run by a pipeline worker.
+
+    ``name`` is the walk-forward's own id (its state file under the reports volume and its
+    versions ``<name>-f<i>-<method>``); ``progress`` the worker's last line."""
+
+    __tablename__ = "walk_forwards"
+
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    progress: Mapped[str | None] = mapped_column(Text, default=None)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
