@@ -1,5 +1,6 @@
-"""CSV backfills: the Kaggle CNBC headlines file, any headline CSV by column mapping, and
-CryptoDataDownload candle files.
+"""CSV backfills: the Kaggle CNBC headlines file and any headline CSV by column mapping.
+Candle files moved to ``candle_import`` (``CandleFrame`` and ``import_cryptodatadownload`` are
+re-exported here for the callers that still import them from this module).
 
 Every importer returns plain records (HeadlineRecord, or candle arrays); storing them is the
 store module's job, so an import can be checked before anything is written.
@@ -14,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
 import pandas as pd
 
 from services.common.errors import InvalidInput
+from services.ingest.candle_import import CandleFrame as CandleFrame  # re-exported
+from services.ingest.candle_import import import_cryptodatadownload as import_cryptodatadownload
 from services.ingest.headlines import (
     DEFAULT_LIMITS,
     HeadlineRecord,
@@ -173,68 +175,3 @@ def _parse_time(text: str, zone: ZoneInfo, time_format: str | None) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class CandleFrame:
-    """Closed candles as parallel arrays: open time in epoch seconds, sorted ascending."""
-
-    open_time: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.open_time.size)
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> CandleFrame:
-        frame = frame.sort_values("open_time").drop_duplicates("open_time", keep="last")
-        return cls(*(frame[c].to_numpy(dtype=dtype) for c, dtype in _CANDLE_COLUMNS))
-
-
-_CANDLE_COLUMNS = (
-    ("open_time", np.int64),
-    ("open", np.float64),
-    ("high", np.float64),
-    ("low", np.float64),
-    ("close", np.float64),
-    ("volume", np.float64),
-)
-
-
-def import_cryptodatadownload(path: Path) -> CandleFrame:
-    """A CryptoDataDownload file: banner line, header, newest first, "2020-07-08 02-PM" (UTC)."""
-    path = Path(path)
-    frame = _read_csv(path, skiprows=1)
-    needed = {"Date", "Open", "High", "Low", "Close"}
-    if not needed <= set(frame.columns):
-        raise InvalidInput(f"{path} is not a CryptoDataDownload file (columns: {list(frame.columns)})")
-    volume_column = next(
-        (c for c in frame.columns if c.lower().startswith("volume") and "usd" not in c.lower()), None
-    )
-    dates = frame["Date"].str.strip()
-    hourly = pd.to_datetime(dates, format="%Y-%m-%d %I-%p", errors="coerce", utc=True)
-    plain = pd.to_datetime(dates, format="ISO8601", errors="coerce", utc=True)
-    stamps = hourly.fillna(plain)
-    if stamps.isna().any():
-        bad = dates[stamps.isna()].iloc[0]
-        raise InvalidInput(f"{path}: unrecognised date {bad!r}", param="Date")
-    try:
-        numbers = frame[["Open", "High", "Low", "Close"]].astype(float)
-        volume = frame[volume_column].astype(float) if volume_column else 0.0
-    except ValueError as exc:
-        raise InvalidInput(f"{path}: a price is not a number: {exc}") from exc
-    out = pd.DataFrame(
-        {
-            "open_time": (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1),
-            "open": numbers["Open"],
-            "high": numbers["High"],
-            "low": numbers["Low"],
-            "close": numbers["Close"],
-            "volume": volume,
-        }
-    )
-    return CandleFrame.from_frame(out)
