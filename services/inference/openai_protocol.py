@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common.cutoffs import KnowledgeCutoff
+
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 
@@ -137,6 +139,9 @@ class ModelCard(BaseModel):
     kind: Literal["base", "adapter", "full"] = "adapter"
     status: str = "served"
     reason: str | None = None
+    # What the model could have read (services/common/cutoffs.py): an adapter's and a full
+    # fine-tune's are their base's, as their manifest recorded it.
+    knowledge_cutoff: KnowledgeCutoff | None = None
 
 
 class ModelList(BaseModel):

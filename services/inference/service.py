@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.common.cutoffs import KnowledgeCutoff, cutoff_for
 from services.common.errors import NotFound
 from services.common.logging import forget, log_once
 from services.common.schemas import BASE_MODEL_NAME, PredictRequest, PredictResponse
@@ -191,16 +192,39 @@ class ModelService:
             return await self.fleet.chat(request.model, request)
         return await self.openai.chat(request)
 
+    def _cutoff(self, base_model: str, recorded: Any = None) -> KnowledgeCutoff:
+        """A manifest's recorded cutoff, else the base model's from the table or the setting."""
+        if recorded:
+            return KnowledgeCutoff.model_validate(recorded)
+        return cutoff_for(base_model, self.settings.model_cutoffs)
+
     async def models(self) -> ModelList:
         """The base, its served adapters, and every full fine-tune with its engine's status."""
         base = self.settings.public_base_name()
+        base_cutoff = self._cutoff(self.settings.resolved_base_model())
         cards = [
-            ModelCard(id=base, created=self._started, root=self.settings.resolved_base_model(), kind="base")
+            ModelCard(
+                id=base,
+                created=self._started,
+                root=self.settings.resolved_base_model(),
+                kind="base",
+                knowledge_cutoff=base_cutoff,
+            )
         ]
         for name in self.pool.served_names():
             record = self.pool.record_of(name)
+            manifest = record.manifest if record else None
+            cutoff = (
+                self._cutoff(manifest.base_model, manifest.base_model_cutoff) if manifest else base_cutoff
+            )
             cards.append(
-                ModelCard(id=name, created=self._started, root=record.path if record else name, parent=base)
+                ModelCard(
+                    id=name,
+                    created=self._started,
+                    root=record.path if record else name,
+                    parent=base,
+                    knowledge_cutoff=cutoff,
+                )
             )
         for row in self.fleet.describe():
             if row["status"] == "unloaded":
@@ -214,6 +238,7 @@ class ModelService:
                     kind="full",
                     status=row["status"],
                     reason=row["reason"],
+                    knowledge_cutoff=self._cutoff(row.get("base_model", ""), row.get("base_model_cutoff")),
                 )
             )
         return ModelList(data=cards)

@@ -25,6 +25,9 @@ def test_models_lists_the_base_and_every_served_adapter(
     assert {base, "alpha", "beta", "gamma", "hate"} <= set(models)
     assert models["alpha"].model_extra["parent"] == base
     assert models[base].model_extra["parent"] is None
+    # The tiny base read nothing outside this project, and its adapters inherit that (issue 15).
+    assert models[base].model_extra["knowledge_cutoff"]["status"] == "none"
+    assert models["alpha"].model_extra["knowledge_cutoff"]["status"] == "none"
 
 
 @pytest.mark.parametrize("model", ["alpha", "base"])
