@@ -1,0 +1,359 @@
+"""Headline files as people have them: CSV with any common delimiter and encoding, or JSON
+lines; the columns found by name or given; every row's time parsed with its precision.
+
+Reading: the encoding is taken from a byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8,
+else cp1252, else latin-1 (which reads any bytes); the delimiter is the one of ``,`` ``;``
+tab ``|`` that splits a sample of lines into the same number of fields as the header. Both
+can be given (``ReadOptions``). Blank lines are skipped; quoted fields may hold the delimiter
+and line breaks; line numbers in the rejects are the file's own (1 is the header).
+
+A file that cannot be read, or lacks a title or a time column, is refused whole
+(InvalidInput, nothing returned). Otherwise every row is taken or rejected on its own, the
+rejects counted by reason with their line numbers (``HeadlineImport``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from services.common.errors import InvalidInput
+from services.ingest.headline_times import TimeColumn, parse_time_column, resolve_dayfirst, to_us
+from services.ingest.headlines import (
+    DEFAULT_LIMITS,
+    HeadlineRecord,
+    ItemLimits,
+    Rejects,
+    field_fault,
+    normalise_title,
+    payload_sha256,
+)
+
+DELIMITERS = (",", ";", "\t", "|")
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+LINES_KEPT = 100  # line numbers kept per reject reason (the count is always whole)
+_SNIFF_LINES = 50
+# Column names each role is found under, in order of preference (compared lower-case, with
+# spaces, "_" and "-" dropped).
+COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "title": ("title", "headline", "headlines", "newstitle", "articletitle", "heading"),
+    "time": (
+        "publishedat", "published", "pubdate", "publishdate", "publicationdate", "datetime",
+        "timestamp", "time", "date", "createdat",
+    ),
+    "summary": ("summary", "description", "desc", "abstract", "snippet", "lead"),
+    "guid": ("guid", "id", "uuid", "articleid", "newsid"),
+}  # fmt: skip
+_NAME_DROP = re.compile(r"[\s_\-]+")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a file; None means find it out from the file."""
+
+    delimiter: str | None = None
+    encoding: str | None = None
+    dayfirst: bool | None = None
+    time_format: str | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which column holds what; None means found by name (``COLUMN_NAMES``)."""
+
+    title: str | None = None
+    time: str | None = None
+    summary: str | None = None
+    guid: str | None = None
+
+
+@dataclass
+class HeadlineImport:
+    records: list[HeadlineRecord] = field(default_factory=list)
+    rejects: Rejects = field(default_factory=Rejects)
+    lines: dict[str, list[int]] = field(default_factory=dict)  # reason -> first LINES_KEPT lines
+    detail: dict[str, Any] = field(default_factory=dict)  # encoding, delimiter, columns, time layout
+
+    def reject(self, reason: str, line: int, message: str = "") -> None:
+        self.rejects.add(reason, f"line {line}: {message}" if message else f"line {line}")
+        kept = self.lines.setdefault(reason, [])
+        if len(kept) < LINES_KEPT:
+            kept.append(line)
+
+    def summary(self) -> dict[str, Any]:
+        """What a backfill reports beside its counts."""
+        precision: dict[str, int] = {}
+        for record in self.records:
+            precision[record.precision.value] = precision.get(record.precision.value, 0) + 1
+        return {**self.detail, "precision": precision, "rejected_lines": self.lines}
+
+
+@dataclass
+class RawTable:
+    """A file's header and rows as text, each row with the line it starts on."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+    detail: dict[str, Any]
+    bad: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, message)
+
+
+def import_headlines(
+    path: Path,
+    source: str,
+    columns: ColumnMap = ColumnMap(),
+    options: ReadOptions = ReadOptions(),
+    limits: ItemLimits = DEFAULT_LIMITS,
+    now: datetime | None = None,
+) -> HeadlineImport:
+    """Read a headline file (CSV, or JSON lines by its suffix) into records and rejects."""
+    path = Path(path)
+    zone = _zone(options.timezone)
+    table = read_table(path, options)
+    mapping = _map_columns(path, table.columns, columns)
+    result = HeadlineImport(detail={**table.detail, "columns": mapping})
+    for line, reason, message in table.bad:
+        result.reject(reason, line, message)
+    positions = {name: table.columns.index(name) for name in mapping.values() if name}
+    cells = list(zip(*table.rows, strict=True)) if table.rows else [() for _ in table.columns]
+    titles = cells[positions[mapping["title"]]]
+    raw_times = cells[positions[mapping["time"]]]
+    keep = [
+        i
+        for i, (title, time) in enumerate(zip(titles, raw_times, strict=True))
+        if title.strip() or time.strip()
+    ]
+    times = [raw_times[i] for i in keep]  # rows blank in both (the Kaggle file's ",,") are skipped
+    lines = [table.lines[i] for i in keep]
+    dayfirst = resolve_dayfirst(times, lines, options.dayfirst)
+    parsed = parse_time_column(times, zone, dayfirst, options.time_format)
+    result.detail.update(dayfirst=dayfirst, time_layout=parsed.fast_format)
+    _build(result, table, keep, positions, mapping, parsed, source, limits, now or datetime.now(UTC))
+    return result
+
+
+def _build(
+    result: HeadlineImport,
+    table: RawTable,
+    keep: list[int],
+    positions: dict[str, int],
+    mapping: dict[str, str | None],
+    parsed: TimeColumn,
+    source: str,
+    limits: ItemLimits,
+    now: datetime,
+) -> None:
+    """Records for the rows whose title, time and fields pass (``time_fault``'s rule for
+    early and future times, vectorised)."""
+    early = parsed.published_us < to_us(limits.earliest)
+    late = parsed.published_us > to_us(now + limits.future_skew)
+    usable = ~(early | late)  # rejected rows may lie past what a datetime64 holds (year 2999)
+    published = _datetimes(np.where(usable, parsed.published_us, 0))
+    known = _datetimes(np.where(usable, parsed.known_us, 0))
+    title_at, time_at = positions[mapping["title"]], positions[mapping["time"]]
+    summary_at = positions.get(mapping["summary"] or "")
+    guid_at = positions.get(mapping["guid"] or "")
+    header = table.columns
+    for index, row_index in enumerate(keep):
+        row, line = table.rows[row_index], table.lines[row_index]
+        title = normalise_title(row[title_at])
+        fault = parsed.faults.get(index)
+        if not title:
+            result.reject("missing_title", line)
+        elif fault:
+            result.reject(fault[0], line, fault[1])
+        elif early[index] or late[index]:
+            result.reject("early_pubdate" if early[index] else "future_pubdate", line, row[time_at].strip())
+        else:
+            raw_time = row[time_at].strip()
+            guid = row[guid_at].strip() if guid_at is not None else ""
+            summary = normalise_title(row[summary_at]) if summary_at is not None else ""
+            record = HeadlineRecord(
+                source,
+                guid or payload_sha256({"title": title, "time": raw_time}),
+                title,
+                published[index],
+                None,
+                summary or None,
+                dict(zip(header, row, strict=True)),
+                parsed.precision[index],
+                known[index],
+            )
+            fault_name = field_fault(record, limits)
+            if fault_name:
+                result.reject(fault_name, line)
+            else:
+                result.records.append(record)
+
+
+def _datetimes(micros: np.ndarray) -> np.ndarray:
+    return pd.to_datetime(micros, unit="us", utc=True).to_pydatetime()
+
+
+def read_table(path: Path, options: ReadOptions = ReadOptions()) -> RawTable:
+    """The file's header and rows (InvalidInput if it cannot be read at all)."""
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}", param="path")
+    text, encoding = decode(path.read_bytes(), options.encoding, path)
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        return _json_lines(text, path, {"encoding": encoding, "layout": "jsonl"})
+    delimiter = _delimiter(options.delimiter) if options.delimiter else sniff_delimiter(text, path)
+    return _csv_rows(text, delimiter, path, {"encoding": encoding, "delimiter": delimiter, "layout": "csv"})
+
+
+def decode(data: bytes, encoding: str | None, path: Path) -> tuple[str, str]:
+    """Bytes to text and the encoding used (a BOM is dropped, never read as a character)."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+            return data.decode(encoding).lstrip("\ufeff"), encoding
+        except LookupError as exc:
+            raise InvalidInput(f"unknown encoding {encoding!r}", param="encoding") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{path} is not {encoding}: {exc}", param="encoding") from exc
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+    ):  # fmt: skip
+        if data.startswith(bom):
+            try:
+                return data.decode(name).lstrip("\ufeff"), name
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{path} starts with a {name} mark but is not {name}: {exc}") from exc
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:  # the Windows code page most non-UTF-8 exports are in; it leaves five bytes undefined
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def _delimiter(given: str) -> str:
+    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    value = named.get(given.lower(), given)
+    if len(value) != 1 or value in '"\r\n':
+        raise InvalidInput(f"delimiter must be one character, not {given!r}", param="delimiter")
+    return value
+
+
+def sniff_delimiter(text: str, path: Path) -> str:
+    """The candidate that splits the first lines most consistently into the header's count
+    of fields (two at least: a headline file has a title and a time)."""
+    sample = [line for line in text[: 1 << 16].splitlines()[:-1] or text.splitlines() if line.strip()]
+    sample = sample[:_SNIFF_LINES]
+    best, best_score = None, (0.0, 0)
+    for delimiter in DELIMITERS:
+        rows = list(csv.reader(sample, delimiter=delimiter))
+        width = len(rows[0]) if rows else 0
+        if width < 2:
+            continue
+        score = (sum(len(row) == width for row in rows) / len(rows), width)
+        if score > best_score:
+            best, best_score = delimiter, score
+    if best is None:
+        header = sample[0][:200] if sample else ""
+        raise InvalidInput(
+            f"{path}: no delimiter (, ; tab |) splits the header {header!r} into columns; pass --delimiter",
+            param="delimiter",
+        )
+    return best
+
+
+def _csv_rows(text: str, delimiter: str, path: Path, detail: dict[str, Any]) -> RawTable:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns: list[str] | None = None
+    rows, lines, bad = [], [], []
+    start = 1
+    try:
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if columns is None:
+                columns = [cell.strip() for cell in row]
+            elif len(row) != len(columns):
+                bad.append((line, "bad_fields", f"{len(row)} fields, the header has {len(columns)}"))
+            else:
+                rows.append(row)
+                lines.append(line)
+    except csv.Error as exc:
+        raise InvalidInput(
+            f"cannot read {path} as CSV near line {reader.line_num}: {exc}", param="path"
+        ) from exc
+    if columns is None:
+        raise InvalidInput(f"{path} is empty", param="path")
+    return RawTable(columns, rows, lines, detail, bad)
+
+
+def _json_lines(text: str, path: Path, detail: dict[str, Any]) -> RawTable:
+    objects, lines, bad = [], [], []
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            value = json.loads(content)
+        except json.JSONDecodeError as exc:
+            bad.append((line, "bad_json", str(exc)))
+            continue
+        if not isinstance(value, dict):
+            bad.append((line, "bad_json", f"a JSON {type(value).__name__}, not an object"))
+            continue
+        objects.append(value)
+        lines.append(line)
+    if not objects and not bad:
+        raise InvalidInput(f"{path} is empty", param="path")
+    columns = list(dict.fromkeys(key for value in objects for key in value))
+    rows = [[_text(value.get(name)) for name in columns] for value in objects]
+    return RawTable([str(name) for name in columns], rows, lines, detail, bad)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _map_columns(path: Path, found: list[str], given: ColumnMap) -> dict[str, str | None]:
+    """Each role's column: the given name (which must exist) or the first known name."""
+    by_key = {_NAME_DROP.sub("", name.lower()): name for name in reversed(found)}
+    mapping: dict[str, str | None] = {}
+    for role in ("title", "time", "summary", "guid"):
+        name = getattr(given, role)
+        if name is not None and name not in found:
+            raise InvalidInput(f"column {name!r} not in {path} (columns: {found})", param="column")
+        mapping[role] = name or next((by_key[key] for key in COLUMN_NAMES[role] if key in by_key), None)
+    missing = [role for role in ("title", "time") if mapping[role] is None]
+    if missing:
+        raise InvalidInput(
+            f"{path.name}: no {' and no '.join(missing)} column; columns found: {found}; a headline "
+            f"file needs a title column ({', '.join(COLUMN_NAMES['title'][:3])}...) and a time column "
+            f"({', '.join(COLUMN_NAMES['time'][:4])}...), or --title-column and --time-column",
+            param="column",
+        )
+    return mapping
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidInput(f"unknown timezone {name!r}", param="timezone") from exc
