@@ -15,6 +15,8 @@ from services.common.http import RowId
 from services.common.idempotency import IdempotencyKey
 from services.trainer import jobs
 from services.trainer.config import TrainConfig
+from services.trainer.events import tensorboard_dir_for
+from services.trainer.job_process import checkpoint_dir_for
 from services.trainer.schemas import JobList, JobOut
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import prepare
@@ -25,6 +27,13 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 def _settings(request: Request) -> TrainerSettings:
     return request.app.state.settings
+
+
+def _out(settings: TrainerSettings, job: TrainingJob) -> JobOut:
+    """The job as answered, with the directory its runner writes TensorBoard events to (named
+    after the runner's checkpoint directory, as training.train names it)."""
+    run = checkpoint_dir_for(settings, job.id).name
+    return JobOut.of(job, str(tensorboard_dir_for(settings, run)))
 
 
 @router.post("/jobs", status_code=201, dependencies=[Authorized])
@@ -45,13 +54,13 @@ async def submit_job(
     )
     if replayed:  # a concurrent request with the same key queued it first
         response.headers[idempotency.REPLAYED_HEADER] = "true"
-    return JobOut.of(job)
+    return _out(settings, job)
 
 
 def _replay(settings: TrainerSettings, key: str, body: dict) -> JobOut | None:
     """The job an earlier request with this key queued, before the costly checks run again."""
     job = idempotency.replay(settings.resolved_database_url, TrainingJob, key, body)
-    return None if job is None else JobOut.of(job)
+    return None if job is None else _out(settings, job)
 
 
 @router.get("/jobs")
@@ -60,16 +69,19 @@ async def list_jobs(
     state: Annotated[str | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobList:
-    found = await asyncio.to_thread(jobs.list_jobs, _settings(request).resolved_database_url, state, limit)
-    return JobList(jobs=[JobOut.of(job) for job in found])
+    settings = _settings(request)
+    found = await asyncio.to_thread(jobs.list_jobs, settings.resolved_database_url, state, limit)
+    return JobList(jobs=[_out(settings, job) for job in found])
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: RowId, request: Request) -> JobOut:
-    return JobOut.of(await asyncio.to_thread(jobs.get_job, _settings(request).resolved_database_url, job_id))
+    settings = _settings(request)
+    return _out(settings, await asyncio.to_thread(jobs.get_job, settings.resolved_database_url, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Authorized])
 async def cancel_job(job_id: RowId, request: Request) -> JobOut:
     """Queued: cancelled at once. Running: stops after its current step (state cancelling)."""
-    return JobOut.of(await asyncio.to_thread(jobs.cancel, _settings(request).resolved_database_url, job_id))
+    settings = _settings(request)
+    return _out(settings, await asyncio.to_thread(jobs.cancel, settings.resolved_database_url, job_id))

@@ -99,6 +99,12 @@ class DataConfig(BaseModel):
     max_length: int = Field(
         512, ge=8, description="Longest example in tokens; longer ones are cut at the end."
     )
+    packing: bool = Field(
+        False,
+        description="chat only: lay short training examples end to end in blocks of max_length "
+        "tokens, attention kept within each example (position ids restart per example); "
+        "validation stays one example per sequence.",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataConfig:
@@ -128,7 +134,15 @@ class OptimConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in backward (less memory)."
+        False,
+        description="Recompute each decoder layer's activations in backward (less memory, more "
+        "time; non-reentrant, as LoRA/QLoRA with peft need).",
+    )
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Validation loss every N optimizer steps (always before the first and after "
+        "the last step); null: only those two.",
     )
     seed: int = Field(0, description="Seeds weights init (LoRA), data order and dropout.")
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
@@ -171,6 +185,11 @@ class TrainConfig(BaseModel):
             raise ValueError("data.source 'file' needs data.path")
         if self.task != "btc-trend" and any((self.data.train, self.data.validation, self.data.test)):
             raise ValueError("time windows apply to btc-trend rows only")
+        if self.data.packing and self.task != "chat":
+            raise ValueError(
+                f"data.packing applies to chat only: task {self.task} scores a label token, so "
+                "each example keeps a sequence of its own"
+            )
         if self.base_model_cutoff is not None:  # checked now (future, after release), not at publish
             cutoff_for(PRESETS.get(self.base_model, self.base_model), job=self.base_model_cutoff)
         return self

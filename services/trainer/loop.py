@@ -5,6 +5,17 @@ to the queue, stop on a cancel between steps, and resume bit-for-bit from a chec
 holds only what trains (LoRA weights or the full model), the optimizer, the scheduler, the
 RNG states and the step. The data order of epoch e is a permutation seeded by (seed, e), so a
 resumed run sees exactly the batches the killed one would have.
+
+Packing (``data.packing``, chat only): short examples are laid end to end in blocks of at most
+``data.max_length`` tokens (``pack_examples``). Each block's position ids restart at every
+example, and the model is called without an attention mask: transformers (>= 4.5x, pinned 5.x)
+then builds a block-diagonal causal mask from the position ids (``find_packed_sequence_indices``
+in masking_utils, honoured by sdpa and eager attention alike), so no token attends to another
+example. The loss falls on the same answer tokens as without packing.
+
+Validation during training: with an ``evaluate`` callable, the loop scores the validation set
+before the first step (a fresh run), every ``optim.eval_steps`` steps, and after the last step;
+the history is part of the checkpoint, so a resumed run reports the whole of it.
 """
 
 from __future__ import annotations
@@ -61,12 +72,70 @@ def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+@dataclass(frozen=True)
+class PackedBlock:
+    """Several encoded examples end to end; ``segments`` holds (start, answer_start, end) of
+    each, as offsets into ``input_ids``."""
+
+    input_ids: list[int]
+    segments: tuple[tuple[int, int, int], ...]
+
+
+TrainItem = EncodedExample | PackedBlock
+
+
+def pack_examples(examples: Sequence[EncodedExample], max_length: int) -> list[PackedBlock]:
+    """Next-fit in the given order: an example joins the current block while the block stays
+    within ``max_length`` tokens (each example is already at most that long)."""
+    blocks: list[PackedBlock] = []
+    ids: list[int] = []
+    segments: list[tuple[int, int, int]] = []
+    for item in examples:
+        if ids and len(ids) + len(item.input_ids) > max_length:
+            blocks.append(PackedBlock(ids, tuple(segments)))
+            ids, segments = [], []
+        start = len(ids)
+        ids = ids + list(item.input_ids)
+        segments.append((start, start + item.answer_start, len(ids)))
+    if ids:
+        blocks.append(PackedBlock(ids, tuple(segments)))
+    return blocks
+
+
+def collate_packed(batch: Sequence[PackedBlock], pad_id: int) -> dict[str, Any]:
+    """Right-padded blocks with position ids that restart at each example (and at the padding,
+    which so forms a segment of its own that no real token can see: it comes after them all),
+    labels on each example's answer tokens, and no attention mask (see the module docstring)."""
+    import torch
+
+    width = max(len(block.input_ids) for block in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for row, block in enumerate(batch):
+        length = len(block.input_ids)
+        ids[row, :length] = torch.tensor(block.input_ids)
+        for start, answer_start, end in block.segments:
+            positions[row, start:end] = torch.arange(end - start)
+            labels[row, answer_start:end] = ids[row, answer_start:end]
+        positions[row, length:] = torch.arange(width - length)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
+def collate_items(batch: Sequence[TrainItem], pad_id: int) -> dict[str, Any]:
+    if batch and isinstance(batch[0], PackedBlock):
+        return collate_packed(batch, pad_id)  # type: ignore[arg-type]
+    return collate(batch, pad_id)  # type: ignore[arg-type]
+
+
 @dataclass
 class StepReport:
     step: int  # optimizer steps done
     total_steps: int
     loss: float
     elapsed_seconds: float
+    learning_rate: float | None = None  # the rate this step was taken with
+    validation_loss: float | None = None  # the latest evaluation's, if any
 
 
 @dataclass
@@ -74,6 +143,7 @@ class LoopHooks:
     on_step: Callable[[StepReport], None] | None = None
     should_stop: Callable[[], bool] | None = None  # polled after every step (cancel)
     on_checkpoint: Callable[[int, Path], None] | None = None
+    on_eval: Callable[[int, float], None] | None = None  # (step, validation loss)
 
 
 class Stopped(Exception):
@@ -89,6 +159,7 @@ class LoopResult:
     tokens: int
     losses: list[float] = field(default_factory=list)
     resumed_from_step: int = 0
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
 
     @property
     def epochs(self) -> float:
@@ -120,9 +191,10 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
     labels = batch["labels"]
     targets_next = labels[:, 1:]  # position t predicts token t + 1
     positions = (targets_next != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # union over the batch
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
-    ).logits
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    # No cache in training; a packed batch also needs none for its mask (masking_utils builds
+    # the per-example mask only when no cache is passed).
+    logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
     targets = targets_next[:, positions]
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
@@ -207,14 +279,17 @@ def compute_autocast(model: Any) -> Any:
 
 def run_loop(
     model: Any,
-    train_set: Sequence[EncodedExample],
+    train_set: Sequence[TrainItem],
     optim: OptimConfig,
     pad_id: int,
     checkpoint_dir: Path | None,
     fingerprint: str,
     hooks: LoopHooks | None = None,
     parallel: Parallel | None = None,
+    evaluate: Callable[[], float] | None = None,
 ) -> LoopResult:
+    """Train to ``total_steps``; with ``evaluate`` (the validation loss of the model being
+    trained) also at step 0, every ``optim.eval_steps`` and at the end (see the module docstring)."""
     import torch
 
     hooks = hooks or LoopHooks()
@@ -231,6 +306,8 @@ def run_loop(
         _restore(model, optimizer, scheduler, state, result, parallel)
         log.info("resumed from the checkpoint at step %d of %d", result.steps, total)
     else:
+        if evaluate is not None:  # before seeding: evaluation draws no random numbers anyway
+            _evaluate(0, evaluate, result, hooks)
         torch.manual_seed(optim.seed)
     model.train()
     autocast = compute_autocast(model)
@@ -239,8 +316,9 @@ def run_loop(
         epoch, index = divmod(result.steps, steps_per_epoch)
         order = _epoch_order(optim.seed, epoch, len(train_set))
         chosen = parallel.shard(order[index * optim.batch_size : (index + 1) * optim.batch_size])
-        batch = collate([train_set[i] for i in chosen], pad_id)
-        batch = {key: value.to(device) for key, value in batch.items()}
+        items = [train_set[i] for i in chosen]
+        batch = {key: value.to(device) for key, value in collate_items(items, pad_id).items()}
+        learning_rate = float(optimizer.param_groups[0]["lr"])
         with autocast:
             loss = answer_loss(model, batch)
         loss.backward()
@@ -252,16 +330,36 @@ def run_loop(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.steps += 1
-        result.tokens += parallel.total(int(batch["attention_mask"].sum()))
+        result.tokens += parallel.total(sum(len(item.input_ids) for item in items))  # no padding
         result.losses.append(parallel.mean(float(loss.detach())))
         result.train_seconds = time.perf_counter() - started
+        if evaluate is not None and _evaluation_due(optim, result.steps, total):
+            _evaluate(result.steps, evaluate, result, hooks)
+            started = time.perf_counter() - result.train_seconds  # evaluation is not training time
         if hooks.on_step:
-            hooks.on_step(StepReport(result.steps, total, result.losses[-1], result.train_seconds))
+            latest = result.evaluations[-1][1] if result.evaluations else None
+            hooks.on_step(
+                StepReport(
+                    result.steps, total, result.losses[-1], result.train_seconds, learning_rate, latest
+                )
+            )
         if checkpoint_dir is not None and result.steps % optim.checkpoint_every == 0 and result.steps < total:
             _checkpoint(checkpoint_dir, model, optimizer, scheduler, result, fingerprint, parallel, hooks)
         if hooks.should_stop and hooks.should_stop():
             raise Stopped(f"stopped at step {result.steps} of {total}")
     return result
+
+
+def _evaluation_due(optim: OptimConfig, step: int, total: int) -> bool:
+    return step == total or bool(optim.eval_steps and step % optim.eval_steps == 0)
+
+
+def _evaluate(step: int, evaluate: Callable[[], float], result: LoopResult, hooks: LoopHooks) -> None:
+    loss = evaluate()
+    result.evaluations.append((step, loss))
+    log.info("step %d of %d: validation loss %.4f", step, result.total_steps, loss)
+    if hooks.on_eval:
+        hooks.on_eval(step, loss)
 
 
 def _checkpoint(
@@ -298,6 +396,7 @@ def _state(
         "tokens": result.tokens,
         "train_seconds": result.train_seconds,
         "losses": list(result.losses),
+        "evaluations": [[step, loss] for step, loss in result.evaluations],
         "trainable": trainable,
         "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
@@ -315,6 +414,7 @@ def _restore(
     result.tokens = int(state["tokens"])
     result.train_seconds = float(state["train_seconds"])
     result.losses = list(state["losses"])
+    result.evaluations = [(int(step), float(loss)) for step, loss in state.get("evaluations", [])]
     result.resumed_from_step = result.steps
 
 

@@ -150,8 +150,13 @@ def _wrap_lora(config: TrainConfig, model: Any) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if config.method.quantised:
+        # peft 0.21 re-enables checkpointing here with the kwargs it is given; without them
+        # torch falls back to the reentrant variant (with a warning) and peft patches the
+        # embeddings instead. Non-reentrant, as for lora and full.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.optim.gradient_checkpointing
+            model,
+            use_gradient_checkpointing=config.optim.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif config.optim.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad

@@ -24,6 +24,11 @@ class JobOut(BaseModel):
     error: str | None
     attempts: int
     checkpoint_path: str | None
+    tensorboard_dir: str | None = Field(
+        None,
+        description="Where the job writes its TensorBoard event files (train loss, learning rate, "
+        "validation loss, held-out scores): <data_dir>/jobs/job-<id>/tensorboard, once it runs.",
+    )
     metrics: dict[str, Any] = Field(
         description="Filled when the job succeeds: time, memory, tokens/s, adapter."
     )
@@ -34,9 +39,10 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: object) -> JobOut:
+    def of(cls, job: object, tensorboard_dir: str | None = None) -> JobOut:
         out = cls.model_validate(job)
         out.progress = out.step / out.total_steps if out.total_steps else 0.0
+        out.tensorboard_dir = tensorboard_dir
         return out
 
 

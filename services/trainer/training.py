@@ -2,7 +2,11 @@
 
 ``prepare`` does every check that needs no weights (base model reachable, rank, device,
 windows, classes, corpus lines) so a bad job fails before any training, with nothing
-written. ``train`` is what the CLI, the job runner and the demo call.
+written; with ``data.packing`` it packs the training examples (services/trainer/loop.py).
+``train`` is what the CLI, the job runner and the demo call. It writes TensorBoard events
+(train loss and learning rate per step, validation loss per evaluation, the held-out scores at
+the end) under the job's directory (services/trainer/events.py) and records gradient
+checkpointing, packing and the validation history (best and last) in the manifest.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ from services.common.settings import get_settings
 from services.trainer.config import TrainConfig
 from services.trainer.datasets import DatasetSplit, Example, build_dataset
 from services.trainer.distributed import Parallel
+from services.trainer.events import EventWriter, tensorboard_dir_for
 from services.trainer.loop import (
     LoopHooks,
     LoopResult,
+    StepReport,
+    TrainItem,
     encode_examples,
     mean_answer_loss,
+    pack_examples,
     run_loop,
     total_steps_for,
 )
@@ -60,8 +68,8 @@ class Prepared:
     dtype: str
     dataset: DatasetSplit
     tokenizer: Any
-    train_set: list[EncodedExample]
-    validation_set: list[EncodedExample]
+    train_set: list[TrainItem]  # EncodedExample, or PackedBlock with data.packing
+    validation_set: list[EncodedExample]  # never packed: one example per sequence
     total_steps: int
     fingerprint: str
 
@@ -89,7 +97,16 @@ def prepare(config: TrainConfig, settings: TrainerSettings | None = None) -> Pre
             param="data.max_length",
         )
     dataset.notes["too_long_dropped"] = dropped
-    _, total = total_steps_for(config.optim, len(train_set))
+    items: list[TrainItem] = list(train_set)
+    if config.data.packing:
+        items = list(pack_examples(train_set, config.data.max_length))
+        dataset.notes["packing"] = {
+            "examples": len(train_set),
+            "blocks": len(items),
+            "max_length": config.data.max_length,
+            "tokens": sum(len(e.input_ids) for e in train_set),
+        }
+    _, total = total_steps_for(config.optim, len(items))
     return Prepared(
         config,
         base,
@@ -97,7 +114,7 @@ def prepare(config: TrainConfig, settings: TrainerSettings | None = None) -> Pre
         dtype,
         dataset,
         tokenizer,
-        train_set,
+        items,
         validation_set,
         total,
         _fingerprint(config, dataset),
@@ -116,13 +133,16 @@ def train(
     checkpoint_dir: Path | None = None,
     hooks: LoopHooks | None = None,
     prepared: Prepared | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> PublishedAdapter:
     """Train, evaluate and publish one adapter (or full model); returns where it was published.
 
     With ``checkpoint_dir`` the run saves a checkpoint every ``optim.checkpoint_every`` steps
-    and resumes from one left there by a killed run of the same job.
+    and resumes from one left there by a killed run of the same job. TensorBoard events go to
+    ``tensorboard_dir``, by default ``<data_dir>/jobs/<checkpoint_dir's name, or the adapter
+    name>/tensorboard`` (``job-<id>`` for a queued job).
     """
-    published = _train(config, settings, checkpoint_dir, hooks, prepared, Parallel())
+    published = _train(config, settings, checkpoint_dir, hooks, prepared, Parallel(), tensorboard_dir)
     assert published is not None  # a single process is always the main one
     return published
 
@@ -133,6 +153,7 @@ def train_distributed(
     hooks: LoopHooks | None = None,
     prepared: Prepared | None = None,
     checkpoint_dir: Path | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> PublishedAdapter | None:
     """Under a launcher (accelerate launch, torchrun): every rank trains on its share of each
     batch, data-parallel or sharded (services.trainer.distributed); every rank evaluates, and
@@ -142,7 +163,7 @@ def train_distributed(
     try:
         parallel.check(config.method, config.optim.batch_size)
         main_hooks = hooks if parallel.is_main else None
-        return _train(config, settings, checkpoint_dir, main_hooks, prepared, parallel)
+        return _train(config, settings, checkpoint_dir, main_hooks, prepared, parallel, tensorboard_dir)
     finally:
         parallel.close()
 
@@ -154,9 +175,51 @@ def _train(
     hooks: LoopHooks | None,
     prepared: Prepared | None,
     parallel: Parallel,
+    tensorboard_dir: Path | None = None,
 ) -> PublishedAdapter | None:
     settings = settings or get_settings(TrainerSettings)
     job = prepared or prepare(config, settings)
+    events_dir = tensorboard_dir or tensorboard_dir_for(
+        settings, checkpoint_dir.name if checkpoint_dir is not None else config.name
+    )
+    writer = EventWriter(events_dir) if parallel.is_main else None  # one writer per job
+    try:
+        return _train_and_publish(config, settings, checkpoint_dir, hooks, job, parallel, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _event_hooks(hooks: LoopHooks | None, writer: EventWriter | None) -> LoopHooks | None:
+    """The caller's hooks, with every step and evaluation also written to the event file."""
+    if writer is None:
+        return hooks
+    given = hooks or LoopHooks()
+
+    def on_step(report: StepReport) -> None:
+        writer.scalars(report.step, {"train/loss": report.loss, "train/learning_rate": report.learning_rate})
+        if given.on_step:
+            given.on_step(report)
+
+    def on_eval(step: int, loss: float) -> None:
+        writer.scalars(step, {"validation/loss": loss})
+        if given.on_eval:
+            given.on_eval(step, loss)
+
+    return LoopHooks(
+        on_step=on_step, should_stop=given.should_stop, on_checkpoint=given.on_checkpoint, on_eval=on_eval
+    )
+
+
+def _train_and_publish(
+    config: TrainConfig,
+    settings: TrainerSettings,
+    checkpoint_dir: Path | None,
+    hooks: LoopHooks | None,
+    job: Prepared,
+    parallel: Parallel,
+    writer: EventWriter | None,
+) -> PublishedAdapter | None:
     if job.device == "cpu" and settings.return_freed_memory:
         return_freed_memory_to_os()
     reset_peak(job.device)
@@ -166,14 +229,25 @@ def _train(
         "%s on %s (%s): %d of %d parameters train", config.method, job.device, job.dtype, trainable, total
     )
     pad_id = job.tokenizer.pad_token_id
-    loss_before = mean_answer_loss(model, job.validation_set, pad_id)
-    result = run_loop(
-        model, job.train_set, config.optim, pad_id, checkpoint_dir, job.fingerprint, hooks, parallel
-    )
     # Every rank evaluates: a sharded model's forward needs all of them (the same batches on
     # each, so the figures agree); then the shards are gathered for the main rank to save.
-    loss_after = mean_answer_loss(model, job.validation_set, pad_id)
+    result = run_loop(
+        model,
+        job.train_set,
+        config.optim,
+        pad_id,
+        checkpoint_dir,
+        job.fingerprint,
+        _event_hooks(hooks, writer),
+        parallel,
+        evaluate=lambda: mean_answer_loss(model, job.validation_set, pad_id),
+    )
     evaluation = evaluate_labels(model, job) if config.evaluate_accuracy and job.dataset.labels else None
+    if writer is not None and evaluation is not None:
+        writer.scalars(
+            result.steps,
+            {f"eval/{key}": evaluation[key] for key in ("accuracy", "majority_baseline")},
+        )
     state = parallel.full_state_dict(model)
     if not parallel.is_main:
         parallel.wait()  # the main rank publishes
@@ -184,11 +258,11 @@ def _train(
     manifest.base_model_cutoff = cutoff_for(job.base.name, settings.model_cutoffs, config.base_model_cutoff)
     manifest.extra.update(
         {
-            "validation_loss_before": loss_before,
-            "validation_loss_after": loss_after,
+            **validation_record(result, config.optim.eval_steps),
             "evaluation": evaluation,
             "processes": parallel.world,
             "parallelism": parallel.strategy,
+            "tensorboard_dir": str(writer.path.parent) if writer is not None else None,
         }
     )
     published = publish(
@@ -212,6 +286,24 @@ def _train(
     )
     parallel.wait()
     return published
+
+
+def validation_record(result: LoopResult, eval_steps: int | None) -> dict[str, Any]:
+    """The manifest's validation-loss fields: before and after (as always), and the history of
+    evaluations during training with its best and last entries."""
+    history = [{"step": step, "loss": loss} for step, loss in result.evaluations]
+    scored = [entry for entry in history if entry["loss"] == entry["loss"]]  # NaN: empty set
+    before = next((entry["loss"] for entry in history if entry["step"] == 0), float("nan"))
+    return {
+        "validation_loss_before": before,
+        "validation_loss_after": history[-1]["loss"] if history else float("nan"),
+        "validation": {
+            "eval_steps": eval_steps,
+            "history": history,
+            "best": min(scored, key=lambda entry: entry["loss"]) if scored else None,
+            "last": history[-1] if history else None,
+        },
+    }
 
 
 def evaluate_labels(model: Any, job: Prepared) -> dict[str, Any]:
@@ -269,6 +361,8 @@ def _manifest(
             "epochs": result.epochs,
             "resumed_from_step": result.resumed_from_step,
             "final_train_loss": result.losses[-1] if result.losses else None,
+            "gradient_checkpointing": config.optim.gradient_checkpointing,
+            "packing": config.data.packing,
             "device": job.device,
             "dtype": job.dtype,
             "examples": {
