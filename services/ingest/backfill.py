@@ -1,4 +1,4 @@
-"""Backfills from files: headline CSVs and CryptoDataDownload candle CSVs, stored idempotently."""
+"""Backfills from files: headline CSVs and candle files (``candle_import``), stored idempotently."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 from services.common.db import session_scope
 from services.common.labelling import timeframe_seconds
-from services.ingest.candles import find_gaps, validate_candles
+from services.ingest import metrics
+from services.ingest.candle_import import ImportOptions, import_candle_file
+from services.ingest.candles import find_gaps
 from services.ingest.csv_import import (
     KAGGLE_CNBC_SOURCE,
-    import_cryptodatadownload,
     import_headline_csv,
     import_kaggle_cnbc,
 )
@@ -56,25 +57,41 @@ def backfill_headline_csv(
 
 
 def backfill_candles_csv(
-    settings: IngestSettings, path: Path, exchange: str, symbol: str, timeframe: str
+    settings: IngestSettings,
+    path: Path,
+    exchange: str,
+    symbol: str,
+    timeframe: str | None = None,
+    options: ImportOptions | None = None,
 ) -> SourceOutcome:
-    """A CryptoDataDownload candle file; gaps in it are recorded, never filled. Candles that
-    fail validation (``candles.validate_candles``; one not closed yet counts as future) are
-    rejected and counted, the rest stored."""
-    tf = timeframe_seconds(timeframe)
-    candles, rejects = validate_candles(
-        import_cryptodatadownload(Path(path)),
-        tf,
-        int(time.time()) - tf,  # only closed candles: one opening after now - timeframe is open
-        int(settings.earliest_time.timestamp()),
-        settings.max_candle_price,
+    """A candle file in any layout ``candle_import`` reads; the timeframe is the file's spacing
+    (a ``timeframe`` given must agree). Rows that fail validation are rejected, counted by
+    reason (with their first line numbers in ``detail``) and in the metrics; the rest are
+    stored in one transaction (an upsert: importing a file twice changes nothing). Gaps are
+    recorded, never filled. A file in no known layout raises InvalidInput: nothing stored."""
+    imported = import_candle_file(
+        Path(path),
+        options,
+        timeframe,
+        now_seconds=time.time(),
+        earliest_seconds=settings.earliest_time.timestamp(),
+        max_price=settings.max_candle_price,
     )
-    gaps = find_gaps(candles.open_time, tf)
+    frame, timeframe = imported.candles, imported.timeframe
+    gaps = find_gaps(frame.open_time, timeframe_seconds(timeframe))
     source = candle_source(exchange, symbol, timeframe)
     with session_scope(settings.resolved_database_url) as session:
-        written = upsert_candles(session, exchange, symbol, timeframe, candles)
+        written = upsert_candles(session, exchange, symbol, timeframe, frame)
         new_gaps = insert_gaps(session, exchange, symbol, timeframe, gaps)
-    count_rejects(source, rejects)
-    return SourceOutcome(
-        source, True, stored=written, rejected=dict(rejects.counts), detail={"gaps": new_gaps}
-    )
+    count_rejects(source, imported.rejects.as_rejects())
+    for reason, count in imported.rejects.counts.items():
+        metrics.IMPORT_REJECTED.labels("candle", reason).inc(count)
+    metrics.CANDLES.labels(source).inc(written)
+    detail = {
+        "layout": imported.layout,
+        "timeframe": timeframe,
+        "rows": imported.rows,
+        "rejected_lines": imported.rejects.lines,
+        "gaps": new_gaps,
+    }
+    return SourceOutcome(source, True, stored=written, rejected=dict(imported.rejects.counts), detail=detail)

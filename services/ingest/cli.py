@@ -94,24 +94,49 @@ def backfill_headlines(
 @app.command("backfill-candles")
 def backfill_candles(
     path: Annotated[
-        Path | None, typer.Argument(help="CryptoDataDownload CSV; omit to pull through ccxt.")
+        Path | None,
+        typer.Argument(help="Candle file (CSV, Binance zip, ccxt JSON); omit to pull through ccxt."),
     ] = None,
     exchange: Annotated[
         str | None, typer.Option(help="Exchange id to store under; default HSIG_EXCHANGE.")
     ] = None,
     symbol: Annotated[str | None, typer.Option(help="Symbol; default HSIG_SYMBOL.")] = None,
-    timeframe: Annotated[str | None, typer.Option(help="Timeframe; default HSIG_TIMEFRAME.")] = None,
+    timeframe: Annotated[
+        str | None,
+        typer.Option(
+            help="Timeframe; a file's must match its spacing (default: inferred); ccxt: HSIG_TIMEFRAME."
+        ),
+    ] = None,
     until: Annotated[datetime | None, typer.Option(help="Pull up to this UTC time (ccxt only).")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(help="Force a layout: cryptodatadownload, yahoo, binance, ccxt-json, generic."),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="Generic layout: KEY=COLUMN for time, open, high, low, close, volume (repeat)."),
+    ] = None,
+    time_unit: Annotated[
+        str | None, typer.Option(help="Unit of numeric times: s, ms or us (default: from their size).")
+    ] = None,
+    time_format: Annotated[
+        str | None, typer.Option(help="strptime format of text times (default: ISO 8601, UTC).")
+    ] = None,
 ) -> None:
-    """Store candles from a CryptoDataDownload CSV, or pull them through ccxt from HSIG_EXCHANGE."""
+    """Store candles from a file (layout read from its header), or pull them through ccxt.
+
+    Bad rows are rejected and counted by reason with line numbers, the rest stored; a file in
+    no known layout stores nothing (exit 2)."""
     settings = _settings()
     exchange, symbol = exchange or settings.exchange, symbol or settings.symbol
-    timeframe = timeframe or settings.timeframe
     if path is not None:
         from services.ingest.backfill import backfill_candles_csv
+        from services.ingest.candle_import import ImportOptions, parse_column_mapping
 
-        _print(backfill_candles_csv(settings, path, exchange, symbol, timeframe))
+        options = ImportOptions(layout, parse_column_mapping(column or []), time_unit, time_format)
+        _print(backfill_candles_csv(settings, path, exchange, symbol, timeframe, options))
         return
+    timeframe = timeframe or settings.timeframe
     from services.ingest.cycle import pull_market
 
     local = settings.model_copy(update={"exchange": exchange, "symbol": symbol, "timeframe": timeframe})

@@ -39,6 +39,11 @@ SCHEDULED_SKIPPED = Counter(
     "Scheduled slots this replica skipped because another replica had claimed them, by job.",
     ["job"],
 )
+IMPORT_REJECTED = Counter(
+    "hsig_ingest_import_rejected_total",
+    "Rows of an imported file (hsig ingest backfill-...) rejected, by kind (candle or headline) and reason.",
+    ["kind", "reason"],
+)
 QUARANTINED = Counter(
     "hsig_ingest_quarantined_total",
     "Stored rows the labeller quarantined (marked with a reason and skipped), by kind (headline or"
