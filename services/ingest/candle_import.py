@@ -123,6 +123,22 @@ class ImportOptions:
     time_format: str | None = None
 
 
+def parse_column_mapping(pairs: list[str]) -> dict[str, str]:
+    """``["time=Timestamp", "open=O", ...]`` (the CLI's ``--column``) as a mapping."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, name = pair.partition("=")
+        key = key.strip().lower()
+        if not sep or not name.strip() or key not in GENERIC_KEYS:
+            raise InvalidInput(
+                f"--column {pair!r}: use KEY=COLUMN with KEY one of {', '.join(GENERIC_KEYS)}", param="column"
+            )
+        if key in mapping:
+            raise InvalidInput(f"--column {key} given twice", param="column")
+        mapping[key] = name.strip()
+    return mapping
+
+
 # --- reading the file ---------------------------------------------------------------------
 
 
