@@ -1,4 +1,6 @@
-"""HTTP routes: start backtests, list and fetch reports. Logic lives in runner/schedule/store."""
+"""HTTP routes: start backtests and walk-forwards, list and fetch reports.
+
+Logic lives in runner/schedule/store/walk_forwards."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 
-from services.backtest import store
+from services.backtest import store, walk_forwards
 from services.backtest.predictors.outbound import local_paths_on_volumes
 from services.backtest.runner import preflight
 from services.backtest.schedule import BacktestScheduler
@@ -21,6 +23,7 @@ from services.common.db.models import BacktestRun
 from services.common.errors import InvalidInput, NotFound
 from services.common.http import MAX_ROW_ID, RowId
 from services.common.idempotency import IdempotencyKey
+from services.common.walk_forward_plan import WalkForwardRequest
 
 router = APIRouter(prefix="/v1", tags=["backtest"])
 
@@ -79,6 +82,42 @@ async def start_backtest(
 async def get_backtest(run_id: RowId, request: Request) -> RunOut:
     run = await asyncio.to_thread(store.get_run, _settings(request).resolved_database_url, run_id)
     return run_out(run)
+
+
+@router.post("/walk-forwards", status_code=status.HTTP_202_ACCEPTED, dependencies=[Authorized])
+async def start_walk_forward(
+    body: WalkForwardRequest, request: Request, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Check the plan against the rows at once (422 naming the setting and the largest k that
+    fits), then queue it for a pipeline worker (``hsig pipeline worker``); 202 with the item.
+    With an ``Idempotency-Key`` a repeat returns the item the key queued, and queues nothing."""
+    settings = _settings(request)
+    key = idempotency.checked(idempotency_key)
+    item, replayed = await asyncio.to_thread(walk_forwards.start_walk_forward, settings, body, key)
+    out = await asyncio.to_thread(walk_forwards.walk_forward_out, settings, item)
+    headers = {"Location": f"/v1/walk-forwards/{item.id}"}
+    if replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
+    return JSONResponse(out.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@router.get("/walk-forwards/{item_id}")
+async def get_walk_forward(item_id: RowId, request: Request) -> walk_forwards.WalkForwardOut:
+    """The item's state and the worker's last progress line, each fold (state, versions, its
+    backtest's report URLs) and, once pooled, the pooled figures."""
+    return await asyncio.to_thread(walk_forwards.get_walk_forward, _settings(request), item_id)
+
+
+@router.get("/walk-forwards")
+async def list_walk_forwards(
+    request: Request,
+    state: Annotated[
+        str | None, Query(max_length=16, description="Only walk-forwards in this state.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[walk_forwards.WalkForwardOut]:
+    """Newest first."""
+    return await asyncio.to_thread(walk_forwards.list_walk_forwards, _settings(request), state, limit)
 
 
 @router.get("/reports")

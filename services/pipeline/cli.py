@@ -21,6 +21,7 @@ from services.common.settings import get_settings
 from services.inference.cli import app as inference_app
 from services.ingest.cli import app as ingest_app
 from services.pipeline.commands import attach
+from services.pipeline.walk_forward_worker import app as pipeline_app
 from services.trainer.cli import app as trainer_app
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(inference_app, name="inference")
 app.add_typer(backtest_app, name="backtest")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+app.add_typer(pipeline_app, name="pipeline")
 
 
 def main() -> None:
