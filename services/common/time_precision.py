@@ -36,23 +36,27 @@ _FIXED = {Precision.second: 1, Precision.minute: 60, Precision.hour: 3600}
 def period_start(moment: datetime, precision: Precision, zone: ZoneInfo | None = None) -> datetime:
     """The start of the precision period holding ``moment`` (aware), in UTC.
 
-    Hours and finer are truncated on the UTC clock (every zone in use today is offset by
-    whole minutes, and by whole hours or half hours, so minute truncation agrees everywhere;
-    hour truncation is on the zone's clock for the half-hour zones). Days are the zone's
-    calendar day.
+    Hours and finer are truncated on the zone's clock at the offset in force at ``moment``
+    (minutes agree in every zone, all being offset by whole minutes; hours differ in the
+    half-hour zones). Keeping that one offset, rather than reading the truncated wall time back
+    through the zone, keeps ``moment`` inside its period when the hour is repeated or skipped
+    (01:30 in the second, standard-time pass of a fall-back night starts at 01:00 standard
+    time, not at the first 01:00). Days are the zone's calendar day, from its first midnight.
     """
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("moment must be timezone-aware")
     local = moment.astimezone(zone or UTC)
     if precision is Precision.day:
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    elif precision is Precision.hour:
+        return _wall_to_utc(start, zone or UTC)
+    if precision is Precision.hour:
         start = local.replace(minute=0, second=0, microsecond=0)
     elif precision is Precision.minute:
         start = local.replace(second=0, microsecond=0)
     else:
         start = local.replace(microsecond=0)
-    return _wall_to_utc(start, zone or UTC)
+    offset = local.utcoffset() or timedelta(0)
+    return (start.replace(tzinfo=None) - offset).replace(tzinfo=UTC)
 
 
 def known_at(moment: datetime, precision: Precision, zone: ZoneInfo | None = None) -> datetime:

@@ -47,6 +47,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -114,7 +116,7 @@ def upgrade() -> None:
     with op.batch_alter_table("labelled_rows", schema=None) as batch_op:
         batch_op.add_column(sa.Column("known_at", _time(), nullable=True))
     backfill(op.get_bind())
-    with op.batch_alter_table("headlines", schema=None) as batch_op:
+    with _rows_kept_through_copy(op.get_bind()), op.batch_alter_table("headlines", schema=None) as batch_op:
         batch_op.alter_column("time_precision", existing_type=sa.String(length=8), nullable=False)
         batch_op.alter_column("known_at", existing_type=_time(), nullable=False)
         batch_op.create_index(batch_op.f("ix_headlines_known_at"), ["known_at"], unique=False)
@@ -122,10 +124,25 @@ def upgrade() -> None:
         batch_op.alter_column("known_at", existing_type=_time(), nullable=False)
 
 
+@contextmanager
+def _rows_kept_through_copy(connection: sa.Connection) -> Iterator[None]:
+    """SQLite alters a column by copying the table and dropping the old one; with foreign keys
+    on, dropping ``headlines`` cascades to every labelled row. Keep them aside and put them
+    back, ids and all, once the new ``headlines`` (same ids) is in place."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.execute(sa.text("CREATE TEMP TABLE labelled_rows_0006 AS SELECT * FROM labelled_rows"))
+    yield
+    connection.execute(sa.text("DELETE FROM labelled_rows"))
+    connection.execute(sa.text("INSERT INTO labelled_rows SELECT * FROM labelled_rows_0006"))
+    connection.execute(sa.text("DROP TABLE labelled_rows_0006"))
+
+
 def downgrade() -> None:
     with op.batch_alter_table("labelled_rows", schema=None) as batch_op:
         batch_op.drop_column("known_at")
-    with op.batch_alter_table("headlines", schema=None) as batch_op:
+    with _rows_kept_through_copy(op.get_bind()), op.batch_alter_table("headlines", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_headlines_known_at"))
         batch_op.drop_column("known_at")
         batch_op.drop_column("time_precision")
