@@ -31,7 +31,7 @@ import numpy as np
 from services.common.errors import HsigError, InvalidInput, OperationalError, TemporaryError
 from services.common.labelling import candle_faults, timeframe_seconds
 from services.common.redact import redact_text
-from services.ingest.csv_import import CandleFrame
+from services.ingest.candle_import import CandleFrame
 from services.ingest.headlines import Rejects
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class CandlePull:
     dropped_open: int = 0
     rejects: Rejects = field(default_factory=Rejects)
     error: HsigError | None = None
+    asked_to: int | None = None  # the exchange was asked for every candle opening before this
 
 
 def _number(value: Any) -> float:
@@ -293,11 +294,18 @@ def pull_candles(
     progress: Callable[[int, int], None] | None = None,
     earliest_seconds: int | None = None,
     max_price: float = math.inf,
+    known_end_seconds: int | None = None,
 ) -> CandlePull:
     """Page ``fetch_ohlcv`` from ``since_seconds`` until the candle open at ``now_seconds`` (dropped).
 
     A failure on the first page raises; on a later page the candles gathered so far come back
     with ``error`` set. Bad candles are rejected (``validate_candles``), the rest kept.
+
+    ``known_end_seconds`` is a previous pull's ``asked_to``: the exchange had nothing more up
+    to there. The range is asked once more from ``since_seconds`` (late candles are caught);
+    at the first short or empty page inside it the pull jumps to its end instead of paging
+    through empty windows again, so at the present, where an exchange's data stops (a market
+    delisted, a replay of old data), a cycle asks once or twice, not once per empty page.
     """
     tf = timeframe_seconds(timeframe)
     what = f"{exchange.id} fetch_ohlcv {symbol} {timeframe}"
@@ -305,7 +313,10 @@ def pull_candles(
     rejects = Rejects()
     error: HsigError | None = None
     cursor, pages = since_seconds - since_seconds % tf, 0
+    known_end = known_end_seconds - known_end_seconds % tf if known_end_seconds is not None else None
+    expected = False  # a page asked beyond the known end: there, no candle at all is an error
     while cursor + tf <= now_seconds and pages < max_pages:
+        expected = expected or known_end is None or cursor >= known_end
         try:
             page = call_exchange(
                 what,
@@ -331,17 +342,20 @@ def pull_candles(
             break  # only candles from the future: nothing later can be closed yet
         else:
             cursor += limit * tf  # a window with no trades at all: step over it
+        if known_end is not None and cursor < known_end and len(fresh) < limit:
+            cursor = known_end  # asked before and found empty: no need to page through it again
         if progress:
             progress(pages, len(rows))
     frame, rejects = validate_candles(_frame(rows), tf, now_seconds, earliest_seconds, max_price, rejects)
     closed = frame.open_time + tf <= now_seconds
     dropped = int((~closed).sum())
     frame = _select(frame, closed)
-    if error is None and pages and not len(frame):
+    asked_to = min(cursor, now_seconds - now_seconds % tf)  # the open candle is asked again
+    if error is None and pages and expected and not len(frame):
         error = OperationalError(
             f"{what}: no usable closed candle in {pages} page(s) from {since_seconds} to {now_seconds}"
             f" (rejected: {rejects.counts or 'none'})",
             param="empty_reply",
         )
     gaps = find_gaps(frame.open_time, tf, previous_open_seconds)
-    return CandlePull(frame, gaps, pages, dropped, rejects, error)
+    return CandlePull(frame, gaps, pages, dropped, rejects, error, asked_to)

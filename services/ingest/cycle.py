@@ -209,6 +209,7 @@ def pull_market(
     tf = timeframe_seconds(settings.timeframe)
     with session_scope(url) as session:
         last = last_candle_time(session, settings.exchange, settings.symbol, settings.timeframe)
+        known_end = get_source_state(session, source).cursor  # where the exchange's data ended
     since = last + timedelta(seconds=tf) if last else settings.candle_since
     end = min(now, until) if until else now
     exchange = build_exchange(
@@ -226,16 +227,19 @@ def pull_market(
         progress,
         earliest_seconds=int(settings.earliest_time.timestamp()),
         max_price=settings.max_candle_price,
+        known_end_seconds=int(known_end.timestamp()) if known_end else None,
     )
     with session_scope(url) as session:
         written = upsert_candles(
             session, settings.exchange, settings.symbol, settings.timeframe, pull.candles
         )
         gaps = insert_gaps(session, settings.exchange, settings.symbol, settings.timeframe, pull.gaps)
-        fetched_to = int(pull.candles.open_time[-1]) + tf if len(pull.candles) else None
-        cursor = datetime.fromtimestamp(fetched_to, tz=UTC) if fetched_to else since
+        # The cursor is where the exchange's data was known to end: the next pull at the
+        # present asks once from the last stored candle, then jumps there (pull_candles).
+        asked_to = datetime.fromtimestamp(pull.asked_to, tz=UTC) if pull.asked_to is not None else since
+        cursor = max(asked_to, known_end) if known_end else asked_to  # an --until pull keeps it
         if pull.error is None:
-            record_success(session, source, cursor=cursor)  # informational: the next pull starts there
+            record_success(session, source, cursor=cursor)
         else:
             record_state(session, source, cursor=cursor)  # the good candles are kept; not a success
     count_rejects(source, pull.rejects)
