@@ -16,7 +16,7 @@ from typing import Any
 from services.common.db.migrate import upgrade
 from services.common.labelling import timeframe_seconds
 from services.ingest.backfill import backfill_kaggle_cnbc
-from services.ingest.csv_import import import_cryptodatadownload
+from services.ingest.candle_import import import_cryptodatadownload
 from services.ingest.cycle import label_pass, pull_market, run_cycle
 from services.ingest.settings import IngestSettings
 from services.pipeline.replay_server import CoinbaseSeries, FeedSequence, ReplayServer
