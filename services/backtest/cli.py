@@ -129,6 +129,9 @@ def run(
     allow_overlap: Annotated[
         bool, typer.Option(help="Score adapters on their own training window (marked).")
     ] = False,
+    post_cutoff_only: Annotated[
+        bool, typer.Option(help="Score only rows after the latest knowledge cutoff of the models scored.")
+    ] = False,
     title: Annotated[str, typer.Option()] = "Backtest",
 ) -> None:
     """Score predictors on labelled rows in [start, end); print the summary and the report paths."""
@@ -147,7 +150,7 @@ def run(
             backtest = BacktestConfig(
                 title=title, start=_utc(start), end=_utc(end), symbol=symbol, horizon=horizon, exchange=exchange,
                 predictors=specs, fees_bps=fees_bps, decrease_position=decrease, bootstrap_reps=bootstrap_reps,
-                seed=seed, allow_overlap=allow_overlap,
+                seed=seed, allow_overlap=allow_overlap, post_cutoff_only=post_cutoff_only,
             )  # fmt: skip
         except ValidationError as exc:
             first = exc.errors()[0]

@@ -10,6 +10,7 @@ from services.backtest import charts
 
 SECTIONS = (
     "notes",
+    "cutoff",
     "verdicts",
     "summary",
     "fee-sweep",
@@ -276,6 +277,70 @@ def _notes(report: dict[str, Any]) -> str:
     return f'<div class="warn"><ul>{items}</ul></div>' if items else "<p>No notes.</p>"
 
 
+def _difference(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "–"
+    if c.get("difference") is None or c.get("interval") is None:
+        return html.escape(c.get("unavailable") or "–")
+    low, high = c["interval"]
+    better = _yes_no(c["better"], flag_yes=False)
+    return f"{100 * c['difference']:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] better: {better}"
+
+
+def _cutoff(report: dict[str, Any]) -> str:
+    """Who could have seen which rows, then the verdicts on post-cutoff rows with the pre-cutoff
+    figures beside them, marked contaminated (the JSON's ``cutoff`` section, the same numbers)."""
+    cutoff = report.get("cutoff")
+    if not cutoff:
+        return "<p>No cutoff section (a report from before knowledge cutoffs were recorded).</p>"
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in cutoff["lines"])
+    models = [
+        [
+            _fmt(m["predictor"]),
+            _fmt(m["status"]),
+            _fmt(m["cutoff"].get("pretraining_stated")),
+            _fmt(m["cutoff"].get("tuning_stated")),
+            _fmt(m["latest"]),
+            _pct(m["share_possibly_seen_in_pretraining"]),
+            _pct(m["share_possibly_seen"]),
+            _fmt(m["cutoff"].get("source")),
+        ]
+        for m in cutoff["models"]
+    ]
+    table = _table(
+        ["model", "cutoff", "pretraining", "tuning", "latest (exclusive, UTC)", "rows seen in pretraining",
+         "rows before latest", "source"],
+        models,
+    ) if models else ""  # fmt: skip
+    post, pre, unknown = cutoff.get("post"), cutoff.get("pre"), set(cutoff.get("unknown", []))
+    pre_pairs = {(c["model"], c["baseline"]): c for c in (pre["verdicts"]["comparisons"] if pre else [])}
+    accuracy = [
+        [
+            _fmt(p["name"]) + (' <span class="flag">cutoff unknown: possibly seen</span>' if p["name"] in unknown else ""),
+            _pct((post or {}).get("accuracy", {}).get(p["name"])),
+            f'<span class="flag">{_pct(pre["accuracy"].get(p["name"]))} contaminated</span>' if pre else "–",
+        ]
+        for p in report["predictors"]
+    ]  # fmt: skip
+    pairs = [
+        [_fmt(c["model"]), _fmt(c["baseline"]), _difference(c),
+         f'<span class="flag">{_difference(pre_pairs.get((c["model"], c["baseline"])))} (contaminated)</span>' if pre else "–"]
+        for c in (post["verdicts"]["comparisons"] if post else pre_pairs.values())
+    ]  # fmt: skip
+    if not post:
+        pairs = [[row[0], row[1], "no post-cutoff rows: no verdict", row[2]] for row in pairs]
+    post_head = (
+        f"post-cutoff ({post['rows']} rows, {post['windows']} windows)" if post else "post-cutoff (no rows)"
+    )
+    pre_head = f"pre-cutoff ({pre['rows']} rows): CONTAMINATED" if pre else "pre-cutoff (no rows)"
+    return (
+        f'<div class="warn"><ul>{lines}</ul></div>{table}'
+        "<h3>Verdicts on post-cutoff rows, pre-cutoff figures beside (contaminated: not judged)</h3>"
+        + _table(["predictor", f"accuracy, {post_head}", f"accuracy, {pre_head}"], accuracy)
+        + (_table(["model", "baseline", f"difference, {post_head}", f"difference, {pre_head}"], pairs) if pairs else "")
+    )  # fmt: skip
+
+
 def _data(report: dict[str, Any]) -> str:
     data = report["data"]
     rows = [[html.escape(key.replace("_", " ")), _fmt(value)] for key, value in data.items()]
@@ -475,7 +540,8 @@ def render_html(report: dict[str, Any]) -> str:
     images = _charts(report)
     parts = [
         _section("notes", "Read this first", _notes(report)),
-        _section("verdicts", "Verdicts (window-aware)", _verdicts(report)),
+        _section("cutoff", "Knowledge cutoffs: rows the models could have read about", _cutoff(report)),
+        _section("verdicts", "Verdicts (window-aware), every row scored", _verdicts(report)),
         _section("summary", "Summary", _summary(report)),
         _section("fee-sweep", "Fees: return at each fee and the break-even fee", _fee_sweep(report)),
         _section("overfitting", "Overfitting across predictors: DSR and PBO", _overfitting(report)),

@@ -58,6 +58,23 @@ def _empty_row(name: str, kind: str, rows: int) -> dict[str, Any]:
         "sharpe": None,
         "break_even_fee_bps": None,
         "unavailable": None,
+        "knowledge_cutoff": None,
+        "share_possibly_seen_in_pretraining": None,
+        "accuracy_post_cutoff": None,
+        "accuracy_pre_cutoff_contaminated": None,
+    }
+
+
+def _cutoff_fields(report: dict[str, Any], name: str) -> dict[str, Any]:
+    """A predictor's cutoff and its accuracy on post-cutoff rows and (contaminated) pre-cutoff rows."""
+    cutoff = report.get("cutoff") or {}
+    model = next((m for m in cutoff.get("models", []) if m["predictor"] == name), None)
+    post, pre = cutoff.get("post") or {}, cutoff.get("pre") or {}
+    return {
+        "knowledge_cutoff": (model["latest"] or model["status"]) if model else "none",
+        "share_possibly_seen_in_pretraining": model["share_possibly_seen_in_pretraining"] if model else 0.0,
+        "accuracy_post_cutoff": (post.get("accuracy") or {}).get(name),
+        "accuracy_pre_cutoff_contaminated": (pre.get("accuracy") or {}).get(name),
     }
 
 
@@ -103,6 +120,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "cumulative_return": strategy["cumulative_return"],
                 "sharpe": strategy["sharpe"],
                 "break_even_fee_bps": sweep["break_even_bps"]["compounded"] if sweep else None,
+                **_cutoff_fields(report, p["name"]),
             }
         )
         out.append(row)
@@ -169,6 +187,55 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
                 f"  {model} vs {baseline}: {100 * v['difference']:+.1f} pts "
                 f"[{100 * low:+.1f}, {100 * high:+.1f}] ({v['windows']} windows): {_verdict_word(v['better'])}"
             )
+    return "\n".join(lines)
+
+
+def _comparison_text(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "-"
+    if v.get("unavailable") or v.get("interval") is None:
+        return f"- ({v.get('unavailable') or 'no interval'})"
+    low, high = v["interval"]
+    return (
+        f"{100 * v['difference']:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}] {_verdict_word(v['better'])}"
+    )
+
+
+def cutoff_text(report: dict[str, Any]) -> str:
+    """The report's first lines: who could have seen what, then the verdicts on post-cutoff rows
+    with the pre-cutoff figures beside them, marked contaminated (the same numbers as the JSON)."""
+    cutoff = report.get("cutoff")
+    if not cutoff:
+        return ""
+    lines = ["knowledge cutoffs:", *(f"  {line}" for line in cutoff["lines"])]
+    post, pre = cutoff.get("post"), cutoff.get("pre")
+    unknown = set(cutoff.get("unknown", []))
+    where = (
+        f"post-cutoff rows ({post['rows']} rows, {post['windows']} windows)"
+        if post
+        else "post-cutoff rows (none)"
+    )
+    beside = f" | pre-cutoff ({pre['rows']} rows): CONTAMINATED" if pre else ""
+    lines += ["", f"verdicts on {where}{beside}"]
+    pre_pairs = {(v["model"], v["baseline"]): v for v in (pre["verdicts"]["comparisons"] if pre else [])}
+    names = [p["name"] for p in report["predictors"]]
+    for name in names:
+        post_acc = (post or {}).get("accuracy", {}).get(name)
+        pre_acc = (pre or {}).get("accuracy", {}).get(name)
+        mark = " (cutoff unknown: possibly seen)" if name in unknown else ""
+        accuracy = "-" if post_acc is None else f"{100 * post_acc:.1f}%"
+        lines.append(
+            f"  {name}{mark}: accuracy {accuracy}"
+            + (f" | {100 * pre_acc:.1f}% contaminated" if pre_acc is not None else "")
+        )
+    for v in post["verdicts"]["comparisons"] if post else []:
+        key = (v["model"], v["baseline"])
+        side = f" | {_comparison_text(pre_pairs.get(key))} contaminated" if pre else ""
+        lines.append(f"  {v['model']} vs {v['baseline']}: {_comparison_text(v)}{side}")
+    if not post:
+        lines.append("  no post-cutoff rows: no verdict; the pre-cutoff figures beside are contaminated")
+        for v in pre_pairs.values():
+            lines.append(f"  {v['model']} vs {v['baseline']}: - | {_comparison_text(v)} contaminated")
     return "\n".join(lines)
 
 

@@ -20,10 +20,18 @@ from services.backtest import store
 from services.backtest.evaluate import EvaluationOptions, evaluate
 from services.backtest.leakage import guard
 from services.backtest.overfitting import overfitting_report
+from services.backtest.post_cutoff import (
+    CutoffSplit,
+    cutoff_section,
+    predictor_cutoffs,
+    require_post_rows,
+    split_rows,
+    take,
+)
 from services.backtest.predictors.base import PredictionSet
 from services.backtest.predictors.baselines import BaselineUnavailable
 from services.backtest.predictors.factory import build_predictor
-from services.backtest.report import share_over_time, summary_rows, summary_table, write_report
+from services.backtest.report import cutoff_text, share_over_time, summary_rows, summary_table, write_report
 from services.backtest.rows import EvalRows, load_rows
 from services.backtest.schemas import BacktestConfig
 from services.backtest.settings import BacktestSettings
@@ -89,25 +97,77 @@ def _rows_and_predictors(settings: BacktestSettings, config: BacktestConfig):  #
     predictors = [
         build_predictor(spec, settings, config.seed, config.majority_before) for spec in config.predictors
     ]
-    return rows, predictors
+    # Knowledge cutoffs (issue 15): with post_cutoff_only, rows a scored model could have read
+    # about are dropped before anything else sees them (the leakage guard included).
+    split = split_rows(rows, predictor_cutoffs(config.predictors, predictors, settings))
+    if config.post_cutoff_only:
+        require_post_rows(rows, split)
+        rows = take(rows, split.post)
+        split = split_rows(rows, split.models)
+    return rows, predictors, split
 
 
 def preflight(settings: BacktestSettings, config: BacktestConfig) -> dict[str, Any]:
-    """The cheap checks of a run, before it is queued: rows exist, adapters are known, no leakage.
+    """The cheap checks of a run, before it is queued: rows exist, adapters are known, no leakage,
+    and with post_cutoff_only some row after the latest knowledge cutoff.
 
     Raises the same InvalidInput / NotFound / LeakageError the run itself would, so an API
     caller hears about bad input at once instead of from a failed run later.
     """
-    rows, predictors = _rows_and_predictors(settings, config)
+    rows, predictors, split = _rows_and_predictors(settings, config)
     overlaps = guard(predictors, rows, config.allow_overlap)
-    return {"rows": len(rows), "overlaps": [overlap.describe() for overlap in overlaps]}
+    return {
+        "rows": len(rows),
+        "overlaps": [overlap.describe() for overlap in overlaps],
+        "cutoff": cutoff_section(rows, split, config.post_cutoff_only)["lines"],
+    }
+
+
+def _verdicts_on(
+    rows: EvalRows, mask: np.ndarray, scored: list[Scored], options: EvaluationOptions
+) -> dict[str, Any] | None:
+    """Accuracy and the window-aware verdicts on the rows where ``mask`` holds (None if none)."""
+    if not mask.any():
+        return None
+    part = take(rows, mask)
+    windows = part.windows()
+    sample = Sample(windows.row_window, np.zeros(windows.count, dtype=np.int64))
+    picked = [
+        Scored(s.name, s.kind, None if s.y_pred is None else s.y_pred[mask], s.unavailable) for s in scored
+    ]
+    verdicts = verdict_table(
+        part.y_true, picked, sample, options.bootstrap_reps, options.seed, options.bias_alpha
+    )
+    accuracy = {s.name: float(np.mean(s.y_pred == part.y_true)) for s in picked if s.y_pred is not None}
+    return {"rows": len(part), "windows": windows.count, "accuracy": accuracy, "verdicts": verdicts}
+
+
+def _cutoff_report(
+    rows: EvalRows,
+    split: CutoffSplit,
+    config: BacktestConfig,
+    scored: list[Scored],
+    options: EvaluationOptions,
+    verdicts: dict[str, Any],
+) -> dict[str, Any]:
+    """The cutoff section: who could have seen what, and the verdicts on post- and pre-cutoff rows."""
+    section = cutoff_section(rows, split, config.post_cutoff_only)
+    if split.rows_pre == 0:  # every row is post-cutoff: the verdicts are the report's own
+        accuracy = {s.name: float(np.mean(s.y_pred == rows.y_true)) for s in scored if s.y_pred is not None}
+        windows = verdicts["windows"]
+        section["post"] = {"rows": len(rows), "windows": windows, "accuracy": accuracy, "verdicts": verdicts}
+    else:
+        section["post"] = _verdicts_on(rows, split.post, scored, options)
+    pre = _verdicts_on(rows, ~split.post, scored, options)
+    section["pre"] = None if pre is None else {**pre, "contaminated": True}
+    return section
 
 
 def build_report(
     settings: BacktestSettings, config: BacktestConfig, run_id: int | None = None
 ) -> dict[str, Any]:
     """Every figure of the backtest as a dict (what the JSON file holds)."""
-    rows, predictors = _rows_and_predictors(settings, config)
+    rows, predictors, split = _rows_and_predictors(settings, config)
     overlaps = guard(predictors, rows, config.allow_overlap)
     windows = rows.windows()
     options = options_of(config, settings)
@@ -164,6 +224,8 @@ def build_report(
         notes.insert(
             0, "OVERLAP ALLOWED: some adapters are scored on rows from their training window plus embargo"
         )
+    cutoff = _cutoff_report(rows, split, config, scored, options, verdicts)
+    notes[0:0] = cutoff["lines"]  # the report's first lines: what each model could have seen
     report: dict[str, Any] = {
         "title": config.title,
         "generated_at": datetime.now(UTC).isoformat(),
@@ -175,6 +237,7 @@ def build_report(
         "overlap_allowed": bool(overlaps),
         "predictors": sections,
         "verdicts": verdicts,
+        "cutoff": cutoff,
         "overfitting": overfitting_report(returns),
         "buy_and_hold": buy_and_hold_report(windows, options.fees_bps),
         "share_over_time": share_over_time(rows, predictions),
@@ -235,6 +298,5 @@ def run_backtest(
     publish(report["summary"], time.time())
     RUNS.labels(trigger, "succeeded").inc()
     log.info("backtest %d: report at %s", run_id, html_path)
-    return BacktestResult(
-        run_id, json_path, html_path, report["summary"], summary_table(report["summary"]), report
-    )
+    text = cutoff_text(report) + "\n\n" + summary_table(report["summary"])
+    return BacktestResult(run_id, json_path, html_path, report["summary"], text, report)

@@ -33,6 +33,8 @@ from sqlalchemy import func, select
 
 from services.backtest import store
 from services.backtest.metrics import SCHEDULED_SKIPPED
+from services.backtest.post_cutoff import predictor_cutoffs, window_statement
+from services.backtest.predictors.factory import build_predictor
 from services.backtest.predictors.registry import registered_adapters
 from services.backtest.runner import run_backtest
 from services.backtest.schemas import BASELINES, BacktestConfig, BaselineSpec, ServiceSpec
@@ -126,6 +128,9 @@ def rolling_config(settings: BacktestSettings) -> BacktestConfig:
             )
             continue
         predictors.append(ServiceSpec(adapter=adapter.name))
+    # Fresh headlines are after the models' knowledge cutoffs only if the cutoffs say so: checked.
+    built = [build_predictor(spec, settings, 0, None) for spec in predictors]
+    notes.append(window_statement(predictor_cutoffs(predictors, built, settings), start))
     return BacktestConfig(
         title=f"Rolling {settings.rolling_window_days:g}-day backtest",
         start=start,

@@ -103,6 +103,10 @@ class BacktestConfig(BaseModel):
     reliability_bins: int = Field(10, ge=2, le=50)
     seed: int = Field(0, description="Seeds the coin flip and the bootstrap.")
     allow_overlap: bool = Field(False, description="Score adapters on rows they may have trained on.")
+    post_cutoff_only: bool = Field(
+        False,
+        description="Score only rows after the latest knowledge cutoff of the models scored; none: 422.",
+    )
     majority_before: AwareDatetime | None = Field(
         None, description="Majority baseline learns from rows before this; default the window start."
     )
