@@ -21,6 +21,7 @@ from services.common.settings import get_settings
 from services.inference.cli import app as inference_app
 from services.ingest.cli import app as ingest_app
 from services.pipeline.commands import attach
+from services.pipeline.research_cli import app as reproduce_app
 from services.pipeline.walk_forward_worker import app as pipeline_app
 from services.trainer.cli import app as trainer_app
 
@@ -38,6 +39,7 @@ app.add_typer(backtest_app, name="backtest")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(reproduce_app, name="reproduce")
 
 
 def main() -> None:

@@ -239,7 +239,7 @@ def _check_windows(rows: dict[str, list[LabelledRowOut]]) -> None:
 
 
 def _trend_example(row: LabelledRowOut) -> Example:
-    prompt = btc_trend_prompt(row.headline, row.headline_time, row.market_situation)
+    prompt = btc_trend_prompt(row.headline, row.headline_time, row.market_situation, row.time_precision)
     return Example(prompt=prompt, answer=row.label, key=f"row:{row.id}", time=row.headline_time)
 
 
@@ -510,6 +510,13 @@ def build_dataset(
         split = ordered_split(
             "chat", load_chat_corpus(data.path, data.max_examples), data.validation_fraction
         )
+        # The manifest records the split (a seeded one is written to the file by its maker:
+        # services/pipeline/research_qa.py).
+        split.notes["split"] = {
+            "method": "file-order",
+            "validation_fraction": data.validation_fraction,
+            "counts": {"train": len(split.train), "validation": len(split.validation)},
+        }
     else:
         assert data.path is not None
         split = hate_split(data.path, data, config.optim.seed)
