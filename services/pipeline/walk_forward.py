@@ -20,19 +20,21 @@ state file maps fold -> job, adapter, version, path. The backtest
 the baselines on that fold's test window only, with the leakage guard on. The folds'
 predictions are pooled by the existing statistics: window-aware verdicts with the windows
 resampled within their fold (``verdicts.Sample.from_folds``), DSR and PBO over every
-predictor's per-window returns, folds in time order (``overfitting.overfitting_report``).
+predictor's per-window returns, folds in time order (``overfitting.overfitting_report``), and
+the IC and rank IC pooled from the folds' reports (``pooled_information_coefficient``).
 
 Bad input (an empty training window, a test window shorter than the label horizon, more
 folds than the data holds, overlapping test windows, an embargo shorter than the labels'
-span) raises ``WalkForwardInputError`` (an InvalidInput: exit 2 / HTTP 4xx) naming the
+span) raises ``WalkForwardInputError`` (an InvalidInput: exit 2 / HTTP 422; ``services.common.walk_forward_plan``) naming the
 setting and the largest K that fits, before any job is queued.
 
 Resumable: the state lives in ``<reports>/walk-forwards/<id>.json``, written after every
 step; a rerun with the same id and settings skips the folds already finished (succeeded or
 failed), reuses the jobs already trained in the fold it stopped in (a job interrupted while
-training resumes from its checkpoint), and pools again. A fold whose training job fails is
-marked failed with the job's reason; the others go on, and the pooled figures say which
-folds they cover.
+training resumes from its checkpoint), and pools again. A fold whose training jobs all fail is
+marked failed with the jobs' reasons; the others go on, and the pooled figures say which
+folds they cover. A fold where only some methods fail (QLoRA on a host without CUDA) is scored
+with the versions that trained; the failed methods are named per fold and in the pooled note.
 """
 
 from __future__ import annotations
