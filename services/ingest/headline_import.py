@@ -345,8 +345,8 @@ def _map_columns(path: Path, found: list[str], given: ColumnMap) -> dict[str, st
     if missing:
         raise InvalidInput(
             f"{path.name}: no {' and no '.join(missing)} column; columns found: {found}; a headline "
-            f"file needs a title column ({', '.join(COLUMN_NAMES['title'][:3])}...) and a time column "
-            f"({', '.join(COLUMN_NAMES['time'][:4])}...), or --title-column and --time-column",
+            "file needs a title column (title, headline, headlines...) and a time column (time, "
+            "date, published, published_at, timestamp...), or --title-column and --time-column",
             param="column",
         )
     return mapping

@@ -60,7 +60,7 @@ _DATE_TIME = rf"(?:(?:t|,?\s+(?:at\s+)?){_CLOCK})?{_ZONE}"
 
 
 def _full(pattern: str) -> re.Pattern[str]:
-    return re.compile(rf"^{pattern}$", re.IGNORECASE)
+    return re.compile(rf"^(?:{pattern})$", re.IGNORECASE)
 
 
 _FORMS: tuple[re.Pattern[str], ...] = (
@@ -362,10 +362,13 @@ def _pick_layout(
             reference[index] = parse_time(text, zone, dayfirst)
         except TimeRejected:
             continue
+    head = sample.iloc[:20]
     best, best_hits = None, 0
     for layout in _FAST_FORMATS:
         if layout[2] is not None and dayfirst is not None and layout[2] != dayfirst:
             continue
+        if pd.to_datetime(head, format=layout[0], errors="coerce").isna().all():
+            continue  # reads none of the first rows: not this file's layout
         trial = TimeColumn(
             np.zeros(len(sample), np.int64), np.zeros(len(sample), np.int64), np.empty(len(sample), object)
         )
