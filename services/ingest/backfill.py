@@ -1,4 +1,4 @@
-"""Backfills from files: headline CSVs and candle files (``candle_import``), stored idempotently."""
+"""Backfills from files: headline CSVs and JSON lines, and candle files (``candle_import``), stored idempotently."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.ingest.csv_import import (
     import_kaggle_cnbc,
 )
 from services.ingest.cycle import SourceOutcome, candle_source, count_rejects, store_headlines
+from services.ingest.headline_import import HeadlineImport
 from services.ingest.headlines import ItemLimits
 from services.ingest.settings import IngestSettings
 from services.ingest.store import insert_gaps, upsert_candles
@@ -24,23 +25,27 @@ from services.ingest.store import insert_gaps, upsert_candles
 def backfill_kaggle_cnbc(settings: IngestSettings, path: Path) -> SourceOutcome:
     """The bundled Kaggle CNBC headlines file (US Eastern times) into the headlines table."""
     imported = import_kaggle_cnbc(Path(path), KAGGLE_CNBC_SOURCE, ItemLimits.from_settings(settings))
-    return store_headlines(
-        settings.resolved_database_url, KAGGLE_CNBC_SOURCE, imported.records, imported.rejects
-    )
+    return _store_import(settings, KAGGLE_CNBC_SOURCE, imported)
 
 
 def backfill_headline_csv(
     settings: IngestSettings,
     path: Path,
-    title_column: str,
-    time_column: str,
+    title_column: str | None = None,
+    time_column: str | None = None,
     timezone: str = "UTC",
     summary_column: str | None = None,
     guid_column: str | None = None,
     time_format: str | None = None,
     source: str | None = None,
+    *,
+    delimiter: str | None = None,
+    encoding: str | None = None,
+    dayfirst: bool | None = None,
 ) -> SourceOutcome:
-    """Any headline CSV by column mapping; naive times are read in ``timezone``."""
+    """Any headline file (CSV or JSON lines) by column mapping, columns left None found by
+    name; naive times are read in ``timezone``. A file that cannot be read as a whole raises
+    InvalidInput and stores nothing; rows rejected one by one are counted with their lines."""
     source = source or f"csv:{Path(path).name}"
     imported = import_headline_csv(
         Path(path),
@@ -52,8 +57,20 @@ def backfill_headline_csv(
         timezone,
         time_format,
         limits=ItemLimits.from_settings(settings),
+        delimiter=delimiter,
+        encoding=encoding,
+        dayfirst=dayfirst,
     )
-    return store_headlines(settings.resolved_database_url, source, imported.records, imported.rejects)
+    return _store_import(settings, source, imported)
+
+
+def _store_import(settings: IngestSettings, source: str, imported: HeadlineImport) -> SourceOutcome:
+    """Store the good rows; the rejects go to the metrics and the summary with their lines."""
+    outcome = store_headlines(settings.resolved_database_url, source, imported.records, imported.rejects)
+    for reason, count in imported.rejects.counts.items():
+        metrics.IMPORT_REJECTED.labels("headline", reason).inc(count)
+    outcome.detail.update(imported.summary())
+    return outcome
 
 
 def backfill_candles_csv(

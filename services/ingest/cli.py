@@ -65,20 +65,42 @@ def run(
 
 @app.command("backfill-headlines")
 def backfill_headlines(
-    path: Annotated[Path, typer.Argument(help="CSV file.")],
+    path: Annotated[Path, typer.Argument(help="CSV file, or JSON lines (.jsonl, .ndjson).")],
     kaggle_cnbc: Annotated[
         bool, typer.Option(help="The Kaggle CNBC layout (Headlines, Time, Description; US Eastern).")
     ] = False,
-    title_column: Annotated[str, typer.Option(help="Column holding the headline.")] = "title",
-    time_column: Annotated[str, typer.Option(help="Column holding the time.")] = "time",
-    summary_column: Annotated[str | None, typer.Option(help="Optional summary column.")] = None,
-    guid_column: Annotated[str | None, typer.Option(help="Optional unique id column.")] = None,
+    title_column: Annotated[
+        str | None, typer.Option(help="Column holding the headline; default: title, headline...")
+    ] = None,
+    time_column: Annotated[
+        str | None, typer.Option(help="Column holding the time; default: published, time, date...")
+    ] = None,
+    summary_column: Annotated[
+        str | None, typer.Option(help="Summary column; default: summary, description... if any.")
+    ] = None,
+    guid_column: Annotated[
+        str | None, typer.Option(help="Unique id column; default: guid, id if any.")
+    ] = None,
     timezone: Annotated[str, typer.Option(help="Zone of times without an offset (IANA name).")] = "UTC",
     time_format: Annotated[
-        str | None, typer.Option(help="strptime format; default: parsed by pandas.")
+        str | None, typer.Option(help="strptime format for every time; default: recognised per row.")
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Field separator; default: sniffed (, ; tab |).")
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="Text encoding; default: BOM, else UTF-8, else cp1252.")
+    ] = None,
+    dayfirst: Annotated[
+        bool | None,
+        typer.Option(
+            "--dayfirst/--no-dayfirst",
+            help="Numeric dates day-first (5-7-2022 is 5 July); default: from the file.",
+        ),
     ] = None,
 ) -> None:
-    """Import a headline CSV (idempotent: stored headlines are skipped)."""
+    """Import a headline file (idempotent: stored headlines are skipped). Rows with a time
+    lacking a day or year, or outside the plausible range, are rejected and counted by line."""
     from services.ingest.backfill import backfill_headline_csv, backfill_kaggle_cnbc
 
     settings = _settings()
@@ -86,7 +108,17 @@ def backfill_headlines(
         outcome = backfill_kaggle_cnbc(settings, path)
     else:
         outcome = backfill_headline_csv(
-            settings, path, title_column, time_column, timezone, summary_column, guid_column, time_format
+            settings,
+            path,
+            title_column,
+            time_column,
+            timezone,
+            summary_column,
+            guid_column,
+            time_format,
+            delimiter=delimiter,
+            encoding=encoding,
+            dayfirst=dayfirst,
         )
     _print(outcome)
 
