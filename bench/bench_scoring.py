@@ -1,0 +1,296 @@
+"""Scoring at engine speed (issue 17): our serving path against vLLM's own OpenAI server.
+
+One run, the same tiny model, the same LoRA adapter and the same prompts (a fresh headline and
+minute every request, so only the shared instruction prefix comes from the prefix cache):
+
+- engine alone: ``VllmEngine.label_logprobs`` in this process, concurrency 64 (the ceiling);
+- our batch path: ``POST /v1/predict`` with 64 items per request, 4 requests in flight;
+- our single-item path: ``POST /v1/predict``, one item, concurrency 1 and 64;
+- vLLM's own server: ``python -m vllm.entrypoints.openai.api_server`` from this venv,
+  ``/v1/completions`` with ``max_tokens`` 1, concurrency 1 and 64.
+
+Goals: single-item c64 >= 1.0x vLLM's server c64 (req/s); our c1 p50 at most 5 ms above
+vLLM's c1 p50; the 64-item batch >= 0.8x the engine alone (items/s).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py [--quick] [--vllm-first]
+
+``--vllm-first`` swaps the order of the two servers (run it both ways: the second server
+runs on a warmer machine). Requests go only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.bench_inference import next_prompt  # noqa: E402  (the same prompt stream)
+
+BATCH_ITEMS = 64
+BATCH_IN_FLIGHT = 4
+GOALS = {"single_c64_vs_vllm_c64": 1.0, "batch_vs_engine": 0.8}
+P50_BUDGET_MS = 5.0
+MAX_SECONDS_PER_CASE = 90.0
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    concurrency: int
+    requests: int
+    items: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    def line(self) -> str:
+        return (
+            f"{self.path:34s} c={self.concurrency:<3d} n={self.requests:<5d} "
+            f"{self.requests_per_s:8.1f} req/s {self.items_per_s:8.1f} items/s  "
+            f"p50 {statistics.median(self.latencies_ms):7.1f} ms  p99 {self.percentile(0.99):7.1f} ms"
+        )
+
+
+async def measure(
+    path: str, concurrency: int, requests: int, items_per_request: int, call: Callable[[], Awaitable[None]]
+) -> Case:
+    """``requests`` calls, ``concurrency`` at a time, after one warm-up call; capped in time."""
+    await call()
+    latencies: list[float] = []
+    errors: list[int] = []
+    remaining = iter(range(requests))
+    deadline = time.perf_counter() + MAX_SECONDS_PER_CASE
+
+    async def worker() -> None:
+        for _ in remaining:
+            if time.perf_counter() > deadline:
+                return
+            started = time.perf_counter()
+            try:
+                await call()
+            except httpx.TransportError:
+                # A keep-alive connection the server closed as we reused it: counted, and the
+                # request sent again on a fresh connection (its latency includes the retry).
+                errors.append(1)
+                await call()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    case = Case(path, concurrency, len(latencies), len(latencies) * items_per_request, seconds, latencies)
+    print(case.line() + (f"  ({len(errors)} reconnects)" if errors else ""), flush=True)
+    return case
+
+
+def _item() -> dict[str, str]:
+    headline, published_at = next_prompt()
+    return {"headline": headline, "published_at": published_at.isoformat()}
+
+
+async def engine_alone(model_dir: Path, adapter_dir: Path, scratch: Path, count: int) -> Case:
+    from transformers import AutoTokenizer
+
+    from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
+    from services.inference.engine import EngineConfig, LoraRef, VllmEngine
+
+    engine = VllmEngine.start(
+        EngineConfig(model=str(model_dir), max_loras=4, max_lora_rank=8, scratch_dir=str(scratch))
+    )
+    try:
+        await engine.pin_base()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        lora = LoraRef("bench", 1, str(adapter_dir))
+        await engine.add_adapter(lora)
+        labels = label_token_ids(tokenizer, TREND_LABELS)
+        bos = bos_id_of(tokenizer)
+
+        async def one() -> None:
+            headline, published_at = next_prompt()
+            ids = [bos, *tokenizer.encode(btc_trend_prompt(headline, published_at), add_special_tokens=False)]
+            await engine.label_logprobs(ids, labels, lora)
+
+        return await measure("engine alone", 64, count, 1, one)
+    finally:
+        engine.shutdown()
+
+
+async def our_paths(base_url: str, quick: bool) -> dict[str, Case]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+
+        async def predict(items: int) -> None:
+            body = {"items": [_item() for _ in range(items)], "adapter": "bench"}
+            response = await client.post("/v1/predict", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+        single = lambda: predict(1)  # noqa: E731
+        batch = lambda: predict(BATCH_ITEMS)  # noqa: E731
+        return {
+            "ours_c1": await measure("our /v1/predict, 1 item", 1, 48 if quick else 128, 1, single),
+            "ours_c64": await measure("our /v1/predict, 1 item", 64, 512 if quick else 1536, 1, single),
+            "ours_batch": await measure(
+                f"our /v1/predict, {BATCH_ITEMS} items",
+                BATCH_IN_FLIGHT,
+                8 if quick else 24,
+                BATCH_ITEMS,
+                batch,
+            ),
+        }
+
+
+async def vllm_paths(base_url: str, prompts: Callable[[], str], quick: bool) -> dict[str, Case]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+
+        async def complete() -> None:
+            body = {"model": "bench", "prompt": prompts(), "max_tokens": 1, "temperature": 0, "logprobs": 2}
+            response = await client.post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"vLLM HTTP {response.status_code}: {response.text[:200]}")
+
+        return {
+            "vllm_c1": await measure("vLLM server /v1/completions", 1, 48 if quick else 128, 1, complete),
+            "vllm_c64": await measure("vLLM server /v1/completions", 64, 512 if quick else 1536, 1, complete),
+        }
+
+
+def start_vllm_server(model_dir: Path, adapter_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", "tiny",
+        "--enable-lora", "--lora-modules", f"bench={adapter_dir}",
+        "--max-loras", "4", "--max-lora-rank", "8", "--max-num-seqs", "64",
+        "--max-model-len", "1024", "--dtype", "float32", "--seed", "0",
+        "--host", "127.0.0.1", "--port", str(port), "--no-enable-log-requests",
+    ]  # fmt: skip
+    log = open(Path(tempfile.gettempdir()) / "bench-scoring-vllm.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vLLM's server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("vLLM's server did not become ready")
+
+
+def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool) -> dict[str, Case]:
+    from services.common.prompts import btc_trend_prompt
+    from tests.support.net import free_port
+
+    def prompt() -> str:
+        # Text as a client sends it; vLLM adds BOS itself, so the prompt tokens match ours.
+        return btc_trend_prompt(*next_prompt())
+
+    port = free_port()
+    print("starting vLLM's own OpenAI server (same venv, model and adapter)...", flush=True)
+    process = start_vllm_server(model_dir, adapter_dir, port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        return asyncio.run(vllm_paths(f"http://127.0.0.1:{port}", prompt, quick))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def run_ours(root: Path, model_dir: Path, database_url: str, quick: bool) -> dict[str, Case]:
+    from services.inference import serve_app
+    from services.inference.settings import InferenceSettings
+    from tests.support.net import free_port
+
+    settings = InferenceSettings(
+        data_dir=root,
+        database_url=database_url,
+        base_model=str(model_dir),
+        port=free_port(),
+        max_in_flight=512,
+        max_num_seqs=64,
+        registry_poll_seconds=0,
+    )
+    print("starting our stack (Ray Serve + vLLM)...", flush=True)
+    base_url = serve_app.start(settings)
+    try:
+        return asyncio.run(our_paths(base_url, quick))
+    finally:
+        serve_app.stop()
+
+
+def report(cases: dict[str, Case]) -> None:
+    single = cases["ours_c64"].requests_per_s / cases["vllm_c64"].requests_per_s
+    batch = cases["ours_batch"].items_per_s / cases["engine"].items_per_s
+    added = statistics.median(cases["ours_c1"].latencies_ms) - statistics.median(
+        cases["vllm_c1"].latencies_ms
+    )
+    print()
+    print(f"single_c64_vs_vllm_c64  {single:6.2f}x  goal >= 1.0x: {'met' if single >= 1.0 else 'NOT met'}")
+    print(f"batch_vs_engine         {batch:6.2f}x  goal >= 0.8x: {'met' if batch >= 0.8 else 'NOT met'}")
+    print(
+        f"c1 p50 added over vLLM  {added:+6.1f} ms  goal <= {P50_BUDGET_MS:g} ms: {'met' if added <= P50_BUDGET_MS else 'NOT met'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests per case (a smoke run)")
+    parser.add_argument("--vllm-first", action="store_true", help="run vLLM's server before ours")
+    args = parser.parse_args()
+
+    from services.common.db.migrate import upgrade
+    from services.common.tiny_model import build_tiny_model
+    from tests.support.adapters import publish_lora
+
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
+        root = Path(tmp)
+        model_dir = build_tiny_model(root / "models" / "tiny-llama")
+        database_url = f"sqlite:///{root / 'registry.db'}"
+        upgrade(database_url)
+        adapter_dir = publish_lora(model_dir, root / "adapters", "bench", seed=1, database_url=database_url)
+        cases: dict[str, Case] = {}
+        cases["engine"] = asyncio.run(
+            engine_alone(model_dir, adapter_dir, root / "scratch", 512 if args.quick else 1536)
+        )
+        servers = [
+            lambda: run_ours(root, model_dir, database_url, args.quick),
+            lambda: run_vllm(model_dir, adapter_dir, args.quick),
+        ]
+        for run in reversed(servers) if args.vllm_first else servers:
+            cases.update(run())
+        report(cases)
+
+
+if __name__ == "__main__":
+    main()
