@@ -141,7 +141,7 @@ def take(rows: EvalRows, mask: np.ndarray) -> EvalRows:
         entry_time=rows.entry_time[index], exit_time=rows.exit_time[index],
         entry_price=rows.entry_price[index], exit_price=rows.exit_price[index], y_true=rows.y_true[index],
         exchange=rows.exchange, symbol=rows.symbol, timeframe=rows.timeframe, horizon=rows.horizon,
-        flat_rows_left_out=rows.flat_rows_left_out,
+        flat_rows_left_out=rows.flat_rows_left_out, time_precision=pick(rows.precisions()),
     )  # fmt: skip
 
 

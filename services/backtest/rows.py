@@ -7,7 +7,7 @@ neutral band) are not Increase/Decrease questions: they are counted and left out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -51,9 +51,14 @@ class EvalRows:
     timeframe: str
     horizon: str
     flat_rows_left_out: int
+    # Each row's time precision, for the prompt (empty: all "second", which reads as "minute").
+    time_precision: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.row_id.size)
+
+    def precisions(self) -> list[str]:
+        return self.time_precision or ["second"] * len(self)
 
     def windows(self) -> Windows:
         return Windows.from_rows(self.entry_time, self.exit_time, self.entry_price, self.exit_price)
@@ -103,6 +108,7 @@ def load_rows(
         headline=titles,
         published_at=[row.headline_time for row in rows],
         market_situation=[row.market_situation for row in rows],
+        time_precision=[row.time_precision for row in rows],
         headline_time=_epoch([row.headline_time for row in rows]),
         entry_time=_epoch([row.entry_time for row in rows]),
         exit_time=_epoch([row.exit_time for row in rows]),

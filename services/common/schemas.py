@@ -39,6 +39,11 @@ class LabelledRowOut(BaseModel):
     label: str
     market_situation: str
     situation_candles: list[str] = Field(default_factory=list)
+    # When the headline counts as known (the end of its time's precision period): the entry
+    # opens at or after it. Absent from files exported before migration 0006.
+    known_at: AwareDatetime | None = None
+    entry_shift_seconds: float | None = Field(None, description="known_at - headline_time, seconds.")
+    time_precision: Literal["second", "minute", "hour", "day"] = "second"
 
 
 class LoraSettings(BaseModel):
@@ -101,6 +106,11 @@ class PredictItem(BaseModel):
     published_at: AwareDatetime
     market_situation: str | None = Field(None, max_length=MAX_SITUATION_CHARS)
     adapter: str | None = Field(None, description="Adapter for this item; overrides the request's.")
+    time_precision: Literal["second", "minute", "hour", "day"] = Field(
+        "second",
+        description="How precisely published_at is known; the prompt shows no finer part "
+        "(an hour as its span, a day as its date).",
+    )
 
     @field_validator("headline")
     @classmethod

@@ -76,3 +76,13 @@ def _wall_to_utc(local: datetime, zone: ZoneInfo) -> datetime:
     (fold=0): the period starts at the first time the clock shows it."""
     naive = local.replace(tzinfo=None)
     return naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def precision_of_shift(seconds: float) -> Precision:
+    """The precision whose period is ``seconds`` long (known_at - period start): a labelled row
+    stores its known_at and its headline's time, so its precision is read back from the shift
+    (1 s, 60 s, 1 h, or a day of 23 to 25 hours)."""
+    for precision in (Precision.second, Precision.minute, Precision.hour):
+        if seconds <= precision.seconds:
+            return precision
+    return Precision.day

@@ -84,6 +84,7 @@ class Scorer:
                 headline=item.headline,
                 published_at=item.published_at,
                 market_situation=item.market_situation,
+                precision=item.time_precision,
                 post=item.headline,  # implicit-hate reads the text as the post
             )
         except (ValueError, OverflowError) as exc:  # e.g. a time that leaves the calendar in UTC

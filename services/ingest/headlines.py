@@ -65,6 +65,8 @@ class HeadlineRecord:
         source's zone, which only the importer knows)."""
         if self.known_at is not None:
             return self.known_at
+        if self.published_at.tzinfo is None or self.published_at.utcoffset() is None:
+            raise ValueError(f"naive datetime {self.published_at!r}: every stored time must be aware UTC")
         if self.precision in (Precision.second, Precision.minute):
             return period_end(self.published_at, self.precision)
         raise ValueError(f"{self.precision.value}-precision headline {self.guid!r} has no known_at")

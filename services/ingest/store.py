@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, func, select, update
@@ -141,7 +141,9 @@ def _copy_labelled_rows(session: Session, rows: Sequence[dict[str, Any]]) -> int
         cursor.execute("TRUNCATE labelled_rows_stage")
         with cursor.copy(f"COPY labelled_rows_stage ({columns}) FROM STDIN") as copy:
             for row in rows:
-                values = [row[name] for name in _LABELLED_COLUMNS]
+                values = [row.get(name) for name in _LABELLED_COLUMNS]
+                if values[15] is None:  # COPY bypasses the model's default: the same one here
+                    values[15] = row["headline_time"].replace(microsecond=0) + timedelta(seconds=1)
                 values[13] = json.dumps(values[13])  # situation_candles: JSON text
                 copy.write_row(values)
         cursor.execute(

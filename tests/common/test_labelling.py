@@ -188,3 +188,11 @@ def test_bundled_2017_2020_counts() -> None:
     unchanged = labels.labelled & (labels.return_ == 0)
     assert unchanged.sum() == 6
     assert set(label_names(labels.label[unchanged]).tolist()) == {"Decrease"}
+
+    # The labeller reads known_at, the end of each headline's minute: the 84 headlines on the
+    # hour (7:00 PM ET) enter at the next hour's open, not the one opening as they appear.
+    at_known = label_headlines(times + 60, candles, H)
+    assert Counter(label_names(at_known.label).tolist()) == {"Increase": 1353, "Decrease": 1427, None: 20}
+    moved = at_known.entry_idx != labels.entry_idx
+    assert moved.sum() == (times % H == 0).sum() == 84
+    assert np.all(frame.open_time[at_known.entry_idx[at_known.labelled]] >= times[at_known.labelled] + 60)

@@ -21,6 +21,27 @@ def test_trend_prompt_holds_every_field_in_utc() -> None:
     assert "Unknown" in btc_trend_prompt("x", when, None)
 
 
+@pytest.mark.parametrize(
+    ("precision", "start", "shown"),
+    [
+        ("second", datetime(2020, 7, 17, 23, 51, 7, tzinfo=UTC), "### Time: Fri 2020-07-17 23:51 UTC\n"),
+        ("minute", datetime(2020, 7, 17, 23, 51, tzinfo=UTC), "### Time: Fri 2020-07-17 23:51 UTC\n"),
+        ("hour", datetime(2020, 7, 17, 23, tzinfo=UTC), "### Time: Fri 2020-07-17 23:00-00:00 UTC\n"),
+        ("day", datetime(2020, 7, 17, tzinfo=UTC), "### Time: Fri 2020-07-17\n"),
+        # A New York day starts at 04:00 UTC, a Kolkata one at 18:30 UTC the day before.
+        ("day", datetime(2020, 7, 17, 4, tzinfo=UTC), "### Time: Fri 2020-07-17\n"),
+        ("day", datetime(2020, 7, 16, 18, 30, tzinfo=UTC), "### Time: Fri 2020-07-17\n"),
+    ],
+)
+def test_the_time_shows_no_part_its_source_did_not_give(precision: str, start: datetime, shown: str) -> None:
+    prompt = btc_trend_prompt("Bitcoin surges", start, "Sharp increase", precision)
+    assert shown in prompt
+    if precision in ("second", "minute"):  # the text every adapter was tuned on, unchanged
+        assert prompt == btc_trend_prompt("Bitcoin surges", start, "Sharp increase")
+    with pytest.raises(ValueError, match="unknown time precision"):
+        btc_trend_prompt("x", start, None, "week")
+
+
 def test_naive_time_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         btc_trend_prompt("x", datetime(2020, 1, 1))

@@ -111,9 +111,11 @@ def test_sigkill_part_way_then_rerun_equals_one_clean_run(db_url: str, tmp_path:
     _finish(_start(db_url, tmp_path / "b"))  # and a third run changes nothing
     assert _snapshot(db_url) == clean
 
-    # The counts the research note's join gives, for the Kaggle CSV part: 1,356 Increase,
-    # 1,424 Decrease, 20 after the hourly file ends (see tests/common/test_labelling.py). The 72
-    # RSS items (three overlapping snapshots of 30) are from July 2019 and label as well.
+    # The Kaggle CSV part, entered at known_at (a minute's end, docs/ingest.md "Coarse times and
+    # the label contract"): 1,353 Increase, 1,427 Decrease, 20 after the hourly file ends; the
+    # research note's join at the published minute gives 1,356 / 1,424 (its 84 headlines on the
+    # hour entered at that hour's open, see tests/common/test_labelling.py). The 72 RSS items
+    # (three overlapping snapshots of 30) are from July 2019 and label as well.
     with session_scope(db_url) as session:
         csv_labels = Counter(
             session.scalars(
@@ -122,7 +124,7 @@ def test_sigkill_part_way_then_rerun_equals_one_clean_run(db_url: str, tmp_path:
                 .where(Headline.source == "csv:cnbc_headlines")
             ).all()
         )
-    assert csv_labels == {"Increase": 1356, "Decrease": 1424}
+    assert csv_labels == {"Increase": 1353, "Decrease": 1427}
     assert len(clean["headlines"]) == 2800 + 72  # type: ignore[arg-type]
     assert len(clean["rows"]) == 2780 + 72  # type: ignore[arg-type]
     assert clean["candles"][0] == 26476 and clean["gaps"] == 0  # type: ignore[index]

@@ -235,3 +235,54 @@ def test_the_labeller_enters_after_every_headlines_period(
             entry = -(-_epoch(record.known_at) // tf) * tf
             expected = entry in on_grid and entry + horizon - tf in on_grid
             assert expected == any(headline.guid == record.guid for _, headline in stored)
+
+
+# --- what the rows carry downstream ------------------------------------------------------------
+
+
+def test_rows_carry_known_at_the_shift_and_a_prompt_time_without_invented_parts(db_url: str) -> None:
+    """A New York day headline and a minute one, labelled and read back the three ways rows
+    leave the database: the export shape, the trainer's prompt and the backtest's."""
+    from services.backtest.predictors.base import prompts_of
+    from services.backtest.rows import load_rows
+    from services.common.labelled_rows import read_labelled_rows
+    from services.trainer.datasets import _trend_example
+
+    ny = ZoneInfo("America/New_York")
+    day = datetime(2024, 3, 5, 15, tzinfo=UTC)  # some time on Tuesday 5 March in New York
+    minute = datetime(2024, 3, 5, 14, 0, tzinfo=UTC)  # on the hour, to the minute
+    records = [
+        HeadlineRecord(
+            "csv:days", "d", "Day headline", period_start(day, Precision.day, ny),
+            precision=Precision.day, known_at=known_at(day, Precision.day, ny),
+        ),
+        HeadlineRecord("csv:cnbc_headlines", "m", "Minute headline", minute, precision=Precision.minute),
+    ]  # fmt: skip
+    grid = [datetime(2024, 3, 4, tzinfo=UTC) + timedelta(hours=h) for h in range(72)]
+    with session_scope(db_url) as session:
+        insert_headlines(session, records)
+        session.add_all(
+            Candle(
+                exchange="x", symbol="BTC/USD", timeframe="1h", open_time=t, open=100.0 + i % 3,
+                high=110.0, low=90.0, close=100.0 + i % 5, volume=1.0,
+            )
+            for i, t in enumerate(grid)
+        )  # fmt: skip
+    with session_scope(db_url) as session:
+        assert label_new_rows(session, Market("x", "BTC/USD", "1h"), "1h").labelled == 2
+        out = {row.headline: row for row in read_labelled_rows(session, "BTC/USD", "1h")}
+    by_day, by_minute = out["Day headline"], out["Minute headline"]
+    assert by_day.headline_time == datetime(2024, 3, 5, 5, tzinfo=UTC)  # NY midnight, EST
+    assert by_day.known_at == by_day.entry_time == datetime(2024, 3, 6, 5, tzinfo=UTC)
+    assert (by_day.entry_shift_seconds, by_day.time_precision) == (86_400, "day")
+    assert by_minute.known_at == minute + timedelta(minutes=1) and by_minute.entry_shift_seconds == 60
+    assert by_minute.entry_time == datetime(2024, 3, 5, 15, tzinfo=UTC)  # not the 14:00 open
+    dumped = by_day.model_dump(mode="json", by_alias=True)
+    assert dumped["entry_shift_seconds"] == 86_400 and dumped["known_at"].startswith("2024-03-06T05:00")
+
+    assert "### Time: Tue 2024-03-05\n" in _trend_example(by_day).prompt
+    assert "### Time: Tue 2024-03-05 14:00 UTC\n" in _trend_example(by_minute).prompt
+    rows = load_rows(db_url, "BTC/USD", "1h")
+    prompts = dict(zip(rows.headline, prompts_of(rows), strict=True))
+    assert "### Time: Tue 2024-03-05\n" in prompts["Day headline"]
+    assert "### Time: Tue 2024-03-05 14:00 UTC\n" in prompts["Minute headline"]

@@ -46,8 +46,8 @@ def from_labels(name: str, kind: str, labels: list[str], probabilities: list[flo
 def prompts_of(rows: EvalRows) -> list[str]:
     """The btc-trend prompt of each row, built by the shared prompt module (as in training)."""
     return [
-        btc_trend_prompt(headline, published_at, situation)
-        for headline, published_at, situation in zip(
-            rows.headline, rows.published_at, rows.market_situation, strict=True
+        btc_trend_prompt(headline, published_at, situation, precision)
+        for headline, published_at, situation, precision in zip(
+            rows.headline, rows.published_at, rows.market_situation, rows.precisions(), strict=True
         )
     ]

@@ -67,11 +67,13 @@ class ServicePredictor:
         return PredictionSet(self.name, self.kind, y_pred, np.array(p_increase, dtype=float), meta=meta)
 
     def _request(self, rows: EvalRows, start: int, stop: int) -> PredictRequest:
+        precisions = rows.precisions()
         items = [
             PredictItem(
                 headline=rows.headline[i],
                 published_at=rows.published_at[i],
                 market_situation=rows.market_situation[i] or None,
+                time_precision=precisions[i],  # the prompt shows no finer part
             )
             for i in range(start, min(stop, len(rows)))
         ]

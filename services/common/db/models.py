@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.time_precision import precision_of_shift
+
 if TYPE_CHECKING:
     from services.common.schemas import AdapterManifest
 
@@ -204,6 +206,16 @@ class LabelledRow(Base):
     # The headline's known_at the label was derived from: entry opens at or after it, the
     # situation candles closed at or before it. known_at - headline_time is the entry shift.
     known_at: Mapped[datetime] = mapped_column(default=_row_known_at)
+
+    @property
+    def entry_shift_seconds(self) -> float:
+        """How long after its period's start the headline counts as known (1 s to a day)."""
+        return (self.known_at - self.headline_time).total_seconds()
+
+    @property
+    def time_precision(self) -> str:
+        """The headline time's precision, read back from the shift (the prompt shows no more)."""
+        return precision_of_shift(self.entry_shift_seconds).value
 
 
 class SourceState(Base):
