@@ -136,3 +136,22 @@ def test_a_queued_walk_forward_is_run_by_the_worker_and_read_back(
     resumed = client.get(f"/v1/walk-forwards/{rerun.json()['id']}").json()
     assert resumed["state"] == "succeeded" and resumed["pooled"]["folds_covered"] == [1, 2]
     assert len(stored_jobs(settings.resolved_database_url)) == 2  # one training job per fold, ever
+
+
+def test_a_walk_forward_the_worker_cannot_run_fails_with_the_reason_and_is_not_retried(
+    client: TestClient, settings: BacktestSettings
+) -> None:
+    from services.pipeline.walk_forward_worker import run_worker
+
+    answer = client.post("/v1/walk-forwards", json=GOOD, headers=AUTH)
+    assert answer.status_code == 202
+    # The name's state file holds another walk-forward (started with other settings).
+    path = state_path(settings.reports_path, "wf-api")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"id": "wf-api", "spec": {"k": 9}, "folds": []}')
+    assert run_worker(settings, once=True) == 1
+    item = client.get(f"/v1/walk-forwards/{answer.json()['id']}").json()
+    assert item["state"] == "failed" and item["attempts"] == 1
+    assert item["error"].startswith("Conflict: walk-forward wf-api was started with other settings")
+    assert run_worker(settings, once=True) == 0  # failed for good: nothing is claimed again
+    assert stored_jobs(settings.resolved_database_url) == []  # nothing was trained
