@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 INCREASE = "Increase"
@@ -31,21 +31,35 @@ ANSWER_MARKER = "### Answer:"
 ANSWER_PREFIX = " "
 
 
-def format_time(published_at: datetime) -> str:
-    """The headline time as the model sees it: UTC, minute precision, weekday for context."""
+def format_time(published_at: datetime, precision: str = "second") -> str:
+    """The headline time as the model sees it: UTC, weekday for context, and no part the
+    source did not give. A time to the second or minute reads "Fri 2020-07-17 19:51 UTC" (the
+    text every adapter was tuned on); an hour, its span "Fri 2020-07-17 19:00-20:00 UTC"; a
+    day, its date "Fri 2020-07-17". ``published_at`` is the start of the period; a day's date
+    is read 12 hours in, which is the source's own date for any zone within 12 hours of UTC.
+    """
     if published_at.tzinfo is None:
         raise ValueError("published_at must be timezone-aware")
-    return published_at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M UTC")
+    start = published_at.astimezone(UTC)
+    if precision == "day":
+        return (start + timedelta(hours=12)).strftime("%a %Y-%m-%d")
+    if precision == "hour":
+        return f"{start:%a %Y-%m-%d %H:%M}-{start + timedelta(hours=1):%H:%M} UTC"
+    if precision not in ("second", "minute"):
+        raise ValueError(f"unknown time precision {precision!r}: second, minute, hour or day")
+    return start.strftime("%a %Y-%m-%d %H:%M UTC")
 
 
-def btc_trend_prompt(headline: str, published_at: datetime, market_situation: str | None = None) -> str:
+def btc_trend_prompt(
+    headline: str, published_at: datetime, market_situation: str | None = None, precision: str = "second"
+) -> str:
     situation = (market_situation or "").strip() or "Unknown"
     return (
         "### Instruction: Given a CNBC news headline, the time it was published and the recent "
         "Bitcoin market situation, will the Bitcoin price Increase or Decrease over the next "
         "hour? Answer Increase or Decrease.\n"
         f"### Headline: {headline.strip()}\n"
-        f"### Time: {format_time(published_at)}\n"
+        f"### Time: {format_time(published_at, precision)}\n"
         f"### Market situation: {situation}\n"
         f"{ANSWER_MARKER}"
     )
@@ -63,7 +77,12 @@ def implicit_hate_prompt(post: str) -> str:
 def prompt_for(task: str, **fields: Any) -> str:
     """The prompt of any scored task from its fields (used by inference and backtest)."""
     if task == "btc-trend":
-        return btc_trend_prompt(fields["headline"], fields["published_at"], fields.get("market_situation"))
+        return btc_trend_prompt(
+            fields["headline"],
+            fields["published_at"],
+            fields.get("market_situation"),
+            fields.get("precision") or "second",
+        )
     if task == "implicit-hate":
         return implicit_hate_prompt(fields["post"])
     raise ValueError(f"task {task!r} has no scored prompt; choose btc-trend or implicit-hate")
