@@ -1,7 +1,7 @@
 """Block-bootstrap intervals that resample whole label windows, not rows.
 
 Headlines that share a label candle share its outcome: on the bundled 2017-2020 data 2,780
-rows fall in 1,483 windows, so rows are not independent and a row-level interval is too
+rows fall in 1,468 windows, so rows are not independent and a row-level interval is too
 narrow. Each replicate draws as many windows as there are, with replacement, and recomputes
 the scores from the drawn windows' confusion counts.
 
