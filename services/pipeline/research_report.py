@@ -95,6 +95,37 @@ def _cost_cells(cost: dict[str, Any]) -> list[str]:
     ]
 
 
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _lora_against_full(section: dict[str, Any], figure: str, interval: str, better: str) -> str:
+    """LoRA against full fine-tuning on the section's headline figure: do the intervals overlap?"""
+    rows = {row["method"]: row for row in section["models"] if row["status"] == "ok"}
+    lora, full = rows.get("lora"), rows.get("full")
+    if lora is None or full is None:
+        return "<p><b>LoRA against full fine-tuning:</b> not compared (both must have run).</p>"
+    a, b = _pick(lora, figure), _pick(full, figure)
+    ia, ib = _pick(lora, interval), _pick(full, interval)
+    same = _overlap(ia, ib)
+    verdict = (
+        "the 95% intervals overlap: no difference shown at this size"
+        if same
+        else f"the 95% intervals do not overlap: {'LoRA' if (a < b) == (better == 'lower') else 'full fine-tuning'} is better"
+    )
+    return (
+        f"<p><b>LoRA against full fine-tuning</b> ({_e(figure.split('.')[-1].replace('_', ' '))}, {better} is better): "
+        f"{_num(a)} {_interval(ia)} against {_num(b)} {_interval(ib)}; {verdict}.</p>"
+    )
+
+
+def _pick(row: dict[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
 def _answer(text: str) -> str:
     return _e(text) if text else "<i class='muted'>(nothing: end of text came first)</i>"
 
@@ -139,6 +170,7 @@ def _qa(section: dict[str, Any]) -> str:
             ]
         )
     parts.append("<h3>Held-out loss and cost (the note's RQ1 table)</h3>" + _table(header, rows))
+    parts.append(_lora_against_full(section, "heldout.mean_loss", "heldout.loss_interval", "lower"))
     answered = [row for row in section["models"] if row["status"] == "ok"]
     answer_rows = [
         [_td(_e(question))]
@@ -157,7 +189,7 @@ def _hate(section: dict[str, Any]) -> str:
     mapping = ", ".join(f"{k} -> {v}" for k, v in (section.get("label_map") or {}).items())
     parts = [
         _header(section),
-        f"<p>{_e(section.get('layout'))}, classes mapped {_e(mapping)}; split {_e(json.dumps(section.get('split'), default=str))}; "
+        f"<p>{_e(section.get('layout'))}, classes mapped {_e(mapping)}; {_split_words(section.get('split') or {})}; "
         f"{section['scored_examples']} held-out posts scored by the label tokens' probabilities.</p>",
     ]
     header = [
@@ -186,11 +218,19 @@ def _hate(section: dict[str, Any]) -> str:
             ]
         )
     parts.append("<h3>Accuracy, F1 and cost</h3>" + _table(header, rows))
+    parts.append(_lora_against_full(section, "accuracy", "accuracy_wilson", "higher"))
     for row in section["models"]:
         if row["status"] == "ok":
             parts.append(_per_class_and_confusion(row, labels))
     parts.append(_explanations(section))
     return "".join(parts)
+
+
+def _split_words(split: dict[str, Any]) -> str:
+    counts = split.get("counts", {})
+    parts = ", ".join(f"{label} {c.get('train')} / {c.get('validation')}" for label, c in counts.items())
+    seed = f", seed {split['seed']}" if "seed" in split else ""
+    return _e(f"split {split.get('method')}{seed}, train / held out: {parts}")
 
 
 def _per_class_and_confusion(row: dict[str, Any], labels: list[str]) -> str:
