@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -51,7 +52,11 @@ _CANDLE_REFRESHED = ("open", "high", "low", "close", "volume", "quarantine_reaso
 
 
 def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str, candles: CandleFrame) -> int:
-    """Insert or refresh closed candles (the exchange's latest values win). Returns rows written."""
+    """Insert or refresh closed candles (the exchange's latest values win). Returns rows written.
+
+    On PostgreSQL a large frame (a file import) goes through COPY (``_copy_candles``)."""
+    if len(candles) >= COPY_THRESHOLD and session.get_bind().dialect.name == "postgresql":
+        return _copy_candles(session, exchange, symbol, timeframe, candles)
     rows = [
         {
             "exchange": exchange,
@@ -84,6 +89,83 @@ def upsert_candles(session: Session, exchange: str, symbol: str, timeframe: str,
         )
         session.execute(statement, list(batch))
     return len(rows)
+
+
+_CANDLE_VALUES = ("open", "high", "low", "close", "volume")
+_CANDLE_COLUMNS = f"exchange, symbol, timeframe, open_time, {', '.join(_CANDLE_VALUES)}"
+_UPSERT_STAGED = f"""
+INSERT INTO candles ({_CANDLE_COLUMNS}, quarantine_reason, quarantined_at)
+SELECT %s, %s, %s, open_time, {", ".join(_CANDLE_VALUES)}, NULL, NULL FROM candles_stage
+ON CONFLICT (exchange, symbol, timeframe, open_time) DO UPDATE SET
+    {", ".join(f"{name} = EXCLUDED.{name}" for name in _CANDLE_VALUES)},
+    quarantine_reason = NULL, quarantined_at = NULL
+WHERE ({", ".join(f"candles.{name}" for name in _CANDLE_VALUES)})
+      IS DISTINCT FROM ({", ".join(f"EXCLUDED.{name}" for name in _CANDLE_VALUES)})
+   OR candles.quarantine_reason IS NOT NULL
+"""
+_PG_EPOCH = 946_684_800  # binary COPY timestamps: microseconds since 2000-01-01 UTC
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _binary_copy(candles: CandleFrame, texts: tuple[str, ...] = (), nulls: int = 0) -> bytes:
+    """Rows in PostgreSQL's binary COPY format, built by numpy in one pass: ``texts`` (the same
+    in every row), open time, the five values (float8: written exactly), ``nulls`` NULLs."""
+    encoded = [text.encode() for text in texts]
+    layout: list[tuple[str, str]] = [("fields", ">i2")]
+    for i, value in enumerate(encoded):
+        layout += [(f"text_size{i}", ">i4"), (f"text{i}", f"S{len(value)}")]
+    layout += [("time_size", ">i4"), ("time", ">i8")]
+    for name in _CANDLE_VALUES:
+        layout += [(f"{name}_size", ">i4"), (name, ">f8")]
+    layout += [(f"null{i}", ">i4") for i in range(nulls)]
+    rows = np.empty(len(candles), dtype=np.dtype(layout))
+    rows["fields"] = len(encoded) + 1 + len(_CANDLE_VALUES) + nulls
+    for i, value in enumerate(encoded):
+        rows[f"text_size{i}"], rows[f"text{i}"] = len(value), value
+    rows["time_size"], rows["time"] = 8, (candles.open_time - _PG_EPOCH) * 1_000_000
+    for name in _CANDLE_VALUES:
+        rows[f"{name}_size"], rows[name] = 8, getattr(candles, name)
+    for i in range(nulls):
+        rows[f"null{i}"] = -1
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+
+
+def _copy_candles(session: Session, exchange: str, symbol: str, timeframe: str, candles: CandleFrame) -> int:
+    """The same upsert as the multi-row INSERTs, in the same transaction, by binary COPY
+    (bench/bench_import_candles.py). A range with no stored candle of this market is copied
+    straight into ``candles`` (in a savepoint: should a pull store one meanwhile, the unique
+    key refuses the copy and the upsert below runs instead); otherwise the candles go to a
+    temporary table and one INSERT ... SELECT ... ON CONFLICT DO UPDATE, which leaves rows
+    already holding these values untouched (a re-import rewrites nothing)."""
+    from psycopg.errors import UniqueViolation
+
+    market = (Candle.exchange == exchange, Candle.symbol == symbol, Candle.timeframe == timeframe)
+    first, last = (
+        datetime.fromtimestamp(int(t), tz=UTC) for t in (candles.open_time[0], candles.open_time[-1])
+    )
+    overlap = select(Candle.open_time).where(*market, Candle.open_time.between(first, last)).limit(1)
+    driver = session.connection().connection.driver_connection  # psycopg, inside our transaction
+    if all((exchange, symbol, timeframe)) and session.execute(overlap).first() is None:
+        try:
+            with driver.transaction(), driver.cursor() as cursor:  # type: ignore[union-attr]
+                columns = f"{_CANDLE_COLUMNS}, quarantine_reason, quarantined_at"
+                with cursor.copy(f"COPY candles ({columns}) FROM STDIN (FORMAT binary)") as copy:
+                    copy.write(_binary_copy(candles, (exchange, symbol, timeframe), nulls=2))
+            return len(candles)
+        except UniqueViolation:
+            pass
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS candles_stage (open_time timestamptz, open float8,"
+            " high float8, low float8, close float8, volume float8)"
+        )
+        cursor.execute("TRUNCATE candles_stage")
+        with cursor.copy("COPY candles_stage FROM STDIN (FORMAT binary)") as copy:
+            copy.write(_binary_copy(candles))
+        cursor.execute(_UPSERT_STAGED, (exchange, symbol, timeframe))
+        cursor.execute("TRUNCATE candles_stage")
+    return len(candles)
 
 
 def insert_gaps(
