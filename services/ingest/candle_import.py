@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 import zipfile
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ GENERIC_KEYS = ("time", "open", "high", "low", "close", "volume")
 TIME_UNITS = ("s", "ms", "us")
 EXAMPLE_LINES = 10  # line numbers kept per reject reason for the summary
 _HEADER_SCAN_LINES = 20  # banner lines tolerated before the header
+_BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 _MISSING = frozenset({"", "null", "nan", "none", "na", "n/a", "-"})
 _BINANCE_HEADER = ("open_time", "open", "high", "low", "close", "volume", "close_time")
 _TIME_NAMES = ("timestamp", "time", "date", "datetime", "open_time", "unix", "open time")
@@ -245,12 +247,18 @@ def _real_header(lines: list[list[str]]) -> list[str] | None:
 
 
 def _read_table(
-    text: str, lines: list[str], skip: int, width: int
+    text: str, lines: list[str], skip: int, width: int, wanted: list[int]
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The data lines after ``skip`` lines as text cells, each row's line number (1-based) and
     which rows had more cells than the header. Blank lines are dropped. pandas reads a clean
     file; one with a too-wide line goes through the csv module instead of being refused."""
     wide = any(len(_fields(line)) > width for line in lines[skip : skip + _HEADER_SCAN_LINES] if line.strip())
+    blanks = _BLANK_LINE.search(text) is not None
+    # Only some columns are read when every data line is known to hold exactly ``width``
+    # cells (no quotes, the comma count adds up): with ``usecols`` pandas would ignore a
+    # too-wide line instead of refusing it.
+    commas = text.count(",") - sum(line.count(",") for line in lines[:skip])
+    exact = '"' not in text and commas == (width - 1) * (len(lines) - skip)
     try:
         if wide:  # pandas would silently cut a too-wide first line
             raise pd.errors.ParserError("a line wider than the header")
@@ -260,7 +268,11 @@ def _read_table(
             names=list(range(width)),
             index_col=False,
             skiprows=skip,
-            dtype=str,
+            # Without blank lines pandas may type the columns itself (a clean numeric column
+            # then needs no text pass: the fast path); with them every cell stays text so
+            # a blank line can be told from a row of empty cells and line numbers hold.
+            dtype=str if blanks else None,
+            usecols=wanted if exact and not blanks else None,  # symbol and date text cost most
             keep_default_na=False,
             skip_blank_lines=False,
             skipinitialspace=True,
@@ -269,6 +281,9 @@ def _read_table(
         malformed = np.zeros(len(frame), dtype=bool)
     except pd.errors.ParserError:
         frame, numbers, malformed = _read_slowly(lines, skip, width)
+        blanks = True
+    if not blanks:
+        return frame, numbers, malformed
     blank = (frame == "").all(axis=1).to_numpy() & ~malformed
     return frame[~blank].reset_index(drop=True), numbers[~blank], malformed[~blank]
 
@@ -284,18 +299,15 @@ def _read_slowly(lines: list[str], skip: int, width: int) -> tuple[pd.DataFrame,
     return frame, numbers, np.asarray(malformed, dtype=bool)
 
 
-def _column(frame: pd.DataFrame, names: list[str], wanted: str) -> pd.Series:
-    return frame[names.index(wanted)]
-
-
 def _csv_rows(text: str, options: ImportOptions) -> _Rows:
     lines = text.splitlines()
     index, layout = _find_header(lines, options)
     header = _fields(lines[index]) if index >= 0 else []
     names = _names(header)
     width = max(len(header), 12 if layout == "binance" else 0)
-    frame, numbers, malformed = _read_table(text, lines, index + 1, width)
-    columns = _LAYOUT_COLUMNS[layout](frame, names, options)
+    picks = _LAYOUT_COLUMNS[layout](names, options)
+    frame, numbers, malformed = _read_table(text, lines, index + 1, width, sorted(set(picks.values())))
+    columns = {key: frame[position] for key, position in picks.items()}
     time_format = options.time_format
     if layout == "cryptodatadownload" and not time_format and "unix" not in _cdd_time_name(names):
         time_format = "%Y-%m-%d %I-%p"  # "2020-07-08 02-PM"; plain dates fall back to ISO
@@ -306,31 +318,32 @@ def _cdd_time_name(names: list[str]) -> str:
     return next((n for n in ("unix timestamp", "unix") if n in names), "date")
 
 
-def _cdd_columns(frame: pd.DataFrame, names: list[str], _options: ImportOptions) -> dict[str, pd.Series]:
+# Each layout: which column (by position) holds each value.
+
+
+def _cdd_columns(names: list[str], _options: ImportOptions) -> dict[str, int]:
     volumes = [i for i, name in enumerate(names) if name.startswith("vol")]
-    columns = {key: _column(frame, names, key) for key in ("open", "high", "low", "close")}
-    columns["time"] = _column(frame, names, _cdd_time_name(names))
+    columns = {key: names.index(key) for key in ("open", "high", "low", "close")}
+    columns["time"] = names.index(_cdd_time_name(names))
     if volumes:  # none: every row fails as bad_volume, nothing is made up
-        columns["volume"] = frame[volumes[0]]
+        columns["volume"] = volumes[0]
     if len(volumes) >= 2:
-        columns["volume2"] = frame[volumes[1]]  # base or quote: told apart by value, per row
+        columns["volume2"] = volumes[1]  # base or quote: told apart by value, per row
     return columns
 
 
-def _yahoo_columns(frame: pd.DataFrame, names: list[str], _options: ImportOptions) -> dict[str, pd.Series]:
-    columns = {key: _column(frame, names, key) for key in ("open", "high", "low", "close", "volume")}
-    columns["time"] = _column(frame, names, "date")
+def _yahoo_columns(names: list[str], _options: ImportOptions) -> dict[str, int]:
+    columns = {key: names.index(key) for key in ("open", "high", "low", "close", "volume")}
+    columns["time"] = names.index("date")
     return columns
 
 
-def _binance_columns(frame: pd.DataFrame, names: list[str], _options: ImportOptions) -> dict[str, pd.Series]:
+def _binance_columns(_names: list[str], _options: ImportOptions) -> dict[str, int]:
     # open time, open, high, low, close, volume (base), close time, quote volume, trades, ...
-    return dict(
-        zip(("time", "open", "high", "low", "close", "volume"), (frame[i] for i in range(6)), strict=True)
-    )
+    return {key: i for i, key in enumerate(("time", "open", "high", "low", "close", "volume"))}
 
 
-def _generic_columns(frame: pd.DataFrame, names: list[str], options: ImportOptions) -> dict[str, pd.Series]:
+def _generic_columns(names: list[str], options: ImportOptions) -> dict[str, int]:
     mapping = {key: value.lower() for key, value in options.columns.items()}
     if not mapping:  # the standard names: time/timestamp/date..., open, high, low, close, volume
         mapping = {key: key for key in GENERIC_KEYS[1:]}
@@ -341,7 +354,7 @@ def _generic_columns(frame: pd.DataFrame, names: list[str], options: ImportOptio
             f"the generic layout needs --column {'=C --column '.join(missing)}=C (one per missing key)",
             param="column",
         )
-    return {key: _column(frame, names, mapping[key]) for key in GENERIC_KEYS}
+    return {key: names.index(mapping[key]) for key in GENERIC_KEYS}
 
 
 _LAYOUT_COLUMNS = {
@@ -389,6 +402,9 @@ def _json_cell(cell: object) -> str:
 def _numbers(cells: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values, missing, unreadable): NaN where a cell is empty/"null" or not a number.
     Thousands separators are dropped only from the cells that need it (the fast path first)."""
+    if pd.api.types.is_numeric_dtype(cells.dtype) and not pd.api.types.is_bool_dtype(cells.dtype):
+        values = cells.to_numpy(dtype=np.float64, copy=True)  # pandas read every cell as a number
+        return values, np.zeros(values.shape, bool), np.zeros(values.shape, bool)
     values = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64, copy=True)
     missing = np.zeros(values.shape, dtype=bool)
     unreadable = np.zeros(values.shape, dtype=bool)
@@ -424,7 +440,7 @@ def _epoch_seconds(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
                 seconds = numbers / np.select([size >= 1e14, size >= 1e11], [1e6, 1e3], 1.0)
             with np.errstate(invalid="ignore"):
                 return seconds, ~(np.isfinite(seconds) & (seconds >= 0) & (seconds < _LATEST_SECONDS))
-    return _text_seconds(cells.str.strip(), rows.time_format)
+    return _text_seconds(cells.astype(str).str.strip(), rows.time_format)
 
 
 def _text_seconds(cells: pd.Series, time_format: str | None) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from services.common.db.models import Candle, CandleGap
 from services.common.errors import InvalidInput
 from services.ingest.backfill import backfill_candles_csv
 from services.ingest.candle_import import (
+    CandleFrame,
     ImportOptions,
     import_candle_file,
     import_cryptodatadownload,
@@ -30,6 +31,8 @@ from services.ingest.candle_import import (
     parse_column_mapping,
 )
 from services.ingest.settings import IngestSettings
+from services.ingest.store import COPY_THRESHOLD, quarantine_candles, upsert_candles
+from services.pipeline.replay_server import generated_series
 from tests.conftest import REPO_ROOT
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "candles"
@@ -272,3 +275,31 @@ def test_cli_one_line_for_an_unknown_layout_and_a_summary_for_a_partly_bad_file(
     )
     assert generic.returncode == 0, generic.stderr
     assert json.loads(generic.stdout.strip().splitlines()[-1])["stored"] == 4
+
+
+def test_a_large_frame_is_stored_exactly_and_upserted(ingest_settings: IngestSettings) -> None:
+    """On PostgreSQL past COPY_THRESHOLD candles go by binary COPY (straight into an empty range,
+    else staged and upserted); both dialects must store the same values and refresh the same way."""
+    url = ingest_settings.resolved_database_url
+    upgrade(url)
+    count = COPY_THRESHOLD + 500
+    series = generated_series(datetime(2024, 1, 1, tzinfo=UTC), count, H)
+    with session_scope(url) as session:
+        assert upsert_candles(session, "big", "BTC/USD", "1h", series) == count
+    stored = _stored(url)
+    assert [close for _t, close, _v in stored] == series.close.tolist()  # float8 round trip, exact
+    assert [volume for _t, _c, volume in stored] == series.volume.tolist()
+    assert stored[0][0] == datetime(2024, 1, 1, tzinfo=UTC)
+    first_time = stored[0][0]
+    with session_scope(url) as session:  # a quarantined candle, then a corrected copy of the file
+        quarantine_candles(session, "big", "BTC/USD", "1h", {first_time: "bad_price"})
+    corrected = CandleFrame(
+        series.open_time, series.open, series.high, series.low, series.close, series.volume * 2
+    )
+    with session_scope(url) as session:
+        assert upsert_candles(session, "big", "BTC/USD", "1h", corrected) == count
+    refreshed = _stored(url)
+    assert len(refreshed) == count and [v for _t, _c, v in refreshed] == (series.volume * 2).tolist()
+    with session_scope(url) as session:
+        reasons = session.scalars(select(Candle.quarantine_reason).where(Candle.open_time == first_time))
+        assert list(reasons) == [None]
