@@ -220,12 +220,12 @@ def build_report(
     }
     notes = list(config.notes)
     notes += [f"{s['name']} unavailable: {s['unavailable']}" for s in sections if s["unavailable"]]
-    if overlaps:
+    cutoff = _cutoff_report(rows, split, config, scored, options, verdicts)
+    notes[0:0] = cutoff["lines"]  # the report's first lines: what each model could have seen
+    if overlaps:  # first of all: in-sample rows are worse than rows the base may have read about
         notes.insert(
             0, "OVERLAP ALLOWED: some adapters are scored on rows from their training window plus embargo"
         )
-    cutoff = _cutoff_report(rows, split, config, scored, options, verdicts)
-    notes[0:0] = cutoff["lines"]  # the report's first lines: what each model could have seen
     report: dict[str, Any] = {
         "title": config.title,
         "generated_at": datetime.now(UTC).isoformat(),

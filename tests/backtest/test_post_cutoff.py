@@ -23,7 +23,7 @@ from services.backtest.post_cutoff import NoPostCutoffRows
 from services.backtest.report import cutoff_text
 from services.backtest.rows import load_rows
 from services.backtest.runner import preflight, run_backtest
-from services.backtest.schemas import BacktestConfig, BaselineSpec, LocalSpec, ServiceSpec
+from services.backtest.schemas import BacktestConfig, BaselineSpec, LocalSpec, OpenAISpec, ServiceSpec
 from services.backtest.settings import BacktestSettings
 from services.common.db.migrate import upgrade
 from services.common.settings import get_settings
@@ -159,3 +159,43 @@ def test_api_answers_422_naming_the_cutoff_and_queues_nothing(
     assert error["param"] == "post_cutoff_only"
     assert error["message"].startswith("no post-cutoff rows: latest cutoff 2019-09-01T00:00:00+00:00 (late)")
     assert listed == [] and stored_runs(settings.resolved_database_url) == []
+
+
+def test_an_endpoint_model_has_the_cutoff_the_settings_give_it_else_unknown(
+    backtest_settings: BacktestSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.backtest.post_cutoff import predictor_cutoff
+    from services.backtest.predictors.factory import build_predictor
+
+    spec = OpenAISpec(model="gpt-4o-mini")
+    predictor = build_predictor(spec, backtest_settings, 0, None)
+    assert predictor_cutoff(spec, predictor, backtest_settings).status == "unknown"
+    settings = _settings(monkeypatch, {"gpt-4o-mini": {"pretraining": "2023-10", "source": "vendor"}})
+    cutoff = predictor_cutoff(spec, predictor, settings)
+    assert cutoff.latest == datetime(2023, 11, 1, tzinfo=UTC) and cutoff.source == "vendor"
+    # An endpoint serving a model the table knows gets the table's cutoff.
+    llama = OpenAISpec(model="meta-llama/Llama-2-7b-chat-hf")
+    assert (
+        predictor_cutoff(llama, build_predictor(llama, settings, 0, None), settings).tuning_stated
+        == "2023-07"
+    )
+
+
+def test_the_rolling_run_says_post_cutoff_by_construction_only_when_the_cutoffs_say_so(
+    backtest_settings: BacktestSettings, market: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.backtest.schedule import rolling_config
+
+    register_adapter(backtest_settings.resolved_database_url, "old", START - timedelta(days=1))
+    quiet = {"schedule_base_model": False, "rolling_window_days": 3.0}
+    clean = rolling_config(backtest_settings.model_copy(update=quiet))  # base "tiny": cutoff none
+    assert clean.notes[-1].startswith("post-cutoff by construction: the window starts 2019-01-14")
+    late = _settings(monkeypatch, {"tiny": {"pretraining": "2019-01"}}).model_copy(update=quiet)
+    assert (
+        rolling_config(late)
+        .notes[-1]
+        .startswith("NOT post-cutoff by construction: the window starts 2019-01-14")
+        and "old (2019-02-01T00:00:00+00:00)" in rolling_config(late).notes[-1]
+    )
+    unknown = _settings(monkeypatch, {"tiny": "unknown"}).model_copy(update=quiet)
+    assert "cutoff of old is unknown" in rolling_config(unknown).notes[-1]

@@ -53,7 +53,10 @@ def test_reproduce_on_the_bundled_data(sqlite_settings: BacktestSettings, tiny_m
     names = [p["name"] for p in report["predictors"]]
     assert names[:3] == ["base (untuned)", "LoRA", "full fine-tune"]
     assert set(names[3:]) == {"always_increase", "always_decrease", "majority", "momentum", "coin_flip"}
-    assert report["notes"][0] == TINY_DISCLAIMER  # a tiny-model run says its numbers mean nothing for Llama-2
+    # The cutoff lines come first (issue 15: what each model could have seen), then the caller's
+    # notes: a tiny-model run says its numbers mean nothing for Llama-2.
+    assert report["notes"][0].startswith("base (untuned): no knowledge cutoff (none")
+    assert report["notes"][len(report["cutoff"]["lines"])] == TINY_DISCLAIMER
     assert any(note.startswith("LoRA: ") and "parameters trained" in note for note in report["notes"])
     assert report["leakage"] == []  # the window starts after both training windows plus embargo
     assert report["data"]["first_headline"] >= "2020-01-01"
