@@ -7,6 +7,7 @@ is its own.
     .venv/bin/python bench/gpu_train.py                      # 7b and 13b, lora qlora full
     .venv/bin/python bench/gpu_train.py --shapes 7b --steps 20 --seq-len 512 --batch-size 4
     .venv/bin/python bench/gpu_train.py --shapes 13b --gradient-checkpointing --json rows.json
+    .venv/bin/python bench/gpu_train.py --shapes 7b 13b --gradient-checkpointing-both --json gc.json
     .venv/bin/python bench/gpu_train.py --shapes tiny --device cpu   # smoke test without a GPU
 
 QLoRA without a checkpoint file: the bf16 model is built on the GPU as for the other methods,
@@ -32,6 +33,9 @@ AdamW adds one weights-sized temporary, about 26 GB more: ~121 GiB), after backw
 the activations (~21 GiB at batch 4 x 512, less than that temporary). That fits a 139 GiB H200,
 not an 80 GB card (use --gradient-checkpointing and FSDP there). Rows record
 gradient_checkpointing and ratios are only taken between rows with the same setting.
+``--gradient-checkpointing-both`` runs every (shape, method) without and then with it (each in
+its own process), and reports what checkpointing saves per method beside issue 13's goals: 7B
+LoRA at most 16 GiB, 7B QLoRA at most 8 GiB, LoRA at most 0.3x full's memory.
 
 The research note saw 5 vs 16 min (7B) and 7 vs 59 min (13B) per epoch, with LoRA at about
 25% of the memory. Full fine-tuning here is pure bf16 AdamW (no fp32 master weights), as in
@@ -71,6 +75,8 @@ SHAPES = {
     "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2},
 }
 METHODS = ["lora", "qlora", "full"]
+GOALS_GIB = {("7b", "lora"): 16.0, ("7b", "qlora"): 8.0}  # issue 13, peak memory
+GOAL_LORA_VS_FULL = 0.3
 
 
 def quantize_decoder_linears(model: Any, compute_dtype: Any) -> int:
@@ -209,10 +215,14 @@ def worker(shape: str, method: str, args: argparse.Namespace) -> dict:
     }
 
 
-def jobs(shapes: list[str], methods: list[str]) -> list[tuple[str, str]]:
-    """lora and full (in the order asked) for every shape, then qlora for every shape."""
+def jobs(
+    shapes: list[str], methods: list[str], checkpointing: tuple[bool, ...] = (False,)
+) -> list[tuple[str, str, bool]]:
+    """lora and full (in the order asked) for every shape, then qlora for every shape; each
+    with every checkpointing setting asked (off before on)."""
     first = [(shape, method) for shape in shapes for method in methods if method != "qlora"]
-    return first + [(shape, "qlora") for shape in shapes if "qlora" in methods]
+    order = first + [(shape, "qlora") for shape in shapes if "qlora" in methods]
+    return [(shape, method, gc) for shape, method in order for gc in checkpointing]
 
 
 def main() -> None:
@@ -227,6 +237,11 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--gradient-checkpointing-both",
+        action="store_true",
+        help="Every (shape, method) without and with gradient checkpointing.",
+    )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument(
         "--epoch-examples", type=int, default=1000, help="Examples per epoch for the min/epoch column."
@@ -248,10 +263,11 @@ def main() -> None:
         _write_json(args.json, rows, failures, args)
     signal.signal(signal.SIGTERM, _stop)  # `timeout`: report what finished, then exit
     current = None
+    settings = (False, True) if args.gradient_checkpointing_both else (args.gradient_checkpointing,)
     try:
-        for current in jobs(args.shapes, args.methods):
-            shape, method = current
-            print(f"== {shape} {method}", flush=True)
+        for current in jobs(args.shapes, args.methods, settings):
+            shape, method, checkpointing = current
+            print(f"== {shape} {method}{' (gradient checkpointing)' if checkpointing else ''}", flush=True)
             if (
                 method == "qlora"
                 and args.device == "cpu"
@@ -260,7 +276,7 @@ def main() -> None:
                 print("   skipped: qlora needs bitsandbytes (4-bit), which is not installed here", flush=True)
                 continue
             started = time.perf_counter()
-            row, failure = _run_worker(shape, method, args)
+            row, failure = _run_worker(shape, method, checkpointing, args)
             if row is not None:
                 rows.append(row)
                 print(
@@ -275,7 +291,14 @@ def main() -> None:
                 _write_json(args.json, rows, failures, args)
     except _Stopped:
         if current is not None:
-            failures.append({"shape": current[0], "method": current[1], "error": "stopped by SIGTERM"})
+            failures.append(
+                {
+                    "shape": current[0],
+                    "method": current[1],
+                    "gradient_checkpointing": current[2],
+                    "error": "stopped by SIGTERM",
+                }
+            )
         if args.json:
             _write_json(args.json, rows, failures, args)
         print("\nstopped (SIGTERM): the rows finished so far", flush=True)
@@ -292,9 +315,15 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped
 
 
-def _run_worker(shape: str, method: str, args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+def _run_worker(
+    shape: str, method: str, checkpointing: bool, args: argparse.Namespace
+) -> tuple[dict | None, dict | None]:
     """(row, None) or (None, failure), printing why a worker failed."""
-    command = [sys.executable, __file__, "--worker", shape, method, *sys.argv[1:]]
+    passed = [
+        a for a in sys.argv[1:] if a not in ("--gradient-checkpointing", "--gradient-checkpointing-both")
+    ]
+    command = [sys.executable, __file__, "--worker", shape, method, *passed]
+    command += ["--gradient-checkpointing"] if checkpointing else []
     try:
         done = subprocess.run(
             command,
@@ -306,7 +335,12 @@ def _run_worker(shape: str, method: str, args: argparse.Namespace) -> tuple[dict
     except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
         error = f"timed out after {args.worker_timeout:g} s"
         print(f"   failed: {error}", flush=True)
-        return None, {"shape": shape, "method": method, "error": error}
+        return None, {
+            "shape": shape,
+            "method": method,
+            "gradient_checkpointing": checkpointing,
+            "error": error,
+        }
     row = _row(done)
     if row is not None:
         return row, None
@@ -315,7 +349,13 @@ def _run_worker(shape: str, method: str, args: argparse.Namespace) -> tuple[dict
     print(f"   failed (exit status {done.returncode}): {error}", flush=True)
     for line in lines[-12:-1]:
         print(f"   | {line}", flush=True)
-    return None, {"shape": shape, "method": method, "returncode": done.returncode, "error": error}
+    return None, {
+        "shape": shape,
+        "method": method,
+        "gradient_checkpointing": checkpointing,
+        "returncode": done.returncode,
+        "error": error,
+    }
 
 
 def _row(done: subprocess.CompletedProcess) -> dict | None:
@@ -331,7 +371,16 @@ def _row(done: subprocess.CompletedProcess) -> dict | None:
 def _write_json(path: Path, rows: list[dict], failures: list[dict], args: argparse.Namespace) -> None:
     settings = {
         key: getattr(args, key)
-        for key in ("steps", "batch_size", "seq_len", "rank", "targets", "gradient_checkpointing", "device")
+        for key in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "rank",
+            "targets",
+            "gradient_checkpointing",
+            "gradient_checkpointing_both",
+            "device",
+        )
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": settings, "rows": rows, "failures": failures}, indent=2) + "\n")
@@ -370,11 +419,36 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         for method, label in (("lora", "LoRA"), ("qlora", "QLoRA")):
             other = by_key.get((shape, method, gc))
             if other:
+                ratio = other["peak_bytes"] / full["peak_bytes"]
+                verdict = (
+                    f" (goal <= {GOAL_LORA_VS_FULL}x: {'met' if ratio <= GOAL_LORA_VS_FULL else 'NOT met'})"
+                )
                 print(
-                    f"{shape}{' (gc)' if gc else ''}: {label} / full memory "
-                    f"{other['peak_bytes'] / full['peak_bytes']:.2f}x, "
+                    f"{shape}{' (gc)' if gc else ''}: {label} / full memory {ratio:.2f}x"
+                    f"{verdict if method == 'lora' else ''}, "
                     f"time {other['seconds_per_step'] / full['seconds_per_step']:.2f}x"
                 )
+    report_checkpointing(by_key)
+
+
+def report_checkpointing(by_key: dict[tuple[str, str, bool], dict]) -> None:
+    """Per (shape, method) run both ways: what checkpointing saves and costs; the goals."""
+    gib = 2**30
+    for (shape, method, gc), row in sorted(by_key.items()):
+        off = by_key.get((shape, method, False))
+        if gc and off:
+            print(
+                f"{shape} {method}: gradient checkpointing {row['peak_bytes'] / gib:.1f} vs "
+                f"{off['peak_bytes'] / gib:.1f} GiB ({row['peak_bytes'] / off['peak_bytes']:.2f}x), "
+                f"{row['seconds_per_step'] / off['seconds_per_step']:.2f}x time per step"
+            )
+        goal = GOALS_GIB.get((shape, method))
+        if goal is not None:
+            peak = row["peak_bytes"] / gib
+            print(
+                f"{shape} {method}{' (gc)' if gc else ''}: peak {peak:.1f} GiB, goal <= {goal:g} GiB: "
+                f"{'met' if peak <= goal else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":
