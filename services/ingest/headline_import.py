@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,16 +30,9 @@ import numpy as np
 import pandas as pd
 
 from services.common.errors import InvalidInput
+from services.ingest.headline_rows import HeadlineRows, normalise_titles, payload_hashes, title_keys
 from services.ingest.headline_times import TimeColumn, parse_time_column, resolve_dayfirst, to_us
-from services.ingest.headlines import (
-    DEFAULT_LIMITS,
-    HeadlineRecord,
-    ItemLimits,
-    Rejects,
-    field_fault,
-    normalise_title,
-    payload_sha256,
-)
+from services.ingest.headlines import DEFAULT_LIMITS, HeadlineRecord, ItemLimits, Rejects
 
 DELIMITERS = (",", ";", "\t", "|")
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
@@ -81,7 +75,7 @@ class ColumnMap:
 
 @dataclass
 class HeadlineImport:
-    records: list[HeadlineRecord] = field(default_factory=list)
+    records: Sequence[HeadlineRecord] = field(default_factory=list)  # HeadlineRows once read
     rejects: Rejects = field(default_factory=Rejects)
     lines: dict[str, list[int]] = field(default_factory=dict)  # reason -> first LINES_KEPT lines
     detail: dict[str, Any] = field(default_factory=dict)  # encoding, delimiter, columns, time layout
@@ -94,9 +88,9 @@ class HeadlineImport:
 
     def summary(self) -> dict[str, Any]:
         """What a backfill reports beside its counts."""
-        precision: dict[str, int] = {}
-        for record in self.records:
-            precision[record.precision.value] = precision.get(record.precision.value, 0) + 1
+        frame = getattr(self.records, "frame", None)
+        counts = frame["time_precision"].value_counts() if frame is not None else pd.Series(dtype=int)
+        precision = {str(name): int(count) for name, count in counts.items()}
         return {**self.detail, "precision": precision, "rejected_lines": self.lines}
 
 
@@ -128,14 +122,9 @@ def import_headlines(
     for line, reason, message in table.bad:
         result.reject(reason, line, message)
     positions = {name: table.columns.index(name) for name in mapping.values() if name}
-    cells = list(zip(*table.rows, strict=True)) if table.rows else [() for _ in table.columns]
-    titles = cells[positions[mapping["title"]]]
-    raw_times = cells[positions[mapping["time"]]]
-    keep = [
-        i
-        for i, (title, time) in enumerate(zip(titles, raw_times, strict=True))
-        if title.strip() or time.strip()
-    ]
+    title_at, time_at = positions[mapping["title"]], positions[mapping["time"]]
+    raw_times = [row[time_at] for row in table.rows]
+    keep = [i for i, row in enumerate(table.rows) if row[title_at].strip() or raw_times[i].strip()]
     times = [raw_times[i] for i in keep]  # rows blank in both (the Kaggle file's ",,") are skipped
     lines = [table.lines[i] for i in keep]
     dayfirst = resolve_dayfirst(times, lines, options.dayfirst)
@@ -156,51 +145,67 @@ def _build(
     limits: ItemLimits,
     now: datetime,
 ) -> None:
-    """Records for the rows whose title, time and fields pass (``time_fault``'s rule for
-    early and future times, vectorised)."""
-    early = parsed.published_us < to_us(limits.earliest)
-    late = parsed.published_us > to_us(now + limits.future_skew)
-    usable = ~(early | late)  # rejected rows may lie past what a datetime64 holds (year 2999)
-    published = _datetimes(np.where(usable, parsed.published_us, 0))
-    known = _datetimes(np.where(usable, parsed.known_us, 0))
-    title_at, time_at = positions[mapping["title"]], positions[mapping["time"]]
-    summary_at = positions.get(mapping["summary"] or "")
-    guid_at = positions.get(mapping["guid"] or "")
-    header = table.columns
-    for index, row_index in enumerate(keep):
-        row, line = table.rows[row_index], table.lines[row_index]
-        title = normalise_title(row[title_at])
-        fault = parsed.faults.get(index)
-        if not title:
-            result.reject("missing_title", line)
-        elif fault:
-            result.reject(fault[0], line, fault[1])
-        elif early[index] or late[index]:
-            result.reject("early_pubdate" if early[index] else "future_pubdate", line, row[time_at].strip())
-        else:
-            raw_time = row[time_at].strip()
-            guid = row[guid_at].strip() if guid_at is not None else ""
-            summary = normalise_title(row[summary_at]) if summary_at is not None else ""
-            record = HeadlineRecord(
-                source,
-                guid or payload_sha256({"title": title, "time": raw_time}),
-                title,
-                published[index],
-                None,
-                summary or None,
-                dict(zip(header, row, strict=True)),
-                parsed.precision[index],
-                known[index],
-            )
-            fault_name = field_fault(record, limits)
-            if fault_name:
-                result.reject(fault_name, line)
-            else:
-                result.records.append(record)
+    """The rows whose title, time and fields pass, as columns (``HeadlineRows``); the rest
+    rejected by line. Early and future times by ``time_fault``'s rule, field caps by
+    ``field_fault``'s (title, guid, summary: the first over its cap names the reason)."""
+    rows = [table.rows[i] for i in keep]
+    column = lambda role: [row[positions[mapping[role]]] for row in rows]  # type: ignore[index]  # noqa: E731
+    titles = normalise_titles(column("title"))
+    raw_times = [text.strip() for text in column("time")]
+    guids = [text.strip() for text in column("guid")] if mapping["guid"] else [""] * len(rows)
+    summaries = normalise_titles(column("summary")) if mapping["summary"] else [""] * len(rows)
+    reasons = np.full(len(rows), "", dtype=object)
+    reasons[parsed.published_us < to_us(limits.earliest)] = "early_pubdate"
+    reasons[parsed.published_us > to_us(now + limits.future_skew)] = "future_pubdate"
+    for index, (reason, _) in parsed.faults.items():
+        reasons[index] = reason
+    reasons[np.array([not title for title in titles], dtype=bool)] = "missing_title"
+    _field_caps(reasons, titles, guids, summaries, limits)
+    good = np.flatnonzero(reasons == "")
+    for index in np.flatnonzero(reasons != ""):
+        fault = parsed.faults.get(int(index))
+        message = fault[1] if fault and fault[0] == reasons[index] else ""
+        if reasons[index] in ("early_pubdate", "future_pubdate"):
+            message = raw_times[index]
+        result.reject(str(reasons[index]), table.lines[keep[index]], message)
+    pick = lambda values: [values[i] for i in good]  # noqa: E731
+    good_titles, good_guids = pick(titles), pick(guids)
+    missing_guid = [i for i, guid in enumerate(good_guids) if not guid]
+    if missing_guid:  # the guid of a file without ids: the hash of its title and time
+        hashes = payload_hashes(
+            ["title", "time"],
+            [[good_titles[i] for i in missing_guid], [raw_times[good[i]] for i in missing_guid]],
+        )
+        for position, value in zip(missing_guid, hashes, strict=True):
+            good_guids[position] = value
+    cells = pick(rows)
+    frame = pd.DataFrame(
+        {
+            "source": source[:128],
+            "guid": good_guids,
+            "title": good_titles,
+            "title_key": title_keys(good_titles),
+            "published_us": parsed.published_us[good],
+            "link": None,
+            "summary": [summary or None for summary in pick(summaries)],
+            "payload_sha256": payload_hashes(table.columns, list(zip(*cells, strict=True)) if cells else []),
+            "time_precision": [precision.value for precision in parsed.precision[good]],
+            "known_us": parsed.known_us[good],
+        }
+    )
+    result.records = HeadlineRows(frame, table.columns, cells)
 
 
-def _datetimes(micros: np.ndarray) -> np.ndarray:
-    return pd.to_datetime(micros, unit="us", utc=True).to_pydatetime()
+def _field_caps(
+    reasons: np.ndarray, titles: list[str], guids: list[str], summaries: list[str], limits: ItemLimits
+) -> None:
+    for name, values, cap in (
+        ("summary", summaries, limits.max_summary_chars),
+        ("guid", guids, limits.max_guid_chars),
+        ("title", titles, limits.max_title_chars),
+    ):  # the last written wins: the same order of precedence as field_fault
+        over = np.array([len(value) > cap for value in values], dtype=bool)
+        reasons[over & (reasons == "")] = f"{name}_too_long"
 
 
 def read_table(path: Path, options: ReadOptions = ReadOptions()) -> RawTable:
@@ -282,7 +287,7 @@ def _csv_rows(text: str, delimiter: str, path: Path, detail: dict[str, Any]) -> 
     try:
         for row in reader:
             line, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in row):
+            if not any(row):  # a blank line; rows of blank cells are dropped by the caller
                 continue
             if columns is None:
                 columns = [cell.strip() for cell in row]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
 from services.common.redact import redact_text
 from services.ingest.csv_import import CandleFrame
+from services.ingest.headline_rows import HeadlineRows
 from services.ingest.headlines import HeadlineRecord
 
 BATCH_ROWS = 5000  # rows per INSERT statement: bounded memory, few round trips
@@ -38,13 +40,78 @@ def _batches(rows: Sequence[dict[str, Any]], size: int = BATCH_ROWS) -> Iterable
 def insert_headlines(session: Session, records: Iterable[HeadlineRecord]) -> int:
     """Store new headlines; ones already stored (same source+guid, or title+time) are skipped.
 
-    Returns how many were new.
+    Returns how many were new. On PostgreSQL a large batch (a file import) goes through COPY
+    (``_copy_headlines``): the same rows, the same skips, one transaction.
     """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if isinstance(records, HeadlineRows) and postgres and len(records) >= COPY_THRESHOLD:
+        return _copy_headline_frame(session, records.frame)  # a file: no record objects
     rows = [record.row() for record in records]
+    if len(rows) >= COPY_THRESHOLD and postgres:
+        return _copy_headlines(session, rows)
     inserted = 0
     for batch in _batches(rows):
         statement = _insert(session, Headline.__table__).on_conflict_do_nothing().returning(Headline.id)
         inserted += len(session.execute(statement, list(batch)).all())
+    return inserted
+
+
+def _copy_headlines(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING
+    (either unique key, and duplicates inside the batch, skip a row as the INSERTs do)."""
+    now = datetime.now(UTC)
+
+    def write(copy: Any) -> None:
+        for row in rows:
+            copy.write_row([*row.values(), now])
+
+    return _copy_into_headlines(session, [*rows[0], "first_seen_at"], "", write)
+
+
+_FRAME_TEXT = ("source", "guid", "title", "title_key", "link", "summary", "payload_sha256", "time_precision")
+
+
+def _copy_headline_frame(session: Session, frame: pd.DataFrame) -> int:
+    """The same for a file's ``HeadlineRows`` (row()'s columns), sent as CSV text built by
+    pandas with the times as epoch microseconds (formatting a million datetimes as text costs
+    more than the rest): an empty unquoted field is NULL (no stored text is empty: link and an
+    empty summary are None)."""
+    payload = frame[[*_FRAME_TEXT, "published_us", "known_us"]].to_csv(index=False, header=False)
+    text = ", ".join(f'"{name}"' for name in _FRAME_TEXT)
+    epoch = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + INTERVAL '1 microsecond' * "
+    driver = session.connection().connection.driver_connection  # psycopg, inside our transaction
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute("DROP TABLE IF EXISTS headlines_frame_stage")
+        cursor.execute(
+            f"CREATE TEMP TABLE headlines_frame_stage AS SELECT {text}, 0::bigint AS published_us,"
+            " 0::bigint AS known_us FROM headlines WITH NO DATA"
+        )
+        with cursor.copy("COPY headlines_frame_stage FROM STDIN (FORMAT csv)") as copy:
+            copy.write(payload)
+        cursor.execute(
+            f"INSERT INTO headlines ({text}, published_at, known_at, first_seen_at)"
+            f" SELECT {text}, {epoch}published_us, {epoch}known_us, %s FROM headlines_frame_stage"
+            " ON CONFLICT DO NOTHING",
+            (datetime.now(UTC),),
+        )
+        inserted = cursor.rowcount
+        cursor.execute("DROP TABLE headlines_frame_stage")
+    return inserted
+
+
+def _copy_into_headlines(session: Session, names: list[str], options: str, write: Any) -> int:
+    columns = ", ".join(f'"{name}"' for name in names)
+    driver = session.connection().connection.driver_connection  # psycopg, inside our transaction
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute("DROP TABLE IF EXISTS headlines_stage")  # its columns are this call's
+        cursor.execute(f"CREATE TEMP TABLE headlines_stage AS SELECT {columns} FROM headlines WITH NO DATA")
+        with cursor.copy(f"COPY headlines_stage ({columns}) FROM STDIN {options}") as copy:
+            write(copy)
+        cursor.execute(
+            f"INSERT INTO headlines ({columns}) SELECT {columns} FROM headlines_stage ON CONFLICT DO NOTHING"
+        )
+        inserted = cursor.rowcount
+        cursor.execute("DROP TABLE headlines_stage")
     return inserted
 
 
