@@ -85,7 +85,10 @@ def run(
 
     def on_step(report: StepReport) -> None:
         bar.n = report.step
-        bar.set_postfix(loss=f"{report.loss:.4f}", refresh=False)
+        shown = {"loss": f"{report.loss:.4f}"}
+        if report.validation_loss is not None:  # the latest evaluation (optim.eval_steps)
+            shown["val_loss"] = f"{report.validation_loss:.4f}"
+        bar.set_postfix(shown, refresh=False)
         bar.refresh()
 
     checkpoints = checkpoint_dir or settings.checkpoints_path / f"cli-{config.name}"

@@ -149,7 +149,8 @@ def test_label_tasks_refuse_packing(
 
     settings = session_trainer_settings.model_copy(update={"worker_enabled": False})
     with TestClient(build_app(settings)) as client:
+        before = client.get("/v1/jobs").json()["jobs"]  # the session's database: others' jobs
         answer = client.post("/v1/jobs", json=raw, headers={"Authorization": "Bearer test-token"})
         assert answer.status_code == 422, answer.text
         assert "data.packing applies to chat only" in answer.text
-        assert client.get("/v1/jobs").json()["jobs"] == []  # nothing queued
+        assert client.get("/v1/jobs").json()["jobs"] == before  # nothing queued
