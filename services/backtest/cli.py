@@ -215,3 +215,110 @@ def serve(
     serve_app(
         settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     )
+
+
+@app.command("ablation")
+def ablation(
+    start: When = None,
+    end: When = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="Adapter scored by the inference service (repeat).")
+    ] = None,
+    base: Annotated[
+        bool, typer.Option(help="Score the untuned base model through the inference service.")
+    ] = False,
+    local_model: Annotated[str | None, typer.Option(help="Base model directory scored in-process.")] = None,
+    local_adapter: Annotated[
+        list[str] | None, typer.Option(help="Adapter or full fine-tune directory on --local-model (repeat).")
+    ] = None,
+    openai_model: Annotated[str | None, typer.Option(help="Model of an OpenAI-compatible endpoint.")] = None,
+    openai_url: Annotated[str | None, typer.Option(help="Base URL of that endpoint.")] = None,
+    openai_key_env: Annotated[str | None, typer.Option(help="Environment variable holding its key.")] = None,
+    symbol: Annotated[str | None, typer.Option()] = None,
+    horizon: Annotated[str | None, typer.Option()] = None,
+    exchange: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N rows of the window.")] = None,
+    bootstrap_reps: Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    allow_overlap: Annotated[
+        bool, typer.Option(help="Score adapters on their own training window (marked).")
+    ] = False,
+) -> None:
+    """Score the same rows as written and with entity names masked; the paired accuracy difference."""
+    from pydantic import ValidationError
+
+    from services.backtest.ablation import run_ablation
+    from services.backtest.schemas import BacktestConfig
+
+    if not (adapter or base or local_model or openai_model):
+        raise InvalidInput(
+            "the ablation needs a model that reads headlines: --local-model, --adapter, --base or --openai-model"
+        )
+    specs = _predictors(
+        ["none"], adapter, base, local_model, local_adapter, openai_model, openai_url, openai_key_env
+    )
+    try:
+        config = BacktestConfig(
+            title="Anonymisation ablation", start=_utc(start), end=_utc(end), symbol=symbol, horizon=horizon,
+            exchange=exchange, predictors=specs, bootstrap_reps=bootstrap_reps, seed=seed,
+            allow_overlap=allow_overlap,
+        )  # fmt: skip
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc'])) or 'options'}: {first['msg']}") from exc
+    settings = _settings()
+    if openai_model and (openai_url or openai_key_env):
+        settings = _with_openai_endpoint(settings, openai_url, openai_key_env)
+    files = run_ablation(settings, config, limit)
+    for row in files.report["results"]:
+        interval = row["interval"] and f"[{row['interval'][0]:+.4f}, {row['interval'][1]:+.4f}]"
+        typer.echo(
+            f"{row['predictor']}: accuracy {row['accuracy_as_written']:.4f} as written, "
+            f"{row['accuracy_masked']:.4f} masked, difference {row['difference']:+.4f} {interval or '(no interval)'} "
+            f"over {row['windows']} label windows; {row['answers_changed']} answers changed"
+        )
+    typer.echo(
+        f"headlines masked: {files.report['data']['headlines_masked']} of {files.report['data']['rows']}"
+    )
+    typer.echo(f"JSON: {files.json_path}\nHTML: {files.html_path}")
+
+
+@app.command("probe")
+def probe(
+    local_model: Annotated[str, typer.Option(help="The untuned base model's directory, scored in-process.")],
+    start: When = None,
+    end: When = None,
+    before: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+            help="The model's knowledge cutoff: only label windows before it are asked about.",
+        ),
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Label windows asked about (drawn without replacement).")] = 200,
+    symbol: Annotated[str | None, typer.Option()] = None,
+    horizon: Annotated[str | None, typer.Option()] = None,
+    exchange: Annotated[str | None, typer.Option()] = None,
+    bootstrap_reps: Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Ask the base model for Bitcoin's direction with no headline: how far above chance it answers."""
+    from services.backtest.probe import ProbeOptions, run_probe
+
+    if bootstrap_reps is not None and bootstrap_reps < 0:
+        raise InvalidInput("--bootstrap-reps must be 0 or more")
+    options = ProbeOptions(
+        model=local_model, start=_utc(start), end=_utc(end), before=_utc(before), sample=sample, seed=seed,
+        bootstrap_reps=bootstrap_reps, symbol=symbol, horizon=horizon, exchange=exchange,
+    )  # fmt: skip
+    files = run_probe(_settings(), options)
+    row = files.report["results"][0]
+    interval = (
+        row["accuracy_interval"] and f"[{row['accuracy_interval'][0]:.4f}, {row['accuracy_interval'][1]:.4f}]"
+    )
+    typer.echo(
+        f"{row['questions']} questions: accuracy {row['accuracy']:.4f} {interval or '(no interval)'}, "
+        f"{row['above_chance']:+.4f} above chance, {row['above_majority']:+.4f} above the majority rate "
+        f"{row['majority_rate']:.4f} ({row['windows']} label windows)"
+    )
+    typer.echo(f"JSON: {files.json_path}\nHTML: {files.html_path}")

@@ -65,6 +65,18 @@ def btc_trend_prompt(
     )
 
 
+def btc_trend_probe_prompt(published_at: datetime) -> str:
+    """``btc_trend_prompt``'s format with no headline and no market situation: the memorisation
+    probe (services/backtest/probe.py) asks what the model knows from the date alone. The
+    situation is left out too, since it would measure momentum rather than memory."""
+    return (
+        "### Instruction: Given only the time, will the Bitcoin price Increase or Decrease over the "
+        "next hour? Answer Increase or Decrease.\n"
+        f"### Time: {format_time(published_at)}\n"
+        f"{ANSWER_MARKER}"
+    )
+
+
 def implicit_hate_prompt(post: str) -> str:
     return (
         "### Question: Given the short text of a social media post, is it implicit hate speech? "
