@@ -293,7 +293,11 @@ def _cutoff(report: dict[str, Any]) -> str:
     cutoff = report.get("cutoff")
     if not cutoff:
         return "<p>No cutoff section (a report from before knowledge cutoffs were recorded).</p>"
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in cutoff["lines"])
+    intro = (
+        "<p>Each model's knowledge cutoff (services/common/cutoffs.py; its lines head this report). A row "
+        "is post-cutoff when its headline time is at or after the latest cutoff of the models scored: no "
+        "model here could have read what followed it. Verdicts are judged on those rows only.</p>"
+    )
     models = [
         [
             _fmt(m["predictor"]),
@@ -314,29 +318,34 @@ def _cutoff(report: dict[str, Any]) -> str:
     ) if models else ""  # fmt: skip
     post, pre, unknown = cutoff.get("post"), cutoff.get("pre"), set(cutoff.get("unknown", []))
     pre_pairs = {(c["model"], c["baseline"]): c for c in (pre["verdicts"]["comparisons"] if pre else [])}
+    post_bias = {b["predictor"]: b for b in (post["verdicts"]["bias"] if post else [])}
     accuracy = [
         [
             _fmt(p["name"]) + (' <span class="flag">cutoff unknown: possibly seen</span>' if p["name"] in unknown else ""),
             _pct((post or {}).get("accuracy", {}).get(p["name"])),
+            _yes_no(post_bias.get(p["name"], {}).get("biased")),
             f'<span class="flag">{_pct(pre["accuracy"].get(p["name"]))} contaminated</span>' if pre else "–",
         ]
         for p in report["predictors"]
     ]  # fmt: skip
     pairs = [
-        [_fmt(c["model"]), _fmt(c["baseline"]), _difference(c),
+        [_fmt(c["model"]) + (' <span class="flag">cutoff unknown</span>' if c["model"] in unknown else ""),
+         _fmt(c["baseline"]), _difference(c),
          f'<span class="flag">{_difference(pre_pairs.get((c["model"], c["baseline"])))} (contaminated)</span>' if pre else "–"]
         for c in (post["verdicts"]["comparisons"] if post else pre_pairs.values())
     ]  # fmt: skip
     if not post:
-        pairs = [[row[0], row[1], "no post-cutoff rows: no verdict", row[2]] for row in pairs]
+        pairs = [[row[0], row[1], "no post-cutoff rows: no verdict", row[3]] for row in pairs]
     post_head = (
         f"post-cutoff ({post['rows']} rows, {post['windows']} windows)" if post else "post-cutoff (no rows)"
     )
+    if unknown:
+        post_head += f"; NOT clean for {', '.join(sorted(unknown))} (cutoff unknown)"
     pre_head = f"pre-cutoff ({pre['rows']} rows): CONTAMINATED" if pre else "pre-cutoff (no rows)"
     return (
-        f'<div class="warn"><ul>{lines}</ul></div>{table}'
+        f"{intro}{table}"
         "<h3>Verdicts on post-cutoff rows, pre-cutoff figures beside (contaminated: not judged)</h3>"
-        + _table(["predictor", f"accuracy, {post_head}", f"accuracy, {pre_head}"], accuracy)
+        + _table(["predictor", f"accuracy, {post_head}", "biased (post-cutoff, windows)", f"accuracy, {pre_head}"], accuracy)
         + (_table(["model", "baseline", f"difference, {post_head}", f"difference, {pre_head}"], pairs) if pairs else "")
     )  # fmt: skip
 

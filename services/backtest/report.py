@@ -215,6 +215,8 @@ def cutoff_text(report: dict[str, Any]) -> str:
         if post
         else "post-cutoff rows (none)"
     )
+    if unknown:
+        where += f"; NOT clean for {', '.join(sorted(unknown))} (cutoff unknown)"
     beside = f" | pre-cutoff ({pre['rows']} rows): CONTAMINATED" if pre else ""
     lines += ["", f"verdicts on {where}{beside}"]
     pre_pairs = {(v["model"], v["baseline"]): v for v in (pre["verdicts"]["comparisons"] if pre else [])}
@@ -226,16 +228,17 @@ def cutoff_text(report: dict[str, Any]) -> str:
         accuracy = "-" if post_acc is None else f"{100 * post_acc:.1f}%"
         lines.append(
             f"  {name}{mark}: accuracy {accuracy}"
-            + (f" | {100 * pre_acc:.1f}% contaminated" if pre_acc is not None else "")
+            + (f" | contaminated: {100 * pre_acc:.1f}%" if pre_acc is not None else "")
         )
     for v in post["verdicts"]["comparisons"] if post else []:
         key = (v["model"], v["baseline"])
-        side = f" | {_comparison_text(pre_pairs.get(key))} contaminated" if pre else ""
-        lines.append(f"  {v['model']} vs {v['baseline']}: {_comparison_text(v)}{side}")
+        side = f" | contaminated: {_comparison_text(pre_pairs.get(key))}" if pre else ""
+        mark = " (cutoff unknown: possibly seen)" if v["model"] in unknown else ""
+        lines.append(f"  {v['model']} vs {v['baseline']}{mark}: {_comparison_text(v)}{side}")
     if not post:
         lines.append("  no post-cutoff rows: no verdict; the pre-cutoff figures beside are contaminated")
         for v in pre_pairs.values():
-            lines.append(f"  {v['model']} vs {v['baseline']}: - | {_comparison_text(v)} contaminated")
+            lines.append(f"  {v['model']} vs {v['baseline']}: - | contaminated: {_comparison_text(v)}")
     return "\n".join(lines)
 
 
