@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import operator
 import re
 import time
 import zipfile
@@ -255,10 +256,10 @@ def _read_table(
     wide = any(len(_fields(line)) > width for line in lines[skip : skip + _HEADER_SCAN_LINES] if line.strip())
     blanks = _BLANK_LINE.search(text) is not None
     # Only some columns are read when every data line is known to hold exactly ``width``
-    # cells (no quotes, the comma count adds up): with ``usecols`` pandas would ignore a
+    # cells (no quotes; each line's comma count): with ``usecols`` pandas would ignore a
     # too-wide line instead of refusing it.
-    commas = text.count(",") - sum(line.count(",") for line in lines[:skip])
-    exact = '"' not in text and commas == (width - 1) * (len(lines) - skip)
+    commas = set(map(operator.methodcaller("count", ","), lines[skip:]))
+    exact = '"' not in text and commas <= {width - 1}
     try:
         if wide:  # pandas would silently cut a too-wide first line
             raise pd.errors.ParserError("a line wider than the header")

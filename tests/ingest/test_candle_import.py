@@ -153,6 +153,28 @@ def test_every_kind_of_bad_row_is_counted_with_its_line() -> None:
     assert imported.candles.close[1] == 107  # line 7's values, not line 8's
 
 
+def test_the_fixtures_keep_their_quirks() -> None:
+    """Guards against an editor or git normalising the files the tests depend on."""
+    assert b"\r\n" in (FIXTURES / "cdd_old_btcusd_1h.csv").read_bytes()
+    assert (FIXTURES / "cdd_new_btcusd_1h.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert b"\n\n" in (FIXTURES / "cdd_new_btcusd_1h.csv").read_bytes()
+
+
+def test_a_wide_or_short_line_deep_in_a_large_file(tmp_path: Path) -> None:
+    """Past the lines scanned for the header, a line with one cell too many is still caught
+    (the fast read of only some columns would drop the extra cell silently), one too few is a
+    missing value."""
+    lines = ["timestamp,open,high,low,close,volume"]
+    lines += [f"{BINANCE_START + i * M},100,110,95,105,{i}" for i in range(40)]
+    lines[30] += ",7"  # line 31 of the file
+    lines[35] = lines[35].rsplit(",", 1)[0]  # line 36
+    path = tmp_path / "deep.csv"
+    path.write_text("\n".join(lines) + "\n")
+    imported = import_candle_file(path)
+    assert imported.rejects.lines == {"malformed_row": [31], "missing_value": [36]}
+    assert len(imported.candles) == 38
+
+
 def test_a_candle_still_open_is_not_stored() -> None:
     last_open = BTC_0708_10H + 4 * H
     imported = _import("cdd_new_btcusd_1h.csv", now_seconds=last_open + 20 * M)
