@@ -63,6 +63,8 @@ def title_keys(titles: Sequence[str]) -> list[str]:
 
 def payload_hashes(names: Sequence[str], columns: Sequence[Sequence[str]]) -> list[str]:
     """``payload_sha256(dict(zip(names, row)))`` of each row, ``columns`` one list per name."""
+    if not columns or not len(columns[0]):
+        return []
     if len(set(names)) != len(names):  # a repeated name keeps its last value in the dict
         return [payload_sha256(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True)]
     parts: list[pa.Array | pa.Scalar] = []

@@ -430,3 +430,13 @@ def test_a_large_file_stores_the_same_rows_on_either_path(
             row["title_key"], row["payload_sha256"], row["known_at"], row["time_precision"],
         )  # fmt: skip
     assert backfill_headline_csv(ingest_settings, path).stored == 0
+
+
+def test_a_header_alone_imports_nothing_and_an_empty_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    path.write_text("title,time\n,\n")
+    imported = import_headlines(path, "csv:t")
+    assert len(imported.records) == 0 and imported.rejects.total() == 0
+    path.write_text("\n\n")
+    with pytest.raises(InvalidInput, match="no delimiter"):
+        import_headlines(path, "csv:t")
