@@ -127,7 +127,8 @@ def import_headlines(
     keep = [i for i, row in enumerate(table.rows) if row[title_at].strip() or raw_times[i].strip()]
     times = [raw_times[i] for i in keep]  # rows blank in both (the Kaggle file's ",,") are skipped
     lines = [table.lines[i] for i in keep]
-    dayfirst = resolve_dayfirst(times, lines, options.dayfirst)
+    # A --time-format says the order itself; otherwise the file's numeric dates decide it.
+    dayfirst = options.dayfirst if options.time_format else resolve_dayfirst(times, lines, options.dayfirst)
     parsed = parse_time_column(times, zone, dayfirst, options.time_format)
     result.detail.update(dayfirst=dayfirst, time_layout=parsed.fast_format)
     _build(result, table, keep, positions, mapping, parsed, source, limits, now or datetime.now(UTC))

@@ -151,6 +151,9 @@ def test_ambiguous_day_month_order_is_refused_unless_given() -> None:
         _utc(2022, 7, 5, 4, 24), _utc(2022, 7, 6, 9), _utc(2022, 7, 7),
     ]  # fmt: skip
     assert _import("ambiguous_dates.csv", dayfirst=False).records[0].published_at == _utc(2022, 5, 7, 4, 24)
+    by_format = _import("ambiguous_dates.csv", time_format="%d-%m-%Y %H:%M")  # the format says the order
+    assert [r.published_at for r in by_format.records] == [_utc(2022, 7, 5, 4, 24), _utc(2022, 7, 6, 9)]
+    assert by_format.lines == {"bad_time": [4]}  # 7-7-2022 has no clock: not the format
 
 
 def test_a_file_showing_both_orders_is_refused(tmp_path: Path) -> None:
