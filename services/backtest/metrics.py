@@ -34,6 +34,17 @@ SCHEDULED_SKIPPED = Counter(
     ["job"],
 )
 
+PREDICTED_ITEMS = Counter(
+    "hsig_backtest_predicted_items_total",
+    "Rows scored by the inference service for backtests and walk-forward folds, by predictor.",
+    ["predictor"],
+)
+PREDICTED_ITEMS_PER_SECOND = Gauge(
+    "hsig_backtest_predicted_items_per_second",
+    "Rows per second the inference service scored in the predictor's current (or last) pass.",
+    ["predictor"],
+)
+
 
 def _set(gauge: Gauge, predictor: str, value: Any) -> None:
     if value is not None and not (isinstance(value, float) and math.isnan(value)):

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.common.body_limit import BodyLimit
 from services.common.db import ping
 from services.common.errors import HsigError, TemporaryError
-from services.common.metrics import http_metrics_middleware, metrics_response
+from services.common.metrics import HttpMetricsMiddleware, metrics_response
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def create_app(
     app = FastAPI(title=f"headline-signal {service}", version=version, lifespan=_lifespan)
     app.state.settings = settings
     app.state.service = service
-    app.middleware("http")(http_metrics_middleware(service))
+    app.add_middleware(HttpMetricsMiddleware, service=service)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before parsing
     _install_error_handlers(app)
 

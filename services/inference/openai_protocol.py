@@ -144,6 +144,14 @@ class ModelCard(BaseModel):
     knowledge_cutoff: KnowledgeCutoff | None = None
 
 
+class ServiceLimits(BaseModel):
+    """What a replica accepts, for clients that size their batches (the backtest's predictor)."""
+
+    max_batch_items: int = Field(description="Items one POST /v1/predict may carry; more is a 422.")
+    max_in_flight: int = Field(description="Requests a replica works on at once; past it, 503 + Retry-After.")
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    limits: ServiceLimits | None = None  # an extension of OpenAI's list: ours always sets it

@@ -6,6 +6,11 @@ probabilities here are the ones the trainer's own evaluation computes with peft.
 btc-trend for the base model and btc-trend adapters (Increase / Decrease, single tokens: one
 engine call per item); an implicit-hate adapter reads the item's ``headline`` as the post and
 scores Yes / No / Unsure (multi-token: one call per label).
+
+A request is prepared whole before any engine call (issue 17): every adapter resolved once per
+name, every prompt built and tokenised in one fast-tokenizer call (the same ids as one
+``encode`` per prompt: BOS is still added by hand), every length checked. So a bad item costs
+nothing and a 64-item batch pays one tokenizer call, not 64.
 """
 
 from __future__ import annotations
@@ -41,9 +46,17 @@ class ScorerConfig:
     unadapted_name: str = BASE_MODEL_NAME  # what a prediction without an adapter is called
 
 
+class BatchTooLarge(InvalidInput):
+    """More items than ``max_batch_items``: 422, like every other shape the body may not have."""
+
+    status_code = 422
+
+
 def check_batch_size(request: PredictRequest, limit: int) -> None:
     if len(request.items) > limit:
-        raise InvalidInput(f"{len(request.items)} items; at most {limit} per request", param="items")
+        raise BatchTooLarge(
+            f"{len(request.items)} items; at most {limit} per request (max_batch_items)", param="items"
+        )
 
 
 class Scorer:
@@ -56,13 +69,24 @@ class Scorer:
         self._label_ids = {task: label_token_ids(tokenizer, labels_for(task)) for task in SCORED_TASKS}
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
+        started = time.perf_counter()
         check_batch_size(request, self._config.max_batch_items)
         # Every adapter is resolved before any work starts: a bad name costs nothing.
-        targets = [self._resolve(item.adapter or request.adapter) for item in request.items]
+        resolved: dict[str | None, tuple[LoraRef | None, str]] = {}
+        targets = []
+        for item in request.items:
+            name = item.adapter or request.adapter
+            if name not in resolved:
+                resolved[name] = self._resolve(name)
+            targets.append(resolved[name])
+        tasks = [task for _, task in targets]
+        all_ids = self.prompt_ids_batch(request.items, tasks)
+        for ids, task in zip(all_ids, tasks, strict=True):
+            self._check_length(ids, self._label_ids[task], request.explain)
         predictions = await asyncio.gather(
             *(
-                self._predict_one(item, lora, task, request.explain)
-                for item, (lora, task) in zip(request.items, targets, strict=True)
+                self._predict_one(ids, lora, task, request.explain, started)
+                for ids, (lora, task) in zip(all_ids, targets, strict=True)
             )
         )
         return PredictResponse(predictions=list(predictions))
@@ -78,8 +102,19 @@ class Scorer:
         return lora, task
 
     def prompt_ids(self, item: PredictItem, task: str = BTC_TREND) -> list[int]:
+        return self.prompt_ids_batch([item], [task])[0]
+
+    def prompt_ids_batch(self, items: Sequence[PredictItem], tasks: Sequence[str]) -> list[list[int]]:
+        """Every item's prompt ids, tokenised in one call (the fast tokenizer batches in Rust)."""
+        prompts = [self._prompt(item, task) for item, task in zip(items, tasks, strict=True)]
+        encoded = self._tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        bos = [self._bos] if self._bos is not None else []
+        return [bos + ids for ids in encoded]
+
+    @staticmethod
+    def _prompt(item: PredictItem, task: str) -> str:
         try:
-            prompt = prompt_for(
+            return prompt_for(
                 task,
                 headline=item.headline,
                 published_at=item.published_at,
@@ -89,16 +124,11 @@ class Scorer:
             )
         except (ValueError, OverflowError) as exc:  # e.g. a time that leaves the calendar in UTC
             raise InvalidInput(f"cannot build the prompt: {exc}", param="items") from exc
-        ids = self._tokenizer.encode(prompt, add_special_tokens=False)
-        return ([self._bos] if self._bos is not None else []) + ids
 
     async def _predict_one(
-        self, item: PredictItem, lora: LoraRef | None, task: str, explain: bool
+        self, ids: list[int], lora: LoraRef | None, task: str, explain: bool, started: float
     ) -> Prediction:
-        started = time.perf_counter()
         label_ids = self._label_ids[task]
-        ids = self.prompt_ids(item, task)
-        self._check_length(ids, label_ids, explain)
         logprobs = await self._engine.label_logprobs(ids, label_ids, lora)
         probabilities = normalise(logprobs)
         label = best_label(probabilities)

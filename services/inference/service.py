@@ -28,6 +28,7 @@ from services.inference.openai_protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    ServiceLimits,
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
 from services.inference.pool import AdapterPool
@@ -241,7 +242,10 @@ class ModelService:
                     knowledge_cutoff=self._cutoff(row.get("base_model", ""), row.get("base_model_cutoff")),
                 )
             )
-        return ModelList(data=cards)
+        limits = ServiceLimits(
+            max_batch_items=self.settings.max_batch_items, max_in_flight=self.settings.max_in_flight
+        )
+        return ModelList(data=cards, limits=limits)
 
     async def adapters(self) -> list[dict[str, Any]]:
         return sorted([*self.pool.describe(), *self.fleet.describe()], key=lambda row: row["name"])

@@ -33,7 +33,7 @@ def test_limits_on_text_and_batch_size(inference_stack: Stack) -> None:
         far_past = client.post(
             "/v1/predict", json={"items": [{**ITEM, "published_at": "0001-01-01T00:00:00+05:00"}]}
         )
-    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "items"
+    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "items"
     assert str(limit) in too_many.json()["error"]["message"]
     assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "items.0.headline"
     assert blank.status_code == 422
