@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,14 +58,14 @@ def first_rows(rows: EvalRows, limit: int | None) -> EvalRows:
         return rows
     if limit < 1:
         raise InvalidInput("limit must be at least 1", param="limit")
-    keep = slice(0, limit)
-    arrays = {
-        name: getattr(rows, name)[keep]
-        for name in (
-            "row_id", "headline", "published_at", "market_situation", "headline_time", "entry_time",
-            "exit_time", "entry_price", "exit_price", "y_true",
-        )
-    }  # fmt: skip
+    # Every per-row field (arrays and lists one entry a row), whatever fields EvalRows gains.
+    per_row = {
+        item.name: getattr(rows, item.name)
+        for item in fields(rows)
+        if isinstance(getattr(rows, item.name), np.ndarray | list)
+        and len(getattr(rows, item.name)) == len(rows)
+    }
+    arrays = {name: value[:limit] for name, value in per_row.items()}
     return replace(rows, **arrays)
 
 
@@ -225,9 +225,7 @@ def stem_now(kind: str) -> str:
     return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
 
 
-def run_ablation(
-    settings: BacktestSettings, config: BacktestConfig, limit: int | None = None
-) -> ReportFiles:
+def run_ablation(settings: BacktestSettings, config: BacktestConfig, limit: int | None = None) -> ReportFiles:
     report = finite(build_ablation(settings, config, limit))
     return write_pair(report, settings.reports_path, stem_now("ablation"), ablation_html(report))
 

@@ -1,8 +1,10 @@
 """The memorisation probe: does the base model know Bitcoin's move from the date alone?
 
-For a sample of label windows (before the model's cutoff when one is given), the untuned base
-model is asked for the direction over the window with no headline and no market situation
-(``services.common.prompts.btc_trend_probe_prompt``) and scored as every predictor is:
+For a sample of label windows (before the model's knowledge cutoff when one is known:
+``--before``, else ``services.common.cutoffs.cutoff_for``; the tiny model's is none, so every
+window may be drawn), the untuned base model is asked for the direction over the window with no
+headline and no market situation (``services.common.prompts.btc_trend_probe_prompt``) and
+scored as every predictor is:
 whole-label log-probabilities of Increase and Decrease, normalised (``score_with_transformers``).
 Its accuracy against the realised label says how much it remembers: a model well above chance
 here has seen those days, and its headline-conditioned accuracy on them means little.
@@ -34,6 +36,7 @@ from services.backtest.verdicts import (
     percentile_interval,
     resample_totals,
 )
+from services.common.cutoffs import KnowledgeCutoff, cutoff_for
 from services.common.errors import InvalidInput, OperationalError
 from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_probe_prompt
 
@@ -146,9 +149,7 @@ def probe_figures(
         out["accuracy_interval"] = [low, high]
         out["above_chance_interval"] = [low - 0.5, high - 0.5]
         out["p_value_chance_windows"] = bootstrap_p_value(replicates, null=0.5)
-    out["remembers"] = (
-        None if out["accuracy_interval"] is None else bool(out["accuracy_interval"][0] > 0.5)
-    )
+    out["remembers"] = None if out["accuracy_interval"] is None else bool(out["accuracy_interval"][0] > 0.5)
     return out
 
 
@@ -161,7 +162,11 @@ def build_probe(settings: BacktestSettings, options: ProbeOptions) -> dict[str, 
         options.end,
         options.exchange,
     )
-    windows = sample_windows(rows, options.before, options.sample, options.seed)
+    known = cutoff_for(options.model, settings.model_cutoffs)
+    # A cutoff given on the command line wins; else the model's latest known one; none or unknown:
+    # every window is asked about (the tiny model read nothing, an unknown one may have read all).
+    before = options.before or known.latest
+    windows = sample_windows(rows, before, options.sample, options.seed)
     moments = windows.moments
     p_increase = score_probe(options.model, moments)
     reps = settings.bootstrap_reps if options.bootstrap_reps is None else options.bootstrap_reps
@@ -170,7 +175,8 @@ def build_probe(settings: BacktestSettings, options: ProbeOptions) -> dict[str, 
         "kind": "memorisation probe",
         "created_at": datetime.now(UTC).isoformat(),
         "model": options.model,
-        "cutoff": options.before.isoformat() if options.before else None,
+        "cutoff": before.isoformat() if before else None,
+        "knowledge_cutoff": {"status": known.status, "described": known.describe(), "source": known.source},
         "method": (
             "the untuned model asked for the direction over each sampled label window with no headline and "
             "no market situation (prompts.btc_trend_probe_prompt), scored by whole-label log-probabilities; "
@@ -184,13 +190,21 @@ def build_probe(settings: BacktestSettings, options: ProbeOptions) -> dict[str, 
             "first_question": moments[0].isoformat(),
             "last_question": moments[-1].isoformat(),
         },
-        "notes": [] if options.before else ["no cutoff given: every sampled window is probed"],
+        "notes": [_cutoff_note(options.before, known)],
         "results": [{"predictor": options.model, **figures}],
         "questions": [
             {"time": moment.isoformat(), "actual": int(actual), "p_increase": float(p)}
             for moment, actual, p in zip(moments, windows.y_true, p_increase, strict=True)
         ],
     }
+
+
+def _cutoff_note(given: datetime | None, known: KnowledgeCutoff) -> str:
+    if given is not None:
+        return f"windows before {given.isoformat()} (--before); the model's own cutoff: {known.describe()}"
+    if known.latest is not None:
+        return f"windows before the model's latest cutoff {known.latest.isoformat()} ({known.describe()})"
+    return f"knowledge cutoff {known.describe()}: every window may be asked about"
 
 
 def probe_html(report: dict[str, Any]) -> str:

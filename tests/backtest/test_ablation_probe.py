@@ -123,6 +123,22 @@ def test_probe_asks_without_headlines_before_the_cutoff(
     )[0][TREND_LABELS[0]]
     assert questions[0]["p_increase"] == pytest.approx(expected, abs=1e-6)
     assert "### Headline" not in btc_trend_probe_prompt(first)
+    assert report["knowledge_cutoff"]["status"] == "none"  # the tiny model: --before chose the dates
+
+
+def test_probe_stays_before_the_model_cutoff_it_knows(
+    named_market: BacktestSettings, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cutoff = {"pretraining": "2019-01-02", "released": "2020-01-01", "source": "a test's setting"}
+    monkeypatch.setenv("HSIG_MODEL_CUTOFFS", json.dumps({tiny_model_dir.name: cutoff}))
+    get_settings.cache_clear()
+    args = ["probe", "--local-model", str(tiny_model_dir), "--sample", "500", "--bootstrap-reps", "20"]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    report = _json_of(outcome.output)
+    assert report["knowledge_cutoff"]["status"] == "known"
+    assert report["cutoff"] == "2019-01-03T00:00:00+00:00"  # a day counts through its end
+    assert report["questions"] and all(q["time"] < "2019-01-03" for q in report["questions"])
 
 
 def test_probe_figures_by_hand() -> None:
