@@ -141,12 +141,13 @@ def _reproduce(inference_url: str, say: Callable[[str], None]) -> BacktestResult
 def _research(btc: BacktestResult, say: Callable[[str], None]) -> ResearchResult:
     from services.pipeline.research import ResearchOptions, record_btc, run_research
 
-    # Small enough for about a minute on two quiet cores; the whole corpora on a GPU host.
+    # About a minute on two quiet cores (4.5 min while other work loaded them, at 30 steps);
+    # `hsig reproduce all` takes the whole corpora on a GPU host.
     sizes = {"qa": {"max_examples": 120, "max_new_tokens": 24}, "hate": {"max_examples": 800}}
     result = None
     for question, size in sizes.items():
         options = ResearchOptions(
-            model="tiny", out=WORK / "research", max_steps=30, eval_examples=150, **size
+            model="tiny", out=WORK / "research", max_steps=20, eval_examples=100, **size
         )
         result = run_research(question, options, progress=say)
     assert result is not None

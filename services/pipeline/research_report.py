@@ -41,7 +41,7 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;
 th{background:#f3f3f3}td.n{text-align:right;white-space:nowrap}
 .warn{background:#fff3cd;border:1px solid #e0c36a;padding:0.6em}
 blockquote{border-left:4px solid #8aa;margin:0.5em 0;padding:0.3em 1em;background:#f5f8f8}
-.answer{max-width:28em;font-size:90%;white-space:pre-wrap}.muted{color:#777}
+.answer{max-width:28em;font-size:90%;white-space:pre-wrap;overflow-wrap:anywhere}.muted{color:#777}
 """
 
 
