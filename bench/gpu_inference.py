@@ -5,7 +5,12 @@ No weights are downloaded: vLLM builds the 7B shape from ``config.json`` with
 32,000-token vocabulary), and the adapters are random rank-16 LoRAs on q_proj and v_proj
 written in the PEFT layout. Runs the same scenarios as bench_inference.py (base, one adapter,
 four mixed at concurrency 1, 8, 64; scoring against a 32-token explanation), then 16 and 64
-adapters mixed at concurrency 64.
+adapters mixed at concurrency 64, then issue 17's batch scenario: ``POST /v1/predict`` with 64
+items per request, 4 and 16 requests in flight, against single items at concurrency 64 on the
+same adapter (items/s; bench_scoring.py's cases).
+
+Not run yet: no GPU host with vLLM's GPU build has been available to this project. The batch
+scenario has run only through ``--cpu-smoke``.
 
     .venv/bin/python bench/gpu_inference.py [--quick] [--adapters 64] [--rank 16]
 
@@ -108,6 +113,24 @@ def write_adapter(out: Path, name: str, base_model: Path, seed: int, rank: int, 
     (out / "manifest.json").write_text(manifest.model_dump_json())
 
 
+async def batch_scenario(base_url: str, adapter: str, quick: bool) -> dict[str, float]:
+    """Issue 17 on the GPU: 64-item batches against single items, items/s, one adapter."""
+    import httpx
+    from bench_scoring import BATCH_ITEMS, predict_case
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        single = await predict_case(client, adapter, 1, 64, 512 if quick else 4096)
+        out = {"single_c64_items_per_s": single.items_per_s}
+        for in_flight in (4, 16):
+            batch = await predict_case(client, adapter, BATCH_ITEMS, in_flight, 8 if quick else 8 * in_flight)
+            out[f"batch64_c{in_flight}_items_per_s"] = batch.items_per_s
+            print(
+                f"batch of {BATCH_ITEMS}, {in_flight} in flight: {batch.items_per_s / single.items_per_s:.2f}x single c64"
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -168,12 +191,15 @@ def main() -> None:
                     print(
                         f"{count} mixed c=64: {result.throughput:.1f} req/s p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms"
                     )
+            batches = asyncio.run(batch_scenario(base_url, names[0], args.quick))
         finally:
             serve_app.stop()
         out = os.environ.get("OUT")
         if out:
             ratios = summary["ratios"]
-            (Path(out) / "gpu_inference.json").write_text(json.dumps({"ratios": ratios}, indent=2))
+            (Path(out) / "gpu_inference.json").write_text(
+                json.dumps({"ratios": ratios, "batches": batches}, indent=2)
+            )
 
 
 if __name__ == "__main__":
