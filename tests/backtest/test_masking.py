@@ -17,7 +17,9 @@ from services.backtest.masking import (
     read_labelled,
 )
 
-LABELLED = Path(__file__).resolve().parents[1] / "fixtures" / "masking" / "labelled_headlines.jsonl"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "masking"
+LABELLED = FIXTURES / "labelled_headlines.jsonl"
+HELD_OUT = FIXTURES / "labelled_headlines_heldout.jsonl"
 # Measured on the labelled file when the masker was written (docs/look-ahead.md): recall 0.872
 # (130 of 149 spans), precision 1.00. The floors leave a small margin for list edits.
 RECALL_FLOOR = 0.84
@@ -96,10 +98,11 @@ def test_entities_file_parses_and_rejects_an_unknown_kind() -> None:
         parse_entities(["ORG Acme"])
 
 
-def test_labelled_file_is_consistent() -> None:
-    rows = read_labelled(LABELLED)
-    assert len(rows) == 100
-    for row in rows:
+def test_labelled_files_are_consistent() -> None:
+    rows, held_out = read_labelled(LABELLED), read_labelled(HELD_OUT)
+    assert len(rows) == 100 and len(held_out) == 50
+    assert not {r["headline"] for r in rows} & {r["headline"] for r in held_out}
+    for row in rows + held_out:
         for entity in row["entities"]:
             assert row["headline"][entity["start"] : entity["end"]] == entity["text"]
             assert entity["kind"] in ("COMPANY", "PERSON", "TICKER", "COIN")
@@ -111,6 +114,15 @@ def test_recall_and_precision_on_the_labelled_headlines() -> None:
     assert figures["recall"] >= RECALL_FLOOR, figures
     assert figures["precision"] >= PRECISION_FLOOR, figures
     assert figures["recall_by_kind"]["PERSON"] >= 0.95  # people in CNBC headlines: mostly Cramer
+
+
+def test_recall_and_precision_on_the_held_out_headlines() -> None:
+    """50 more headlines, drawn and labelled after the masker's last change (measured: recall
+    0.84, 63 of 75; precision 0.97, 63 of 65)."""
+    figures = measure(read_labelled(HELD_OUT))
+    assert figures["labelled_entities"] == 75
+    assert figures["recall"] >= 0.80, figures
+    assert figures["precision"] >= 0.93, figures
 
 
 def test_measure_counts_by_hand() -> None:
