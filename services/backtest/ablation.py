@@ -26,6 +26,7 @@ import numpy as np
 
 from services.backtest.leakage import guard
 from services.backtest.masking import default_masker
+from services.backtest.post_cutoff import cutoff_section, predictor_cutoffs, split_rows
 from services.backtest.predictors.base import PredictionSet, Predictor
 from services.backtest.predictors.factory import build_predictor
 from services.backtest.report import write_atomic
@@ -131,6 +132,10 @@ def build_ablation(
     rows = load_for(settings, config, limit)
     predictors = _model_predictors(settings, config)
     overlaps = guard(predictors, rows, config.allow_overlap)
+    # What share of the rows each model could have read in pretraining, as a backtest says it.
+    cutoff = cutoff_section(
+        rows, split_rows(rows, predictor_cutoffs(config.predictors, predictors, settings)), False
+    )
     masked, changed = masked_rows(rows)
     reps = settings.bootstrap_reps if config.bootstrap_reps is None else config.bootstrap_reps
     results = []
@@ -162,7 +167,8 @@ def build_ablation(
             if a != b
         ][:5],
         "overlaps": [overlap.describe() for overlap in overlaps],
-        "notes": list(config.notes),
+        "cutoff": cutoff,
+        "notes": [*cutoff["lines"], *config.notes],
         "results": results,
     }
 

@@ -70,6 +70,8 @@ def test_ablation_scores_rows_as_written_and_masked(
     low, high = result["interval"]
     assert low <= result["difference"] <= high and result["windows"] < 40  # headlines share windows
     assert result["mean_abs_p_increase_shift"] > 0  # the masked prompts were scored, not the same ones
+    assert report["cutoff"]["models"][0]["predictor"] == "local:base"  # the tiny model's cutoff: none
+    assert report["cutoff"]["all_rows_post_cutoff"] is True and report["notes"] == report["cutoff"]["lines"]
     html_path = Path(outcome.output.split("HTML: ")[1].split()[0])
     assert "Anonymisation ablation" in html_path.read_text()
 
