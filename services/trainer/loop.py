@@ -8,7 +8,7 @@ resumed run sees exactly the batches the killed one would have.
 
 Packing (``data.packing``, chat only): short examples are laid end to end in blocks of at most
 ``data.max_length`` tokens (``pack_examples``). Each block's position ids restart at every
-example, and the model is called without an attention mask: transformers (>= 4.5x, pinned 5.x)
+example, and the model is called without an attention mask: transformers (pinned 5.19)
 then builds a block-diagonal causal mask from the position ids (``find_packed_sequence_indices``
 in masking_utils, honoured by sdpa and eager attention alike), so no token attends to another
 example. The loss falls on the same answer tokens as without packing.
