@@ -43,16 +43,6 @@ WORKER_ENV_KEYS = (
     "VLLM_NO_USAGE_STATS",
     "DO_NOT_TRACK",
 )
-# Part of Ray Serve 2.60's RAY_SERVE_THROUGHPUT_OPTIMIZED bundle (ray/serve/_private/constants.py),
-# set on every Ray worker unless the environment sets them: user code and the router on the
-# replica's own event loop (no hop to a second loop per request), request-path logs buffered.
-# The bundle's direct ingress (replicas on ports of their own, no proxy) and gRPC are left out:
-# clients must keep one address. Issue 17's measurements are in docs/benchmarks.md.
-SERVE_THROUGHPUT_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=1024, health_check_timeout_s=60)
@@ -108,8 +98,6 @@ def app(args: dict[str, str] | None = None) -> Any:
 def _worker_env() -> dict[str, str]:
     env = {key: os.environ[key] for key in WORKER_ENV_KEYS if key in os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")
-    for key, value in SERVE_THROUGHPUT_ENV.items():
-        env[key] = os.environ.get(key, value)
     path = os.environ.get("PYTHONPATH", "")
     env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
     return env
