@@ -41,7 +41,9 @@ def period_start(moment: datetime, precision: Precision, zone: ZoneInfo | None =
     half-hour zones). Keeping that one offset, rather than reading the truncated wall time back
     through the zone, keeps ``moment`` inside its period when the hour is repeated or skipped
     (01:30 in the second, standard-time pass of a fall-back night starts at 01:00 standard
-    time, not at the first 01:00). Days are the zone's calendar day, from its first midnight.
+    time, not at the first 01:00). Across Lord Howe's 30-minute change the second pass of
+    01:00-02:00 is read from 01:00 at the new offset, overlapping the first; its end is still
+    right. Days are the zone's calendar day, from its first midnight.
     """
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("moment must be timezone-aware")
