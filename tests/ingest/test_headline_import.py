@@ -373,9 +373,8 @@ def _tricky_file(path: Path, copies: int = 1) -> list[str]:
     for copy in range(copies):
         for index, title in enumerate(titles):
             quoted = '"' + title.replace('"', '""') + '"'
-            lines.append(
-                f'{quoted},2020-07-{1 + index:02d} {copy % 24:02d}:{copy % 60:02d},"Summary &amp; {copy}"'
-            )
+            summary = f'"Summary &amp; ""{copy}"", a, b"' if copy % 3 else ""  # none: stored NULL
+            lines.append(f"{quoted},2020-07-{1 + index:02d} {copy % 24:02d}:{copy % 60:02d},{summary}")
     path.write_text("\n".join(lines) + "\n")
     return titles
 
@@ -406,7 +405,9 @@ def test_a_large_file_stores_the_same_rows_on_either_path(
     ingest_settings: IngestSettings, tmp_path: Path
 ) -> None:
     """2,700 rows, 1,620 of them repeats: on PostgreSQL through COPY (the file path), on
-    SQLite through INSERTs; the same rows stored, and a second import stores none."""
+    SQLite through INSERTs; the same rows stored (every text column as row() gives it: quotes
+    and commas inside, a missing summary and the link NULL, not empty), and a second import
+    stores none."""
     path = tmp_path / "large.csv"
     _tricky_file(path, copies=300)
     outcome = backfill_headline_csv(ingest_settings, path)
@@ -424,13 +425,20 @@ def test_a_large_file_stores_the_same_rows_on_either_path(
                 Headline.payload_sha256,
                 Headline.known_at,
                 Headline.time_precision,
+                Headline.title,
+                Headline.summary,
+                Headline.link,
+                Headline.source,
             )
         ).all()
     assert len(rows) == outcome.stored
-    for guid, key, payload, known, precision in rows:
+    summaries = {row[6] for row in rows}
+    assert None in summaries and 'Summary & "1", a, b' in summaries and "" not in summaries
+    for guid, key, payload, known, precision, title, summary, link, source in rows:
         row = expected[guid]
-        assert (key, payload, _aware(known), precision) == (
+        assert (key, payload, _aware(known), precision, title, summary, link, source) == (
             row["title_key"], row["payload_sha256"], row["known_at"], row["time_precision"],
+            row["title"], row["summary"], row["link"], row["source"],
         )  # fmt: skip
     assert backfill_headline_csv(ingest_settings, path).stored == 0
 
