@@ -143,30 +143,10 @@ def write_split_corpus(texts: Sequence[str], split: dict[str, list[int]], seed: 
 
 
 def answer_losses(model: Any, examples: Sequence[Any], pad_id: int, batch_size: int = 8) -> np.ndarray:
-    """Per example: (summed cross-entropy over its answer tokens, answer tokens)."""
-    import torch
+    """Per example: (summed cross-entropy over its answer tokens, answer tokens), as an array."""
+    from services.trainer.loop import answer_losses as per_example
 
-    from services.trainer.loop import IGNORE_INDEX, collate
-
-    device = next(model.parameters()).device
-    model.eval()
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = {
-                k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()
-            }
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits.float()
-            targets = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-            )
-            counted = targets != IGNORE_INDEX
-            for row in range(targets.shape[0]):
-                rows.append((float(losses[row][counted[row]].sum()), int(counted[row].sum())))
-    return np.array(rows, dtype=float).reshape(-1, 2)
+    return np.array(per_example(model, examples, pad_id, batch_size), dtype=float).reshape(-1, 2)
 
 
 def loss_figures(losses: np.ndarray, reps: int, seed: int, confidence: float) -> dict[str, Any]:

@@ -418,18 +418,17 @@ def _restore(
     result.resumed_from_step = result.steps
 
 
-def mean_answer_loss(
+def answer_losses(
     model: Any, examples: Sequence[EncodedExample], pad_id: int, batch_size: int = 16
-) -> float:
-    """Cross-entropy per answer token over a held-out set (the validation loss)."""
+) -> list[tuple[float, int]]:
+    """Per example: (summed cross-entropy over its answer tokens, answer tokens). Whole
+    examples are what a bootstrap over a held-out set resamples (the research note's RQ1)."""
     import torch
 
-    if not examples:
-        return float("nan")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_loss, total_tokens = 0.0, 0
+    rows: list[tuple[float, int]] = []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = {
@@ -440,12 +439,22 @@ def mean_answer_loss(
             ).logits.float()
             targets = batch["labels"][:, 1:]
             losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
+                logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
             )
-            total_loss += float(losses)
-            total_tokens += int((targets != IGNORE_INDEX).sum())
+            counted = targets != IGNORE_INDEX
+            rows.extend(
+                (float(losses[row][counted[row]].sum()), int(counted[row].sum()))
+                for row in range(targets.shape[0])
+            )
     model.train(was_training)
-    return total_loss / max(1, total_tokens)
+    return rows
+
+
+def mean_answer_loss(
+    model: Any, examples: Sequence[EncodedExample], pad_id: int, batch_size: int = 16
+) -> float:
+    """Cross-entropy per answer token over a held-out set (the validation loss)."""
+    if not examples:
+        return float("nan")
+    rows = answer_losses(model, examples, pad_id, batch_size)
+    return sum(loss for loss, _ in rows) / max(1, sum(tokens for _, tokens in rows))
