@@ -205,7 +205,7 @@ def _field_caps(
         ("guid", guids, limits.max_guid_chars),
         ("title", titles, limits.max_title_chars),
     ):  # the last written wins: the same order of precedence as field_fault
-        over = np.array([len(value) > cap for value in values], dtype=bool)
+        over = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) > cap
         reasons[over & (reasons == "")] = f"{name}_too_long"
 
 
