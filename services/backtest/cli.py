@@ -23,6 +23,24 @@ app = typer.Typer(help="The backtest service: score predictors on out-of-time ro
 When = Annotated[
     datetime | None, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
 ]
+# The predictor options every scoring command takes (run, ablation), written once.
+Adapters = Annotated[
+    list[str] | None, typer.Option("--adapter", help="Adapter scored by the inference service (repeat).")
+]
+LocalModel = Annotated[str | None, typer.Option(help="Base model directory scored in-process.")]
+LocalAdapters = Annotated[
+    list[str] | None,
+    typer.Option("--local-adapter", help="Adapter or full fine-tune directory on --local-model (repeat)."),
+]
+OpenAIModel = Annotated[str | None, typer.Option(help="Model of an OpenAI-compatible endpoint.")]
+OpenAIUrl = Annotated[str | None, typer.Option(help="Base URL of that endpoint (default OpenAI's).")]
+OpenAIKeyEnv = Annotated[
+    str | None,
+    typer.Option(help="Environment variable holding its key (this run only; else HSIG_OPENAI_ENDPOINTS)."),
+]
+Market = Annotated[str | None, typer.Option()]
+BootstrapReps = Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")]
+AllowOverlap = Annotated[bool, typer.Option(help="Score adapters on their own training window (marked).")]
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -99,36 +117,23 @@ def run(
     baseline: Annotated[
         list[str] | None, typer.Option(help="Baselines to include (repeat); default all; 'none' for none.")
     ] = None,
-    adapter: Annotated[
-        list[str] | None, typer.Option(help="Adapter scored by the inference service (repeat).")
-    ] = None,
+    adapter: Adapters = None,
     base: Annotated[
         bool, typer.Option(help="Also score the untuned base model through the inference service.")
     ] = False,
-    local_model: Annotated[str | None, typer.Option(help="Base model directory scored in-process.")] = None,
-    local_adapter: Annotated[
-        list[str] | None, typer.Option(help="Adapter or full fine-tune directory on --local-model (repeat).")
-    ] = None,
-    openai_model: Annotated[str | None, typer.Option(help="Model of an OpenAI-compatible endpoint.")] = None,
-    openai_url: Annotated[
-        str | None, typer.Option(help="Base URL of that endpoint (default OpenAI's).")
-    ] = None,
-    openai_key_env: Annotated[
-        str | None,
-        typer.Option(
-            help="Environment variable holding its key (this run only; else HSIG_OPENAI_ENDPOINTS)."
-        ),
-    ] = None,
-    symbol: Annotated[str | None, typer.Option()] = None,
-    horizon: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    local_model: LocalModel = None,
+    local_adapter: LocalAdapters = None,
+    openai_model: OpenAIModel = None,
+    openai_url: OpenAIUrl = None,
+    openai_key_env: OpenAIKeyEnv = None,
+    symbol: Market = None,
+    horizon: Market = None,
+    exchange: Market = None,
     fees_bps: Annotated[float | None, typer.Option(help="Fees in basis points of notional traded.")] = None,
     decrease: Annotated[str | None, typer.Option(help="short or flat on a Decrease prediction.")] = None,
-    bootstrap_reps: Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")] = None,
+    bootstrap_reps: BootstrapReps = None,
     seed: Annotated[int, typer.Option()] = 0,
-    allow_overlap: Annotated[
-        bool, typer.Option(help="Score adapters on their own training window (marked).")
-    ] = False,
+    allow_overlap: AllowOverlap = False,
     post_cutoff_only: Annotated[
         bool, typer.Option(help="Score only rows after the latest knowledge cutoff of the models scored.")
     ] = False,
@@ -221,28 +226,22 @@ def serve(
 def ablation(
     start: When = None,
     end: When = None,
-    adapter: Annotated[
-        list[str] | None, typer.Option(help="Adapter scored by the inference service (repeat).")
-    ] = None,
+    adapter: Adapters = None,
     base: Annotated[
         bool, typer.Option(help="Score the untuned base model through the inference service.")
     ] = False,
-    local_model: Annotated[str | None, typer.Option(help="Base model directory scored in-process.")] = None,
-    local_adapter: Annotated[
-        list[str] | None, typer.Option(help="Adapter or full fine-tune directory on --local-model (repeat).")
-    ] = None,
-    openai_model: Annotated[str | None, typer.Option(help="Model of an OpenAI-compatible endpoint.")] = None,
-    openai_url: Annotated[str | None, typer.Option(help="Base URL of that endpoint.")] = None,
-    openai_key_env: Annotated[str | None, typer.Option(help="Environment variable holding its key.")] = None,
-    symbol: Annotated[str | None, typer.Option()] = None,
-    horizon: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    local_model: LocalModel = None,
+    local_adapter: LocalAdapters = None,
+    openai_model: OpenAIModel = None,
+    openai_url: OpenAIUrl = None,
+    openai_key_env: OpenAIKeyEnv = None,
+    symbol: Market = None,
+    horizon: Market = None,
+    exchange: Market = None,
     limit: Annotated[int | None, typer.Option(help="Score only the first N rows of the window.")] = None,
-    bootstrap_reps: Annotated[int | None, typer.Option(help="Block-bootstrap resamples.")] = None,
+    bootstrap_reps: BootstrapReps = None,
     seed: Annotated[int, typer.Option()] = 0,
-    allow_overlap: Annotated[
-        bool, typer.Option(help="Score adapters on their own training window (marked).")
-    ] = False,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Score the same rows as written and with entity names masked; the paired accuracy difference."""
     from pydantic import ValidationError
