@@ -4,8 +4,9 @@ Headlines: a CSV of 1,000,000 headline rows (title, time to the second, id; a fe
 generated in a temporary directory and imported as ``hsig ingest backfill-headlines`` does it
 (services.ingest.headline_import.import_headlines: decode, sniff, parse every time with its
 precision, validate, the stored columns computed vectorised; then
-services.ingest.store.insert_headlines, COPY + INSERT ... SELECT ... ON CONFLICT DO NOTHING,
-into a throwaway PostgreSQL database). The floor is ``pandas.read_csv`` of the same file (dtype=str), which parses no time
+services.ingest.store.insert_headlines, COPY of pyarrow-written CSV into a temporary table +
+one INSERT ... SELECT ... ON CONFLICT DO NOTHING, into a throwaway PostgreSQL database migrated
+to head, so with migration 0008's COLLATE "C" keys). The floor is ``pandas.read_csv`` of the same file (dtype=str), which parses no time
 and validates nothing. Goal: >= 100,000 rows/s end to end.
 
 The candle part is bench/bench_import_candles.py (``--candle-rows N`` runs it from here too).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -82,7 +84,8 @@ def write_headline_csv(path: Path, rows: int, seed: int = 11) -> int:
     return int(bad.sum())
 
 
-def bench_headlines(rows: int) -> dict[str, float | int]:
+def bench_headlines(rows: int) -> dict[str, object]:
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "headlines.csv"
         bad = write_headline_csv(path, rows)
@@ -117,6 +120,7 @@ def bench_headlines(rows: int) -> dict[str, float | int]:
         "ratio_to_goal": round(total_rate / HEADLINE_GOAL, 3),
         "time_layout": imported.detail["time_layout"],
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_before_after": [round(value, 2) for value in (*load_before, *os.getloadavg())],
     }
 
 
