@@ -63,10 +63,10 @@ def title_keys(titles: Sequence[str]) -> list[str]:
     """``title_key`` of each (already normalised) title."""
     array = pa.array(titles, pa.string())
     odd = _not_plain(array)  # the rest is printable ASCII: ascii_lower is utf8_lower there
-    key = pc.replace_substring_regex(pc.ascii_lower(array), r"[^a-z0-9_ ]+", " ")
-    key = pc.utf8_slice_codeunits(
-        pc.utf8_trim(pc.replace_substring_regex(key, " +", " "), " "), 0, TITLE_KEY_CHARS
-    )
+    # One pass: a run of anything but [a-z0-9_] becomes one space, the same as replacing runs
+    # of [^a-z0-9_ ] by a space and then collapsing spaces (two regex passes, 0.7 s more a million).
+    key = pc.replace_substring_regex(pc.ascii_lower(array), r"[^a-z0-9_]+", " ")
+    key = pc.utf8_slice_codeunits(pc.ascii_trim(key, " "), 0, TITLE_KEY_CHARS)
     out = key.to_pylist()
     for index in np.flatnonzero(odd):
         out[index] = title_key(titles[index])

@@ -8,9 +8,12 @@ Create Date: 2026-12-02 17:40:00
 ``(source, guid)`` and ``(title_key, published_at)``): they are compared for equality and never
 sorted for a reader, so their order need only be consistent. Under the database's default
 collation (``C.UTF-8`` here, any ``en_US.UTF-8`` elsewhere) PostgreSQL compares them through
-the C library's ``strcoll`` and cannot use abbreviated keys; byte order (``"C"``) is several
-times cheaper, and a 1,000,000-row import's ``INSERT ... ON CONFLICT`` took 14.9 s instead of
-35.5 s (docs/benchmarks.md, "Imports → Headlines"). Equality is unchanged for every string
+the C library's ``strcoll`` (and sorts cannot use abbreviated keys); byte order (``"C"``)
+is a plain memcmp. Measured here (docs/benchmarks.md, "Imports → Headlines"), where the
+database's collation is glibc's ``C.UTF-8``, whose strcoll is already a code-point compare,
+a 1,000,000-row import's ``INSERT ... ON CONFLICT`` took the same time either way (about
+14.5 s); the gain is on databases created with a language collation (``en_US.UTF-8``, the
+usual default), not measured here. Equality is unchanged for every string
 (no deterministic collation makes two different strings equal), so no stored row conflicts
 differently and nothing is rewritten: PostgreSQL rebuilds the indexes over these columns.
 
