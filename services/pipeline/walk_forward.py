@@ -262,6 +262,7 @@ def pool(settings: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
     names = [name for name in reports[0]["predictions"] if all(name in r["predictions"] for r in reports)]
     kinds = {p["name"]: p["kind"] for report in reports for p in report["predictors"]}
     y_true, windows, predictions = [], [], {name: [] for name in names}
+    headline_times: list[np.ndarray] = []
     returns: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for fold, report in zip(covered, reports, strict=True):
         data = report["data"]
@@ -279,6 +280,7 @@ def pool(settings: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
             )
         fold_windows = rows.windows()
         windows.append(fold_windows.row_window)
+        headline_times.append(rows.headline_time)
         y_true.append(np.asarray(report["labels"], dtype=np.int8))
         config = report["config"]
         for name in names:
@@ -324,7 +326,67 @@ def pool(settings: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
             "note": _note(covered, failed, out["methods_failed"], len(folds)),
         }
     )
+    post_cutoff = PooledRows(truth, scored, windows, headline_times)
+    out["cutoff"] = pooled_cutoff(reports, post_cutoff, reps, seed, alpha)
     return _clean(out)
+
+
+@dataclass(frozen=True)
+class PooledRows:
+    """The pooled test rows in fold order: labels, each predictor's predictions, and per fold
+    the rows' label windows and headline times (epoch seconds)."""
+
+    truth: np.ndarray
+    scored: list[Any]
+    windows: list[np.ndarray]
+    headline_times: list[np.ndarray]
+
+
+def pooled_cutoff(
+    reports: list[dict[str, Any]], pooled: PooledRows, reps: int, seed: int, alpha: float
+) -> dict[str, Any]:
+    """The pooled verdicts on the rows after the latest knowledge cutoff of the models the folds
+    scored (each fold report's own ``cutoff`` section says which that is): pooled figures over
+    rows a model could have read in pretraining are contaminated, as in a single backtest."""
+    from services.backtest.verdicts import Sample, Scored, verdict_table
+
+    sections = [report.get("cutoff") or {} for report in reports]
+    stated = [section["latest"] for section in sections if section.get("latest")]
+    latest = max((datetime.fromisoformat(value) for value in stated), default=None)
+    unknown = sorted({name for section in sections for name in section.get("unknown") or []})
+    post = [
+        np.ones(times.size, dtype=bool) if latest is None else times >= latest.timestamp()
+        for times in pooled.headline_times
+    ]
+    mask = np.concatenate(post)
+    out: dict[str, Any] = {
+        "latest": latest.isoformat() if latest else None,
+        "unknown": unknown,
+        "rows_post": int(mask.sum()),
+        "rows_pre": int(mask.size - mask.sum()),
+    }
+    lines = []
+    if latest is not None:
+        lines.append(
+            f"latest cutoff {latest.isoformat()}: {out['rows_post']} of {mask.size} pooled rows after it; "
+            f"{out['rows_pre']} before it are CONTAMINATED (the pooled verdicts over all rows include them)"
+        )
+    else:
+        lines.append("no scored model has a stated cutoff that falls inside these folds' rows")
+    if unknown:
+        lines.append(f"cutoff unknown for {', '.join(unknown)}: no pooled row is provably clean")
+    if unknown:
+        out["verdicts_post"] = {"unavailable": f"cutoff unknown for {', '.join(unknown)}"}
+    elif out["rows_pre"] == 0:
+        out["verdicts_post"] = "same as the pooled verdicts: every row is after the latest cutoff"
+    elif out["rows_post"] == 0:
+        out["verdicts_post"] = {"unavailable": "no pooled row after the latest cutoff"}
+    else:
+        sample = Sample.from_folds([w[p] for w, p in zip(pooled.windows, post, strict=True)])
+        scored = [Scored(s.name, s.kind, s.y_pred[mask]) for s in pooled.scored if s.y_pred is not None]
+        out["verdicts_post"] = verdict_table(pooled.truth[mask], scored, sample, reps, seed, alpha)
+    out["lines"] = lines
+    return out
 
 
 def _methods_failed(covered: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -428,6 +490,7 @@ def summary_table(state: dict[str, Any]) -> str:
     pooled = state.get("pooled") or {}
     names = [row["predictor"] for row in pooled.get("predictors", [])]
     lines = [f"walk-forward {state['id']}: {pooled.get('note', 'not pooled yet')}"]
+    lines += [f"  {line}" for line in (pooled.get("cutoff") or {}).get("lines", [])]
     if not names:
         for fold in state["folds"]:
             lines.append(f"  fold {fold['fold']}: {fold['state']} {fold.get('error') or ''}".rstrip())
