@@ -137,7 +137,7 @@ def chat_prompt(instruction: str) -> str:
 
 
 class Tokenizer(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., verbose: bool = ...) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,10 @@ def encode_prompt_answer(
     """Tokenise prompt and answer apart and concatenate, so the answer's tokens never depend
     on how a tokenizer would merge across the boundary: trainer and scorer see the same ids.
     """
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    answer_ids = tokenizer.encode(ANSWER_PREFIX + answer.strip(), add_special_tokens=False)
+    # verbose=False: a long conversation is the trainer's to drop or cut (max_length, counted in
+    # the manifest), not a warning on stderr for every such example.
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
+    answer_ids = tokenizer.encode(ANSWER_PREFIX + answer.strip(), add_special_tokens=False, verbose=False)
     if not answer_ids:
         raise ValueError(f"answer {answer!r} tokenises to nothing")
     prefix = ([bos_id] if bos_id is not None else []) + prompt_ids

@@ -20,3 +20,22 @@ def test_log_lines_leave_with_credentials_masked() -> None:
     line = RedactingFormatter("%(message)s").format(record)
     assert "hunter2" not in line and "s3cr3t" not in line
     assert "api.example/x" in line and "n=1" in line
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A CLI run in-process after stderr was swapped (and the old stream closed) still logs
+    where stderr is now: no '--- Logging error ---' on a closed stream."""
+    import io
+    import logging
+    import sys
+
+    from services.common.logging import configure_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("INFO")
+    first.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    logging.getLogger("hsig.test").warning("after the swap")
+    assert "after the swap" in now.getvalue()
