@@ -15,7 +15,8 @@ vLLM's c1 p50; the 64-item batch >= 0.8x the engine alone (items/s).
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py [--quick] [--vllm-first]
 
 ``--vllm-first`` swaps the order of the two servers (run it both ways: the second server
-runs on a warmer machine). ``--ours-only`` leaves vLLM's server out and
+runs on a warmer machine). ``--direct-ingress`` serves our stack through Ray Serve's direct ingress
+(``HSIG_DIRECT_INGRESS``: the replica answers HTTP, no proxy hop). ``--ours-only`` leaves vLLM's server out and
 ``--ray-serve-same-loop`` runs our stack with part of Ray Serve's throughput-optimised settings
 (``RAY_SERVE_SAME_LOOP``), for A/B runs. The load average is printed at
 the start and the end. Requests go only to 127.0.0.1.
@@ -242,7 +243,9 @@ def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool) -> dict[str, Case]
         process.wait(timeout=60)
 
 
-def run_ours(root: Path, model_dir: Path, database_url: str, quick: bool) -> dict[str, Case]:
+def run_ours(
+    root: Path, model_dir: Path, database_url: str, quick: bool, direct_ingress: bool = False
+) -> dict[str, Case]:
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
     from tests.support.net import free_port
@@ -255,6 +258,8 @@ def run_ours(root: Path, model_dir: Path, database_url: str, quick: bool) -> dic
         max_in_flight=512,
         max_num_seqs=64,
         registry_poll_seconds=0,
+        direct_ingress=direct_ingress,
+        proxy_port=free_port() if direct_ingress else 0,
     )
     # Ray starts its workers (our replica and its engine core among them) at nice 15; vLLM's own
     # server and the engine alone run at nice 0. On a shared machine that alone decides the
@@ -298,6 +303,11 @@ def main() -> None:
         action="store_true",
         help="our stack with RAY_SERVE_SAME_LOOP (part of Ray's throughput-optimised bundle)",
     )
+    parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="our stack with HSIG_DIRECT_INGRESS: the replica answers HTTP itself, no proxy hop",
+    )
     args = parser.parse_args()
     if args.ray_serve_same_loop:
         os.environ.update(RAY_SERVE_SAME_LOOP)
@@ -318,7 +328,7 @@ def main() -> None:
             engine_alone(model_dir, adapter_dir, root / "scratch", 512 if args.quick else 1536)
         )
         servers = [
-            lambda: run_ours(root, model_dir, database_url, args.quick),
+            lambda: run_ours(root, model_dir, database_url, args.quick, args.direct_ingress),
             lambda: run_vllm(model_dir, adapter_dir, args.quick),
         ]
         if args.ours_only:

@@ -43,6 +43,13 @@ WORKER_ENV_KEYS = (
     "VLLM_NO_USAGE_STATS",
     "DO_NOT_TRACK",
 )
+DIRECT_INGRESS_KEYS = (
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+)
+WORKER_ENV_KEYS += DIRECT_INGRESS_KEYS
+DIRECT_INGRESS_PORTS = 100  # replica HTTP ports from `port` up; the proxy defaults above them
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=1024, health_check_timeout_s=60)
@@ -103,11 +110,37 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def ingress_env(settings: InferenceSettings) -> dict[str, str]:
+    """Ray Serve's environment switches for ``direct_ingress`` (read at import by its
+    controller and replicas, so set before Ray starts): the replicas take HTTP ports from
+    ``port`` up (the first replica gets ``port`` itself), the proxy goes to ``proxy_port``."""
+    if not settings.direct_ingress:
+        return {}
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + DIRECT_INGRESS_PORTS),
+    }
+
+
+def proxy_port(settings: InferenceSettings) -> int:
+    if not settings.direct_ingress:
+        return settings.port
+    return settings.proxy_port or settings.port + DIRECT_INGRESS_PORTS
+
+
 def start(settings: InferenceSettings | None = None) -> str:
     """Start Ray (or join ``ray_address``), deploy, wait until ready; returns the API's base URL."""
     import ray
 
     settings = (settings or get_settings(InferenceSettings)).absolute()
+    # Set, or cleared: a parent's switches must not leak into a stack started without them.
+    switches = ingress_env(settings)
+    for key in DIRECT_INGRESS_KEYS:
+        if key in switches:
+            os.environ[key] = switches[key]
+        else:
+            os.environ.pop(key, None)
     # Ray's single-node switch: its processes bind to 127.0.0.1, not the machine's address.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -121,11 +154,34 @@ def start(settings: InferenceSettings | None = None) -> str:
                 init_args["_metrics_export_port"] = settings.ray_metrics_port
         ray.init(**init_args)
     serve.start(
-        http_options={"host": settings.host, "port": settings.port}, logging_config=_serve_logging(settings)
+        http_options={"host": settings.host, "port": proxy_port(settings)},
+        logging_config=_serve_logging(settings),
     )
     log.info("deploying the inference application (base model %s)", settings.resolved_base_model())
     serve.run(build(settings), name=APP_NAME, route_prefix="/")
-    return f"http://{settings.host}:{settings.port}"
+    base_url = f"http://{settings.host}:{settings.port}"
+    if settings.direct_ingress:
+        _await_replica_http(base_url)
+    return base_url
+
+
+def _await_replica_http(base_url: str, seconds: float = 60.0) -> None:
+    """With direct ingress the replica starts its own HTTP server as it comes up: wait until it
+    answers, so the URL handed back is usable (the proxy's readiness says nothing of it)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replica did not answer on {base_url} (direct ingress) in {seconds:g} s")
+        time.sleep(0.5)
 
 
 def stop() -> None:

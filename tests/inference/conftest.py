@@ -56,6 +56,10 @@ def inference_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
         adapters_dir=adapters_path,
         base_model=str(tiny_model_dir),
         port=free_port(),
+        # The replica answers HTTP itself (Ray Serve's direct ingress); tests/e2e's stack keeps
+        # the default, Serve's proxy, so both request paths are exercised.
+        direct_ingress=True,
+        proxy_port=free_port(),
         ray_metrics_port=free_port(),
         api_token=TOKEN,
         registry_poll_seconds=1.0,
