@@ -35,7 +35,7 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;
 th{background:#f3f3f3}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}
 .warn{background:#fff3cd;border:1px solid #e0c36a;padding:0.6em}.flag{color:#b00020;font-weight:bold}
 .good{color:#1b5e20;font-weight:bold}h3{margin-bottom:0.2em}
-img{max-width:100%}
+img{max-width:100%}.prose td{white-space:normal}
 """
 
 
@@ -316,6 +316,7 @@ def _cutoff(report: dict[str, Any]) -> str:
          "rows before latest", "source"],
         models,
     ) if models else ""  # fmt: skip
+    table = f'<div class="prose">{table}</div>' if table else ""  # the source column is a sentence
     post, pre, unknown = cutoff.get("post"), cutoff.get("pre"), set(cutoff.get("unknown", []))
     pre_pairs = {(c["model"], c["baseline"]): c for c in (pre["verdicts"]["comparisons"] if pre else [])}
     post_bias = {b["predictor"]: b for b in (post["verdicts"]["bias"] if post else [])}

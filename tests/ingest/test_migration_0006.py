@@ -133,7 +133,9 @@ def test_stored_rows_get_precision_and_only_changed_labels_are_rederived(
         ids = dict(connection.execute(select(old_headlines.c.guid, old_headlines.c.id)).all())
         connection.execute(old_rows.insert(), [_old_row(ids[g], o) for _, g, o, _, _ in HEADLINES])
         before = dict(connection.execute(select(old_rows.c.headline_id, old_rows.c.id)).all())
-        caplog.set_level(logging.INFO)
+        caplog.set_level(
+            logging.INFO, logger="alembic.runtime.migration"
+        )  # configure_logging quiets "alembic"
     assert f"{len(REDERIVED)} labelled rows to re-derive" in caplog.text
 
     with session_scope(db_url) as session:
