@@ -59,7 +59,7 @@ class CommonSettings(BaseSettings):
     models_dir: Path | None = Field(None, description="Local base models; default <data_dir>/models.")
     model_cutoffs: str = Field(
         "",
-        description='Knowledge cutoffs of models the shipped table lacks (services/common/cutoffs.py), as JSON: '
+        description="Knowledge cutoffs of models the shipped table lacks (services/common/cutoffs.py), as JSON: "
         '{"model id, directory name or endpoint model": {"pretraining": "2023-12", "tuning": "2024-03", '
         '"released": "2024-04-18", "source": "..."} or "unknown" or "none"}.',
     )

@@ -49,7 +49,9 @@ def upgrade() -> None:
     with op.batch_alter_table("walk_forwards", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_walk_forwards_state"), ["state"], unique=False)
         batch_op.create_index(batch_op.f("ix_walk_forwards_name"), ["name"], unique=False)
-        batch_op.create_index(batch_op.f("ix_walk_forwards_idempotency_key"), ["idempotency_key"], unique=True)
+        batch_op.create_index(
+            batch_op.f("ix_walk_forwards_idempotency_key"), ["idempotency_key"], unique=True
+        )
 
 
 def downgrade() -> None:
