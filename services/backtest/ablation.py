@@ -30,7 +30,8 @@ from services.backtest.post_cutoff import cutoff_section, predictor_cutoffs, spl
 from services.backtest.predictors.base import PredictionSet, Predictor
 from services.backtest.predictors.factory import build_predictor
 from services.backtest.report import write_atomic
-from services.backtest.rows import EvalRows, load_rows
+from services.backtest.rows import EvalRows
+from services.backtest.runner import config_rows
 from services.backtest.schemas import BacktestConfig
 from services.backtest.settings import BacktestSettings
 from services.backtest.verdicts import Sample, Scored, compare_to_baselines
@@ -71,15 +72,7 @@ def first_rows(rows: EvalRows, limit: int | None) -> EvalRows:
 
 
 def load_for(settings: BacktestSettings, config: BacktestConfig, limit: int | None) -> EvalRows:
-    rows = load_rows(
-        settings.resolved_database_url,
-        config.symbol or settings.symbol,
-        config.horizon or settings.horizons[0],
-        config.start,
-        config.end,
-        config.exchange,
-    )
-    return first_rows(rows, limit)
+    return first_rows(config_rows(settings, config), limit)
 
 
 def _model_predictors(settings: BacktestSettings, config: BacktestConfig) -> list[Predictor]:

@@ -85,8 +85,9 @@ def _data_section(rows: EvalRows, windows_count: int, sleeves: int) -> dict[str,
     }
 
 
-def _rows_and_predictors(settings: BacktestSettings, config: BacktestConfig):  # type: ignore[no-untyped-def]
-    rows = load_rows(
+def config_rows(settings: BacktestSettings, config: BacktestConfig) -> EvalRows:
+    """The labelled rows a config asks for (its market, or the settings' defaults)."""
+    return load_rows(
         settings.resolved_database_url,
         config.symbol or settings.symbol,
         config.horizon or settings.horizons[0],
@@ -94,6 +95,10 @@ def _rows_and_predictors(settings: BacktestSettings, config: BacktestConfig):  #
         config.end,
         config.exchange,
     )
+
+
+def _rows_and_predictors(settings: BacktestSettings, config: BacktestConfig):  # type: ignore[no-untyped-def]
+    rows = config_rows(settings, config)
     predictors = [
         build_predictor(spec, settings, config.seed, config.majority_before) for spec in config.predictors
     ]
