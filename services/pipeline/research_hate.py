@@ -23,19 +23,12 @@ from services.common.methods import TrainingMethod
 from services.common.prompts import HATE_LABELS, bos_id_of, encode_prompt_answer
 from services.common.scoring import best_label, score_with_transformers
 from services.pipeline.research_jobs import (
-    METHOD_LABELS,
     JobSettings,
-    MethodRun,
     Plan,
     Progress,
-    cost_of,
     greedy,
-    load_base,
-    load_published,
-    plan_jobs,
-    release,
-    run_jobs,
-    train_config,
+    plan_methods,
+    train_and_evaluate,
 )
 
 DEFAULT_CORPUS = Path("data/hate_speech_davidson/labeled_data.csv")
@@ -128,16 +121,11 @@ def _explanations(
     return out
 
 
-def _model_row(
-    name: str, method: str, model: Any, tokenizer: Any, examples: Sequence[Any], options: HateOptions
-) -> dict[str, Any]:
+def _figures(model: Any, tokenizer: Any, examples: Sequence[Any], options: HateOptions) -> dict[str, Any]:
     scored = _score(model, tokenizer, examples)
     predicted = [best_label(p) for p in scored]
     truth = [e.answer for e in examples]
     return {
-        "model": name,
-        "method": method,
-        "status": "ok",
         **classification(truth, predicted, confidence=options.confidence),
         "explanations": _explanations(model, tokenizer, examples, scored, options),
     }
@@ -172,12 +160,16 @@ def plan_hate(options: HateOptions, jobs: JobSettings, settings: Any) -> HatePla
         "validation_fraction": options.validation_fraction,
         "test_fraction": 0.0,
     }
-    extra = {"max_eval_examples": options.eval_examples}
-    configs = {
-        method: train_config(f"research-hate-{method}", "implicit-hate", method, data, jobs, **extra)
-        for method in options.methods
-    }
-    return HatePlan(options, plan_jobs(configs, settings))
+    plan = plan_methods(
+        "hate",
+        "implicit-hate",
+        options.methods,
+        data,
+        jobs,
+        settings,
+        max_eval_examples=options.eval_examples,
+    )
+    return HatePlan(options, plan)
 
 
 def run_hate(planned: HatePlan, settings: Any, say: Progress) -> dict[str, Any]:
@@ -189,15 +181,15 @@ def run_hate(planned: HatePlan, settings: Any, say: Progress) -> dict[str, Any]:
         f"research hate: {len(dataset.train)} training and {len(dataset.validation)} held-out posts "
         f"({dataset.notes.get('layout')}); scoring {len(examples)}"
     )
-    run_jobs(plan, settings, say)
-    base_dir, tokenizer = plan.probe.base.load_from, plan.probe.tokenizer
-    say("research hate: scoring the untuned base ...")
-    model = load_base(base_dir)
-    rows = [_model_row("base (untuned)", "base", model, tokenizer, examples, options)]
-    del model
-    release()
-    rows.append(_majority_row(dataset.train, examples, options))
-    rows += [_method_row(run, base_dir, tokenizer, examples, options, say) for run in plan.runs]
+    tokenizer = plan.probe.tokenizer
+    rows = train_and_evaluate(
+        plan,
+        settings,
+        say,
+        "research hate: scoring",
+        lambda model: _figures(model, tokenizer, examples, options),
+    )
+    rows.insert(1, _majority_row(dataset.train, examples, options))  # after the base, before the fine-tunes
     return {
         "question": "hate",
         "corpus": str(options.corpus),
@@ -208,22 +200,3 @@ def run_hate(planned: HatePlan, settings: Any, say: Progress) -> dict[str, Any]:
         "labels": list(LABELS),
         "models": rows,
     }
-
-
-def _method_row(
-    run: MethodRun,
-    base_dir: str,
-    tokenizer: Any,
-    examples: Sequence[Any],
-    options: HateOptions,
-    say: Progress,
-) -> dict[str, Any]:
-    label = METHOD_LABELS[run.method]
-    if not run.ran:
-        return {"model": label, "method": run.method, "status": "not run", "reason": run.reason}
-    say(f"research hate: scoring {label} ...")
-    model = load_published(base_dir, run)
-    row = _model_row(label, run.method, model, tokenizer, examples, options)
-    del model
-    release()
-    return {**row, "cost": cost_of(run), "dataset_sha256": run.published.manifest.dataset_sha256}

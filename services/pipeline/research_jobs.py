@@ -131,6 +131,24 @@ def plan_jobs(configs: dict[TrainingMethod, Any], settings: Any) -> Plan:
     return plan
 
 
+def plan_methods(
+    question: str,
+    task: str,
+    methods: Sequence[TrainingMethod],
+    data: dict[str, Any],
+    jobs: JobSettings,
+    settings: Any,
+    **extra: Any,
+) -> Plan:
+    """One trainer job per method on ``data``, named ``research-<question>-<method>``, every one
+    checked (``plan_jobs``) before any trains."""
+    configs = {
+        method: train_config(f"research-{question}-{method}", task, method, data, jobs, **extra)
+        for method in methods
+    }
+    return plan_jobs(configs, settings)
+
+
 def run_jobs(plan: Plan, settings: Any, say: Progress) -> None:
     """Train and publish each runnable method, one after the other."""
     from services.trainer.training import train
@@ -168,6 +186,52 @@ def cost_of(run: MethodRun) -> dict[str, Any]:
 
 
 # --- models back for evaluation ------------------------------------------------------------
+
+Evaluate = Callable[[Any], dict[str, Any]]  # a loaded model -> its figures for the section's JSON
+
+
+def train_and_evaluate(
+    plan: Plan, settings: Any, say: Progress, doing: str, evaluate: Evaluate
+) -> list[dict[str, Any]]:
+    """Train each runnable method (``run_jobs``), then ``evaluate`` the untuned base and every
+    fine-tune, one model in memory at a time. The rows: the base's first, then one per
+    ``plan.runs`` in its order, with the trainer's reason where the method did not run, else
+    its figures, cost and data sha256. ``doing`` opens the progress lines ("research qa:
+    evaluating")."""
+    run_jobs(plan, settings, say)
+    base_dir = plan.probe.base.load_from
+    say(f"{doing} the untuned base ...")
+    base = _evaluated(lambda: load_base(base_dir), evaluate)
+    rows = [{"model": "base (untuned)", "method": "base", "status": "ok", **base}]
+    return rows + [_method_row(run, base_dir, say, doing, evaluate) for run in plan.runs]
+
+
+def _method_row(
+    run: MethodRun, base_dir: str, say: Progress, doing: str, evaluate: Evaluate
+) -> dict[str, Any]:
+    label = METHOD_LABELS[run.method]
+    if not run.ran:
+        return {"model": label, "method": run.method, "status": "not run", "reason": run.reason}
+    say(f"{doing} {label} ...")
+    figures = _evaluated(lambda: load_published(base_dir, run), evaluate)
+    return {
+        "model": label,
+        "method": run.method,
+        "status": "ok",
+        **figures,
+        "cost": cost_of(run),
+        "dataset_sha256": run.published.manifest.dataset_sha256,
+    }
+
+
+def _evaluated(load: Callable[[], Any], evaluate: Evaluate) -> dict[str, Any]:
+    """``evaluate`` on the model ``load`` returns, then its memory given back: the model is
+    loaded here so that this frame holds its only reference (13B does not fit twice)."""
+    model = load()
+    figures = evaluate(model)
+    del model
+    release()
+    return figures
 
 
 def device_and_dtype() -> tuple[str, Any]:

@@ -25,19 +25,13 @@ from services.common.errors import InvalidInput
 from services.common.methods import TrainingMethod
 from services.common.prompts import bos_id_of, chat_prompt
 from services.pipeline.research_jobs import (
-    METHOD_LABELS,
     JobSettings,
     MethodRun,
     Plan,
     Progress,
-    cost_of,
     greedy,
-    load_base,
-    load_published,
-    plan_jobs,
-    release,
-    run_jobs,
-    train_config,
+    plan_methods,
+    train_and_evaluate,
 )
 
 DEFAULT_CORPUS = Path("data/guanaco_llama2_1k/guanaco_llama2_1k.parquet")
@@ -208,11 +202,8 @@ def plan_qa(options: QaOptions, jobs: JobSettings, settings: Any, work: Path) ->
     corpus = work / f"qa-split-seed{jobs.seed}-n{len(split['train']) + len(split['heldout'])}.jsonl"
     share = write_split_corpus(texts, split, jobs.seed, corpus)
     data = {"path": str(corpus.resolve()), "validation_fraction": share, "test_fraction": 0.0}
-    configs = {
-        method: train_config(f"research-qa-{method}", "chat", method, data, jobs, evaluate_accuracy=False)
-        for method in options.methods
-    }
-    return QaPlan(options, jobs, plan_jobs(configs, settings), split, corpus)
+    plan = plan_methods("qa", "chat", options.methods, data, jobs, settings, evaluate_accuracy=False)
+    return QaPlan(options, jobs, plan, split, corpus)
 
 
 def run_qa(planned: QaPlan, settings: Any, say: Progress) -> dict[str, Any]:
@@ -222,15 +213,14 @@ def run_qa(planned: QaPlan, settings: Any, say: Progress) -> dict[str, Any]:
         f"research qa: {len(split['train'])} training and {len(split['heldout'])} held-out conversations "
         f"({len(plan.probe.train_set)} / {len(plan.probe.validation_set)} turns), seed {jobs.seed}"
     )
-    run_jobs(plan, settings, say)
-    base_dir = plan.probe.base.load_from
-    say("research qa: evaluating the untuned base ...")
-    model = load_base(base_dir)
-    base = _evaluate(model, plan.probe, options, jobs.seed)
-    del model
-    release()
-    rows = [{"model": "base (untuned)", "method": "base", "status": "ok", **base}]
-    rows += [_method_row(run, base_dir, plan.probe, options, jobs.seed, say) for run in plan.runs]
+    rows = train_and_evaluate(
+        plan,
+        settings,
+        say,
+        "research qa: evaluating",
+        lambda model: _evaluate(model, plan.probe, options, jobs.seed),
+    )
+    rows[1:] = [_with_manifest_split(row, run) for row, run in zip(rows[1:], plan.runs, strict=True)]
     return {
         "question": "qa",
         "corpus": str(options.corpus),
@@ -250,24 +240,9 @@ def run_qa(planned: QaPlan, settings: Any, say: Progress) -> dict[str, Any]:
     }
 
 
-def _method_row(
-    run: MethodRun, base_dir: str, probe: Any, options: QaOptions, seed: int, say: Progress
-) -> dict[str, Any]:
-    label = METHOD_LABELS[run.method]
+def _with_manifest_split(row: dict[str, Any], run: MethodRun) -> dict[str, Any]:
+    """A fine-tune's row with the split its manifest records (the trainer's validation part is
+    the held-out part: the test reads it back)."""
     if not run.ran:
-        return {"model": label, "method": run.method, "status": "not run", "reason": run.reason}
-    say(f"research qa: evaluating {label} ...")
-    model = load_published(base_dir, run)
-    figures = _evaluate(model, probe, options, seed)
-    del model
-    release()
-    manifest = run.published.manifest
-    return {
-        "model": label,
-        "method": run.method,
-        "status": "ok",
-        **figures,
-        "cost": cost_of(run),
-        "manifest_split": manifest.extra.get("notes", {}).get("split"),
-        "dataset_sha256": manifest.dataset_sha256,
-    }
+        return row
+    return {**row, "manifest_split": run.published.manifest.extra.get("notes", {}).get("split")}
