@@ -11,6 +11,7 @@ import html
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,23 @@ def _cost_cells(cost: dict[str, Any]) -> list[str]:
     ]
 
 
+COST_HEADER = ["s / epoch", "peak memory", "trainable parameters"]
+
+
+def _models_table(
+    models: list[dict[str, Any]], header: list[str], cells: Callable[[dict[str, Any]], list[str]]
+) -> str:
+    """A row per model: its name, ``cells(row)`` under ``header`` and its cost; the trainer's
+    reason across the row where the method did not run."""
+    rows = [
+        [_td(_e(row["model"])), *cells(row), *_cost_cells(row.get("cost", {}))]
+        if row["status"] == "ok"
+        else _not_run(row, len(header) + len(COST_HEADER))
+        for row in models
+    ]
+    return _table(["model", *header, *COST_HEADER], rows)
+
+
 def _overlap(a: list[float], b: list[float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
@@ -143,33 +161,9 @@ def _qa(section: dict[str, Any]) -> str:
         f"(seed {split['seed']}); intervals: {section['models'][0].get('heldout', {}).get('bootstrap_reps')} "
         "bootstrap resamples of the held-out examples, 95%.</p>",
     ]
-    header = [
-        "model",
-        "answer-token loss",
-        "95% interval",
-        "perplexity",
-        "95% interval",
-        "s / epoch",
-        "peak memory",
-        "trainable parameters",
-    ]
-    rows = []
-    for row in section["models"]:
-        if row["status"] != "ok":
-            rows.append(_not_run(row, len(header) - 1))
-            continue
-        held = row["heldout"]
-        rows.append(
-            [
-                _td(_e(row["model"])),
-                _td(_num(held["mean_loss"]), True),
-                _td(_interval(held["loss_interval"]), True),
-                _td(_num(held["perplexity"], 1), True),
-                _td(_interval(held["perplexity_interval"], 1), True),
-                *_cost_cells(row.get("cost", {})),
-            ]
-        )
-    parts.append("<h3>Held-out loss and cost (the note's RQ1 table)</h3>" + _table(header, rows))
+    header = ["answer-token loss", "95% interval", "perplexity", "95% interval"]
+    table = _models_table(section["models"], header, _loss_cells)
+    parts.append("<h3>Held-out loss and cost (the note's RQ1 table)</h3>" + table)
     parts.append(_lora_against_full(section, "heldout.mean_loss", "heldout.loss_interval", "lower"))
     answered = [row for row in section["models"] if row["status"] == "ok"]
     answer_rows = [
@@ -184,6 +178,16 @@ def _qa(section: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _loss_cells(row: dict[str, Any]) -> list[str]:
+    held = row["heldout"]
+    return [
+        _td(_num(held["mean_loss"]), True),
+        _td(_interval(held["loss_interval"]), True),
+        _td(_num(held["perplexity"], 1), True),
+        _td(_interval(held["perplexity_interval"], 1), True),
+    ]
+
+
 def _hate(section: dict[str, Any]) -> str:
     labels = section["labels"]
     mapping = ", ".join(f"{k} -> {v}" for k, v in (section.get("label_map") or {}).items())
@@ -192,38 +196,24 @@ def _hate(section: dict[str, Any]) -> str:
         f"<p>{_e(section.get('layout'))}, classes mapped {_e(mapping)}; {_split_words(section.get('split') or {})}; "
         f"{section['scored_examples']} held-out posts scored by the label tokens' probabilities.</p>",
     ]
-    header = [
-        "model",
-        "accuracy",
-        "95% Wilson",
-        "macro-F1",
-        *[f"F1 {label}" for label in labels],
-        "s / epoch",
-        "peak memory",
-        "trainable parameters",
-    ]
-    rows = []
-    for row in section["models"]:
-        if row["status"] != "ok":
-            rows.append(_not_run(row, len(header) - 1))
-            continue
-        rows.append(
-            [
-                _td(_e(row["model"])),
-                _td(_num(row["accuracy"]), True),
-                _td(_interval(row["accuracy_wilson"]), True),
-                _td(_num(row["macro_f1"]), True),
-                *[_td(_num(row["per_class"][label]["f1"]), True) for label in labels],
-                *_cost_cells(row.get("cost", {})),
-            ]
-        )
-    parts.append("<h3>Accuracy, F1 and cost</h3>" + _table(header, rows))
+    header = ["accuracy", "95% Wilson", "macro-F1", *[f"F1 {label}" for label in labels]]
+    table = _models_table(section["models"], header, lambda row: _accuracy_cells(row, labels))
+    parts.append("<h3>Accuracy, F1 and cost</h3>" + table)
     parts.append(_lora_against_full(section, "accuracy", "accuracy_wilson", "higher"))
     for row in section["models"]:
         if row["status"] == "ok":
             parts.append(_per_class_and_confusion(row, labels))
     parts.append(_explanations(section))
     return "".join(parts)
+
+
+def _accuracy_cells(row: dict[str, Any], labels: list[str]) -> list[str]:
+    return [
+        _td(_num(row["accuracy"]), True),
+        _td(_interval(row["accuracy_wilson"]), True),
+        _td(_num(row["macro_f1"]), True),
+        *[_td(_num(row["per_class"][label]["f1"]), True) for label in labels],
+    ]
 
 
 def _split_words(split: dict[str, Any]) -> str:
