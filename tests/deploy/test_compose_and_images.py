@@ -12,7 +12,8 @@ from tests.deploy.conftest import DEPLOY, REPO_ROOT
 # The variables compose refuses to start without. The Hugging Face token is not one of them: it
 # is a secret file, and deploy/no-hf-token (empty) stands in when there is none.
 SECRETS = {"POSTGRES_PASSWORD": "pw", "HSIG_API_TOKEN": "tok", "GRAFANA_ADMIN_PASSWORD": "gf"}
-GPU_SERVICES = ("trainer", "inference")
+# What runs torch: the two GPU services and the walk-forward worker (it trains and scores folds).
+GPU_SERVICES = ("trainer", "inference", "pipeline-worker")
 TOKEN_TARGET = "/run/secrets/hf_token"
 # What inference's engines take of their GPU: Ray shares and vLLM memory (services/inference/settings.py).
 FULL_MODEL_SETTINGS = (
@@ -60,7 +61,8 @@ def test_compose_refuses_to_start_without_each_secret(compose_bin: str, missing:
 
 def test_every_service_is_there_with_health_and_restart(compose_model: dict) -> None:
     services = compose_model["services"]
-    expected = {"postgres", "migrate", "ingest", "trainer", "inference", "backtest", "prometheus", "grafana"}
+    expected = {"postgres", "migrate", "ingest", "trainer", "inference", "backtest", "pipeline-worker"}
+    expected |= {"prometheus", "grafana"}
     assert expected <= set(services)
     for name in expected - {"migrate"}:
         assert services[name].get("restart") == "unless-stopped", name
@@ -69,7 +71,7 @@ def test_every_service_is_there_with_health_and_restart(compose_model: dict) -> 
 
 
 def test_gpu_services_reserve_a_gpu_and_shared_memory(compose_model: dict) -> None:
-    for name in ("trainer", "inference"):
+    for name in GPU_SERVICES:
         service = compose_model["services"][name]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
@@ -77,13 +79,13 @@ def test_gpu_services_reserve_a_gpu_and_shared_memory(compose_model: dict) -> No
 
 
 def test_services_share_volumes_and_wait_for_migrations(compose_model: dict) -> None:
-    for name in ("ingest", "trainer", "inference", "backtest"):
+    for name in ("ingest", "trainer", "inference", "backtest", "pipeline-worker"):
         service = compose_model["services"][name]
         assert any(volume["source"] == "hsig-data" for volume in service["volumes"]), name
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_the_hf_token_is_a_secret_file_mounted_only_into_trainer_and_inference(
+def test_the_hf_token_is_a_secret_file_mounted_only_into_the_gpu_services(
     compose_bin: str, compose_model: dict
 ) -> None:
     assert compose_model["secrets"]["hf_token"]["file"] == str(DEPLOY / "no-hf-token")
@@ -102,7 +104,7 @@ def test_the_hf_token_is_a_secret_file_mounted_only_into_trainer_and_inference(
     assert not any(line.startswith("HF_TOKEN=") for line in (DEPLOY / "env.example").read_text().splitlines())
 
 
-def test_trainer_and_inference_share_one_model_cache_and_stay_online(compose_bin: str) -> None:
+def test_the_gpu_services_share_one_model_cache_and_stay_online(compose_bin: str) -> None:
     # The Makefile exports HF_HUB_OFFLINE=1 for local runs; a shell that has it must not leak into compose.
     services = _model(compose_bin, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")["services"]
     for name in GPU_SERVICES:
@@ -131,6 +133,10 @@ def test_gpu_device_ids_come_from_the_settings(compose_bin: str, compose_model: 
     split = _model(compose_bin, HSIG_TRAINER_GPUS="0,1,2,3", HSIG_INFERENCE_GPUS="4,5,6,7")
     assert devices(split, "trainer")[0]["device_ids"] == ["0,1,2,3"]
     assert devices(split, "inference")[0]["device_ids"] == ["4,5,6,7"]
+    assert devices(split, "pipeline-worker")[0]["device_ids"] == ["0,1,2,3"]  # the trainer's, by default
+    apart = _model(compose_bin, HSIG_TRAINER_GPUS="0,1,2", HSIG_WORKER_GPUS="3")
+    assert devices(apart, "pipeline-worker")[0]["device_ids"] == ["3"]
+    assert devices(apart, "trainer")[0]["device_ids"] == ["0,1,2"]
 
 
 def test_inference_carries_the_full_model_settings_and_its_defaults_fit_one_gpu(
@@ -172,6 +178,48 @@ def test_backtest_has_no_gpu_and_scores_through_inference(compose_model: dict) -
     assert environment["HSIG_API_TOKEN"] == SECRETS["HSIG_API_TOKEN"]
     assert environment["DATABASE_URL"].startswith("postgresql://")  # the adapters table names what exists
     assert backtest["depends_on"]["inference"]["condition"] == "service_healthy"
+
+
+def test_the_pipeline_worker_runs_what_the_backtest_api_queues(compose_model: dict) -> None:
+    services = compose_model["services"]
+    worker, backtest = services["pipeline-worker"], services["backtest"]
+    assert worker["command"] == ["pipeline", "worker"]
+    assert worker["image"].startswith("headline-signal/gpu:")  # it trains and scores with torch
+    assert worker["restart"] == "unless-stopped"
+    # It writes each walk-forward's state file where the API reads it back: one database, the
+    # same reports directory on the same volume.
+    for key in (
+        "DATABASE_URL",
+        "HSIG_REPORTS_DIR",
+        "HSIG_DATA_DIR",
+        "HSIG_ADAPTERS_DIR",
+        "HSIG_INFERENCE_URL",
+    ):
+        assert worker["environment"][key] == backtest["environment"][key], key
+    data = [v["target"] for v in worker["volumes"] if v["source"] == "hsig-data"]
+    assert data == [v["target"] for v in backtest["volumes"] if v["source"] == "hsig-data"]
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "ports" not in worker and "HSIG_PORT" not in worker["environment"]
+    # No port to probe: the image's HEALTHCHECK (GET /healthz on HSIG_PORT) would mark it
+    # unhealthy forever, so the service turns it off.
+    assert worker["healthcheck"] == {"disable": True}
+
+
+def test_the_pipeline_worker_reads_its_settings_from_the_compose_environment(
+    compose_model: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.backtest.settings import BacktestSettings
+    from services.pipeline.reproduce import _as
+    from services.trainer.settings import TrainerSettings
+
+    for key, value in compose_model["services"]["pipeline-worker"]["environment"].items():
+        monkeypatch.setenv(key, value)
+    settings = BacktestSettings()  # what `hsig pipeline worker` reads; production checks included
+    assert settings.environment == "production"
+    assert settings.resolved_database_url == "postgresql://hsig:pw@postgres:5432/hsig"
+    assert str(settings.reports_path) == "/var/lib/hsig/reports"
+    trainer = _as(TrainerSettings, settings)  # what its inline training jobs read
+    assert str(trainer.adapters_path) == "/var/lib/hsig/adapters"
 
 
 def test_no_secret_is_baked_into_an_image() -> None:
