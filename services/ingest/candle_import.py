@@ -1,10 +1,12 @@
 """Candle files in the layouts people hold: CryptoDataDownload (both layouts), Yahoo Finance,
 Binance kline CSV (and its zip), ccxt's own JSON, and any OHLCV CSV by column mapping.
 
-The layout is read from the header (found past any banner line), or forced. Every row is
-validated (``validate``): a row that cannot be a closed candle is rejected by reason with its
-line number, never repaired; the rest come back as a ``CandleFrame``. Storing them is the
-store module's job, so a file can be checked before anything is written.
+The layout is read from the header (found past any banner line), or forced. The delimiter is
+the first of ``,`` ``;`` tab with which a header line names a known layout, or given; in a
+``;`` file numbers may carry decimal commas (``29345,5``, ``29.345,5``: ``_comma_numbers``).
+Every row is validated (``validate``): a row that cannot be a closed candle is rejected by
+reason with its line number, never repaired; the rest come back as a ``CandleFrame``. Storing
+them is the store module's job, so a file can be checked before anything is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pandas as pd
 
 from services.common.errors import InvalidInput
 from services.common.labelling import candle_faults, timeframe_seconds
+from services.ingest.headline_import import parse_delimiter
 from services.ingest.headlines import Rejects
 
 LAYOUTS = ("cryptodatadownload", "yahoo", "binance", "ccxt-json", "generic")
@@ -37,6 +40,10 @@ _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
 _MISSING = frozenset({"", "null", "nan", "none", "na", "n/a", "-"})
 _BINANCE_HEADER = ("open_time", "open", "high", "low", "close", "volume", "close_time")
 _TIME_NAMES = ("timestamp", "time", "date", "datetime", "open_time", "unix", "open time")
+DELIMITERS = (",", ";", "\t")  # tried in this order on the header lines
+# With ";" between cells a comma in a number can only be a decimal comma; dots are then
+# thousands separators in groups of three (29.345,5), never a second decimal mark.
+_COMMA_NUMBER = r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?(?:[eE][+-]?\d+)?"
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class CandleImport:
     candles: CandleFrame
     rows: int
     rejects: LineRejects = field(default_factory=LineRejects)
+    delimiter: str | None = None  # None: ccxt JSON
 
 
 @dataclass
@@ -116,6 +124,7 @@ class _Rows:
     malformed: np.ndarray  # rows with more cells than the header, JSON rows not six values
     time_format: str | None = None
     time_unit: str | None = None
+    delimiter: str | None = None  # None: ccxt JSON
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class ImportOptions:
     columns: Mapping[str, str] = field(default_factory=dict)
     time_unit: str | None = None
     time_format: str | None = None
+    delimiter: str | None = None  # None: sniffed from the header (DELIMITERS)
 
 
 def parse_column_mapping(pairs: list[str]) -> dict[str, str]:
@@ -172,8 +182,8 @@ def _zip_member(path: Path, data: bytes) -> bytes:
         return archive.read(members[0])
 
 
-def _fields(line: str) -> list[str]:
-    return [cell.strip() for cell in next(csv.reader([line]), [])]
+def _fields(line: str, delimiter: str = ",") -> list[str]:
+    return [cell.strip() for cell in next(csv.reader([line], delimiter=delimiter), [])]
 
 
 def _is_number(text: str) -> bool:
@@ -209,9 +219,26 @@ def _binance_row(fields: list[str]) -> bool:
     return len(fields) == 12 and all(_is_number(cell) for cell in fields) and float(fields[0]) > 1e11
 
 
-def _find_header(lines: list[str], options: ImportOptions) -> tuple[int, str]:
-    """(index of the header line, layout); -1 for a header-less Binance file."""
-    scanned = [(i, _fields(line)) for i, line in enumerate(lines[:_HEADER_SCAN_LINES]) if line.strip()]
+def _find_header(lines: list[str], options: ImportOptions) -> tuple[int, str, str]:
+    """(index of the header line, layout, delimiter); -1 for a header-less Binance file. The
+    delimiter is the given one, else the first of ``DELIMITERS`` with which a line of the
+    first 20 names a layout; a file in none is refused naming the widest header found."""
+    given = parse_delimiter(options.delimiter) if options.delimiter else None
+    scans = {
+        delimiter: [
+            (i, _fields(line, delimiter)) for i, line in enumerate(lines[:_HEADER_SCAN_LINES]) if line.strip()
+        ]
+        for delimiter in ((given,) if given else DELIMITERS)
+    }
+    for delimiter, scanned in scans.items():
+        found = _layout_line(scanned, options)
+        if found is not None:
+            return (*found, delimiter)
+    widest = max(scans, key=lambda delimiter: len(_real_header([f for _i, f in scans[delimiter]]) or []))
+    raise InvalidInput(_unknown_layout(scans[widest], options, widest), param="layout")
+
+
+def _layout_line(scanned: list[tuple[int, list[str]]], options: ImportOptions) -> tuple[int, str] | None:
     for index, fields in scanned:
         fits = [
             layout for layout in _header_layouts(_names(fields), options) if options.layout in (None, layout)
@@ -220,13 +247,17 @@ def _find_header(lines: list[str], options: ImportOptions) -> tuple[int, str]:
             return index, fits[0]
         if _binance_row(fields) and options.layout in (None, "binance") and not options.columns:
             return index - 1, "binance"
-    raise InvalidInput(_unknown_layout(scanned, options), param="layout")
+    return None
 
 
-def _unknown_layout(scanned: list[tuple[int, list[str]]], options: ImportOptions) -> str:
+def _unknown_layout(
+    scanned: list[tuple[int, list[str]]], options: ImportOptions, delimiter: str = ","
+) -> str:
     """One line: the columns the file's real header holds (never a data row), what is known."""
     header = _real_header([fields for _i, fields in scanned])
     found = f"columns {header}" if header else "no header line"
+    if header and delimiter != ",":
+        found += f" (split on {delimiter!r})"
     wanted = f"the {options.layout} layout" if options.layout else "no known candle layout"
     if options.columns:
         wanted = f"the mapped columns {sorted(options.columns.values())}"
@@ -238,9 +269,15 @@ def _unknown_layout(scanned: list[tuple[int, list[str]]], options: ImportOptions
 
 
 def _real_header(lines: list[list[str]]) -> list[str] | None:
-    """The first line of names (no cell a number) that the next line matches in width: a
-    banner line ("Timestamps are UTC timezone,https://...") is not it, nor is a data row."""
-    names = [i for i, cells in enumerate(lines) if not any(_is_number(cell) for cell in cells if cell)]
+    """The first line of names (no cell a number or starting with a digit, as a date does)
+    that the next line matches in width: a banner line ("Timestamps are UTC
+    timezone,https://...") is not it, nor is a data row, even one split on the wrong
+    delimiter ("2024-01-01;38.345")."""
+    names = [
+        i
+        for i, cells in enumerate(lines)
+        if not any(_is_number(cell) or cell[:1].isdigit() for cell in cells if cell)
+    ]
     for i in names:
         if i + 1 == len(lines) or len(lines[i + 1]) == len(lines[i]):
             return lines[i]
@@ -248,31 +285,37 @@ def _real_header(lines: list[list[str]]) -> list[str] | None:
 
 
 def _read_table(
-    text: str, lines: list[str], skip: int, width: int, wanted: list[int]
+    text: str, lines: list[str], skip: int, width: int, wanted: list[int], delimiter: str = ","
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The data lines after ``skip`` lines as text cells, each row's line number (1-based) and
     which rows had more cells than the header. Blank lines are dropped. pandas reads a clean
     file; one with a too-wide line goes through the csv module instead of being refused."""
-    wide = any(len(_fields(line)) > width for line in lines[skip : skip + _HEADER_SCAN_LINES] if line.strip())
+    wide = any(
+        len(_fields(line, delimiter)) > width
+        for line in lines[skip : skip + _HEADER_SCAN_LINES]
+        if line.strip()
+    )
     blanks = _BLANK_LINE.search(text) is not None
     # Only some columns are read when every data line is known to hold exactly ``width``
-    # cells (no quotes; each line's comma count): with ``usecols`` pandas would ignore a
+    # cells (no quotes; each line's delimiter count): with ``usecols`` pandas would ignore a
     # too-wide line instead of refusing it.
-    commas = set(map(operator.methodcaller("count", ","), lines[skip:]))
+    commas = set(map(operator.methodcaller("count", delimiter), lines[skip:]))
     exact = '"' not in text and commas <= {width - 1}
     try:
         if wide:  # pandas would silently cut a too-wide first line
             raise pd.errors.ParserError("a line wider than the header")
         frame = pd.read_csv(
             io.StringIO(text),
+            sep=delimiter,
             header=None,
             names=list(range(width)),
             index_col=False,
             skiprows=skip,
             # Without blank lines pandas may type the columns itself (a clean numeric column
             # then needs no text pass: the fast path); with them every cell stays text so
-            # a blank line can be told from a row of empty cells and line numbers hold.
-            dtype=str if blanks else None,
+            # a blank line can be told from a row of empty cells and line numbers hold. A ";"
+            # file stays text too: pandas would read "29.345" (29345 there) as 29.345.
+            dtype=str if blanks or delimiter == ";" else None,
             usecols=wanted if exact and not blanks else None,  # symbol and date text cost most
             keep_default_na=False,
             skip_blank_lines=False,
@@ -281,7 +324,7 @@ def _read_table(
         numbers = np.arange(skip + 1, skip + 1 + len(frame), dtype=np.int64)
         malformed = np.zeros(len(frame), dtype=bool)
     except pd.errors.ParserError:
-        frame, numbers, malformed = _read_slowly(lines, skip, width)
+        frame, numbers, malformed = _read_slowly(lines, skip, width, delimiter)
         blanks = True
     if not blanks:
         return frame, numbers, malformed
@@ -289,10 +332,12 @@ def _read_table(
     return frame[~blank].reset_index(drop=True), numbers[~blank], malformed[~blank]
 
 
-def _read_slowly(lines: list[str], skip: int, width: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _read_slowly(
+    lines: list[str], skip: int, width: int, delimiter: str = ","
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     rows, malformed = [], []
     for line in lines[skip:]:
-        cells = _fields(line) if line.strip() else []
+        cells = _fields(line, delimiter) if line.strip() else []
         malformed.append(len(cells) > width)  # more cells than the header: no column is sure
         rows.append(cells[:width] + [""] * (width - len(cells)))
     numbers = np.arange(skip + 1, skip + 1 + len(rows), dtype=np.int64)
@@ -302,17 +347,19 @@ def _read_slowly(lines: list[str], skip: int, width: int) -> tuple[pd.DataFrame,
 
 def _csv_rows(text: str, options: ImportOptions) -> _Rows:
     lines = text.splitlines()
-    index, layout = _find_header(lines, options)
-    header = _fields(lines[index]) if index >= 0 else []
+    index, layout, delimiter = _find_header(lines, options)
+    header = _fields(lines[index], delimiter) if index >= 0 else []
     names = _names(header)
     width = max(len(header), 12 if layout == "binance" else 0)
     picks = _LAYOUT_COLUMNS[layout](names, options)
-    frame, numbers, malformed = _read_table(text, lines, index + 1, width, sorted(set(picks.values())))
+    frame, numbers, malformed = _read_table(
+        text, lines, index + 1, width, sorted(set(picks.values())), delimiter
+    )
     columns = {key: frame[position] for key, position in picks.items()}
     time_format = options.time_format
     if layout == "cryptodatadownload" and not time_format and "unix" not in _cdd_time_name(names):
         time_format = "%Y-%m-%d %I-%p"  # "2020-07-08 02-PM"; plain dates fall back to ISO
-    return _Rows(layout, header, numbers, columns, malformed, time_format, options.time_unit)
+    return _Rows(layout, header, numbers, columns, malformed, time_format, options.time_unit, delimiter)
 
 
 def _cdd_time_name(names: list[str]) -> str:
@@ -422,6 +469,31 @@ def _numbers(cells: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, missing, unreadable
 
 
+def _comma_numbers(cells: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_numbers`` for a ``;`` file with decimal commas: ``29345,5`` and ``29.345,5`` are
+    29345.5, ``1.234.567`` is 1234567; a cell of another shape (``29345.5``, the other mark,
+    in a file that uses the comma) is not read, not guessed."""
+    text = cells.astype(str).str.strip()
+    ok = text.str.fullmatch(_COMMA_NUMBER).to_numpy(dtype=bool, na_value=False)
+    values = np.full(len(text), np.nan)
+    plain = text[ok].str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    values[ok] = pd.to_numeric(plain, errors="coerce").to_numpy(dtype=np.float64)
+    missing = ~ok & text.str.lower().isin(_MISSING).to_numpy()
+    return values, missing, ~ok & ~missing
+
+
+def _decimal_comma(rows: _Rows) -> bool:
+    """A ``;`` file whose price or volume cells hold a comma anywhere: its decimal mark."""
+    if rows.delimiter != ";":
+        return False
+    keys = ("open", "high", "low", "close", "volume", "volume2")
+    return any(
+        rows.columns[key].astype(str).str.contains(",", regex=False).any()
+        for key in keys
+        if key in rows.columns
+    )
+
+
 _UNIT_DIVISOR = {"s": 1.0, "ms": 1e3, "us": 1e6}
 _LATEST_SECONDS = 1e11  # year 5138: a larger "second" is a unit mistake, not a time
 
@@ -516,9 +588,10 @@ def _convert(rows: _Rows) -> _Converted:
     holidays), ``bad_number``, ``bad_time``."""
     shape = rows.lines.shape
     values, missing, unreadable = {}, np.zeros(shape, bool), np.zeros(shape, bool)
+    read = _comma_numbers if _decimal_comma(rows) else _numbers
     for key in ("open", "high", "low", "close", "volume", "volume2"):
         if key in rows.columns:
-            values[key], gone, bad = _numbers(rows.columns[key])
+            values[key], gone, bad = read(rows.columns[key])
             missing |= gone
             unreadable |= bad
     values.setdefault("volume", np.full(shape, np.nan))
@@ -584,7 +657,9 @@ def validate(
     candles = CandleFrame(
         times[keep], *(values[key][keep] for key in ("open", "high", "low", "close", "volume"))
     )
-    return CandleImport(rows.layout, timeframe_name(tf), candles, int(rows.lines.size), rejects)
+    return CandleImport(
+        rows.layout, timeframe_name(tf), candles, int(rows.lines.size), rejects, rows.delimiter
+    )
 
 
 # --- entry points -------------------------------------------------------------------------

@@ -73,7 +73,12 @@ def backfill_headlines(
         str | None, typer.Option(help="Column holding the headline; default: title, headline...")
     ] = None,
     time_column: Annotated[
-        str | None, typer.Option(help="Column holding the time; default: published, time, date...")
+        str | None,
+        typer.Option(
+            help="Column holding the time; default: published, time, date... A column of times of"
+            " day alone (04:24, 4:24 PM) is joined to the date column (date, day...); DATE+TIME"
+            " names both."
+        ),
     ] = None,
     summary_column: Annotated[
         str | None, typer.Option(help="Summary column; default: summary, description... if any.")
@@ -154,6 +159,10 @@ def backfill_candles(
     time_format: Annotated[
         str | None, typer.Option(help="strptime format of text times (default: ISO 8601, UTC).")
     ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(help="Field separator; default: sniffed (, ; tab). With ; a decimal comma is read."),
+    ] = None,
 ) -> None:
     """Store candles from a file (layout read from its header), or pull them through ccxt.
 
@@ -165,7 +174,7 @@ def backfill_candles(
         from services.ingest.backfill import backfill_candles_csv
         from services.ingest.candle_import import ImportOptions, parse_column_mapping
 
-        options = ImportOptions(layout, parse_column_mapping(column or []), time_unit, time_format)
+        options = ImportOptions(layout, parse_column_mapping(column or []), time_unit, time_format, delimiter)
         _print(backfill_candles_csv(settings, path, exchange, symbol, timeframe, options))
         return
     timeframe = timeframe or settings.timeframe

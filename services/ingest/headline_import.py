@@ -7,6 +7,14 @@ tab ``|`` that splits a sample of lines into the same number of fields as the he
 can be given (``ReadOptions``). Blank lines are skipped; quoted fields may hold the delimiter
 and line breaks; line numbers in the rejects are the file's own (1 is the header).
 
+A file may hold the date and the time of day in two columns (``Date,Time`` with ``18-Jul-20``,
+``04:24``): the time column is then a clock column (named ``time``, ``hour``, ``clock``...
+with most cells a time of day alone) and a date column is found by name (``date``, ``day``...),
+or both are given as ``--time-column DATE+TIME``. Each row's time is the two cells joined
+(``18-Jul-20 04:24``) and parsed as one, so its precision is what the row holds: an empty
+clock cell leaves the date alone, day precision. A clock cell that is not a time of day
+rejects the row (``bad_time``).
+
 A file that cannot be read, or lacks a title or a time column, is refused whole
 (InvalidInput, nothing returned). Otherwise every row is taken or rejected on its own, the
 rejects counted by reason with their line numbers (``HeadlineImport``).
@@ -20,7 +28,7 @@ import io
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,13 @@ import pandas as pd
 
 from services.common.errors import InvalidInput
 from services.ingest.headline_rows import HeadlineRows, normalise_titles, payload_hashes, title_keys
-from services.ingest.headline_times import TimeColumn, parse_time_column, resolve_dayfirst, to_us
+from services.ingest.headline_times import (
+    TimeColumn,
+    clock_cells,
+    parse_time_column,
+    resolve_dayfirst,
+    to_us,
+)
 from services.ingest.headlines import DEFAULT_LIMITS, HeadlineRecord, ItemLimits, Rejects
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -49,6 +63,10 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "summary": ("summary", "description", "desc", "abstract", "snippet", "lead"),
     "guid": ("guid", "id", "uuid", "articleid", "newsid"),
 }  # fmt: skip
+# A file with the date and the time of day in two columns: the names each is found under.
+DATE_NAMES = ("date", "day", "pubdate", "publishdate", "publicationdate", "publisheddate", "newsdate")
+CLOCK_NAMES = ("time", "hour", "clock", "timeofday", "publishtime", "publishedtime", "pubtime", "newstime")
+_CLOCK_SAMPLE = 1000  # non-empty cells a clock column is recognised on
 _NAME_DROP = re.compile(r"[\s_\-]+")
 
 
@@ -65,7 +83,8 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Which column holds what; None means found by name (``COLUMN_NAMES``)."""
+    """Which column holds what; None means found by name (``COLUMN_NAMES``). ``time`` may
+    name two columns, ``"DATE+TIME"``: the date and the time of day, joined per row."""
 
     title: str | None = None
     time: str | None = None
@@ -117,28 +136,107 @@ def import_headlines(
     path = Path(path)
     zone = _zone(options.timezone)
     table = read_table(path, options)
+    columns, date_given = _split_pair(path, table.columns, columns)
     mapping = _map_columns(path, table.columns, columns)
+    mapping = _pair_clock_column(table, mapping, columns, date_given)
     result = HeadlineImport(detail={**table.detail, "columns": mapping})
     for line, reason, message in table.bad:
         result.reject(reason, line, message)
     positions = {name: table.columns.index(name) for name in mapping.values() if name}
-    title_at, time_at = positions[mapping["title"]], positions[mapping["time"]]
-    raw_times = [row[time_at] for row in table.rows]
-    keep = [i for i, row in enumerate(table.rows) if row[title_at].strip() or raw_times[i].strip()]
+    title_at = positions[mapping["title"]]  # type: ignore[index]
+    raw_times, clock_faults = _time_texts(table, mapping, positions)
+    keep = [
+        i
+        for i, row in enumerate(table.rows)
+        if row[title_at].strip() or raw_times[i].strip() or i in clock_faults
+    ]
     times = [raw_times[i] for i in keep]  # rows blank in both (the Kaggle file's ",,") are skipped
     lines = [table.lines[i] for i in keep]
     # A --time-format says the order itself; otherwise the file's numeric dates decide it.
     dayfirst = options.dayfirst if options.time_format else resolve_dayfirst(times, lines, options.dayfirst)
     parsed = parse_time_column(times, zone, dayfirst, options.time_format)
+    for index, row in enumerate(keep):  # a clock cell that is no time of day: the row's fault
+        if row in clock_faults:
+            parsed.faults[index] = ("bad_time", clock_faults[row])
     result.detail.update(dayfirst=dayfirst, time_layout=parsed.fast_format)
-    _build(result, table, keep, positions, mapping, parsed, source, limits, now or datetime.now(UTC))
+    _build(result, table, keep, times, positions, mapping, parsed, source, limits, now or datetime.now(UTC))
     return result
+
+
+def _split_pair(path: Path, found: list[str], given: ColumnMap) -> tuple[ColumnMap, str | None]:
+    """``time="DATE+TIME"`` (``--time-column Date+Time``): the clock column as the time
+    column and the date column's name; a name that exists as written is one column."""
+    if given.time is None or given.time in found or "+" not in given.time:
+        return given, None
+    date, _, clock = given.time.partition("+")
+    for name in (date, clock):
+        if name not in found:
+            raise InvalidInput(
+                f"column {name!r} of {given.time!r} not in {path} (columns: {found})", param="column"
+            )
+    if date == clock:
+        raise InvalidInput(f"{given.time!r}: the date and the time are one column", param="column")
+    return replace(given, time=clock), date
+
+
+def _pair_clock_column(
+    table: RawTable, mapping: dict[str, str | None], given: ColumnMap, date_given: str | None
+) -> dict[str, str | None]:
+    """The mapping with ``date`` added when the time is a clock column beside a date column:
+    given as a pair; or the time column (given, or found among ``CLOCK_NAMES`` when not
+    given) holds mostly times of day alone and a ``DATE_NAMES`` column is there (the column
+    found by ``COLUMN_NAMES`` being one of the two). Otherwise the mapping as it was: the
+    time column holds the whole time."""
+    if date_given is not None:
+        return {**mapping, "date": date_given}
+    by_key = {_NAME_DROP.sub("", name.lower()): name for name in reversed(table.columns)}
+    clocks = [mapping["time"]] if given.time else [by_key[key] for key in CLOCK_NAMES if key in by_key]
+    clock = next((name for name in clocks if name and _mostly_clocks(table, name)), None)
+    date = next(
+        (by_key[key] for key in DATE_NAMES if key in by_key and by_key[key] not in (clock, mapping["title"])),
+        None,
+    )
+    if clock is None or date is None or mapping["time"] not in (clock, date):
+        return mapping  # (a file's published_at column, found first, wins over the pair)
+    return {**mapping, "time": clock, "date": date}
+
+
+def _mostly_clocks(table: RawTable, name: str) -> bool:
+    """Over half of the column's first non-empty cells are a time of day alone (each other
+    row is rejected when joined, not the column taken for the whole time)."""
+    at = table.columns.index(name)
+    cells = [cell for cell in (row[at].strip() for row in table.rows) if cell][:_CLOCK_SAMPLE]
+    return bool(cells) and int(clock_cells(cells).sum()) * 2 > len(cells)
+
+
+def _time_texts(
+    table: RawTable, mapping: dict[str, str | None], positions: dict[str, int]
+) -> tuple[list[str], dict[int, str]]:
+    """Each row's time as text, and the rows whose clock cell is not a time of day (row index
+    -> message). With a date column the text is the date and the clock joined by a space,
+    or the date alone where the clock cell is empty or bad (so the date still tells the
+    file's day-first order); parse_time then reads the precision from what the row holds."""
+    time_at = positions[mapping["time"]]  # type: ignore[index]
+    if not mapping.get("date"):
+        return [row[time_at] for row in table.rows], {}
+    date_at = positions[mapping["date"]]  # type: ignore[index]
+    clocks = [row[time_at].strip() for row in table.rows]
+    is_clock = clock_cells(clocks)
+    texts, faults = [], {}
+    for index, row in enumerate(table.rows):
+        date, clock = row[date_at].strip(), clocks[index]
+        if clock and not is_clock[index]:
+            faults[index] = f"{clock!r} in column {mapping['time']!r} is not a time of day"
+            clock = ""
+        texts.append(f"{date} {clock}" if date and clock else date or clock)
+    return texts, faults
 
 
 def _build(
     result: HeadlineImport,
     table: RawTable,
     keep: list[int],
+    times: list[str],
     positions: dict[str, int],
     mapping: dict[str, str | None],
     parsed: TimeColumn,
@@ -152,7 +250,7 @@ def _build(
     rows = [table.rows[i] for i in keep]
     column = lambda role: [row[positions[mapping[role]]] for row in rows]  # type: ignore[index]  # noqa: E731
     titles = normalise_titles(column("title"))
-    raw_times = [text.strip() for text in column("time")]
+    raw_times = [text.strip() for text in times]  # with a date column: date and clock joined
     guids = [text.strip() for text in column("guid")] if mapping["guid"] else [""] * len(rows)
     summaries = normalise_titles(column("summary")) if mapping["summary"] else [""] * len(rows)
     reasons = np.full(len(rows), "", dtype=object)
@@ -216,7 +314,7 @@ def read_table(path: Path, options: ReadOptions = ReadOptions()) -> RawTable:
     text, encoding = decode(path.read_bytes(), options.encoding, path)
     if path.suffix.lower() in JSON_LINES_SUFFIXES:
         return _json_lines(text, path, {"encoding": encoding, "layout": "jsonl"})
-    delimiter = _delimiter(options.delimiter) if options.delimiter else sniff_delimiter(text, path)
+    delimiter = parse_delimiter(options.delimiter) if options.delimiter else sniff_delimiter(text, path)
     return _csv_rows(text, delimiter, path, {"encoding": encoding, "delimiter": delimiter, "layout": "csv"})
 
 
@@ -249,7 +347,8 @@ def decode(data: bytes, encoding: str | None, path: Path) -> tuple[str, str]:
         return data.decode("latin-1"), "latin-1"
 
 
-def _delimiter(given: str) -> str:
+def parse_delimiter(given: str) -> str:
+    """``--delimiter``: one character, or ``tab`` (``\\t``), ``comma``, ``semicolon``, ``pipe``."""
     named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
     value = named.get(given.lower(), given)
     if len(value) != 1 or value in '"\r\n':

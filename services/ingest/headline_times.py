@@ -86,11 +86,24 @@ _FORMS: tuple[re.Pattern[str], ...] = (
     _full(rf"{_CLOCK}{_ZONE},?\s+{_WEEKDAY}(?P<day>\d{{1,2}})\s+{_MONTH}\s+(?P<year>\d{{4}})"),
 )
 _NUMERIC_FORM = _FORMS[2]
+# A time of day alone (04:24, 16:03:10, 4:24 PM, 4 PM, 16:03 UTC): what a separate clock
+# column holds. A bare number is not one (an hour column of "14" could be anything).
+CLOCK_ONLY = (
+    r"(?:\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:\s*[ap]\.?m\.?)?|\d{1,2}\s*[ap]\.?m\.?)"
+    r"(?:\s*(?:z|[+-]\d{2}(?::?\d{2})?|utc|gmt|et|est|edt))?"
+)
 _EPOCH = _full(r"(?P<seconds>\d{9,10}(?:\.\d{1,9})?)|(?P<millis>\d{12,13})")
 # What a time lacking a part looks like; each is refused with the part it lacks.
 _INCOMPLETE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (_full(rf"{_MONTH}[\s./,-]+(?:\d{{4}}|\d{{2}})"), "a month and one number: no day, or no year"),
-    (_full(r"\d{4}[-/.]\d{1,2}|\d{1,2}[-/.]\d{4}"), "a year and a month: no day"),
+    # (with a clock too: "Apr-18 10:00", a date column joined to a time column)
+    (
+        _full(rf"{_MONTH}[\s./,-]+(?:\d{{4}}|\d{{2}})(?:,?\s+{_CLOCK}{_ZONE})?"),
+        "a month and one number: no day, or no year",
+    ),
+    (
+        _full(rf"(?:\d{{4}}[-/.]\d{{1,2}}|\d{{1,2}}[-/.]\d{{4}})(?:[t\s]{_CLOCK}{_ZONE})?"),
+        "a year and a month: no day",
+    ),
     (_full(r"\d{4}"), "a year alone: no month or day"),
     (_full(rf"{_WEEKDAY}\d{{1,2}}(?:st|nd|rd|th)?[\s./-]+{_MONTH}(?:,?\s+{_CLOCK})?{_ZONE}"), "no year"),
     (_full(rf"{_WEEKDAY}{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+{_CLOCK})?{_ZONE}"), "no year"),
@@ -263,6 +276,12 @@ def resolve_dayfirst(values: Sequence[str], lines: Sequence[int], dayfirst: bool
             param="dayfirst",
         )
     return None
+
+
+def clock_cells(values: Sequence[str]) -> np.ndarray:
+    """Which cells hold a time of day alone (``CLOCK_ONLY``), whitespace around ignored."""
+    text = pd.Series(values, dtype=object).str.strip()
+    return text.str.fullmatch(CLOCK_ONLY, case=False).to_numpy(dtype=bool, na_value=False)
 
 
 @dataclass
