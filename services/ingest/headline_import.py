@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -205,7 +206,7 @@ def _mostly_clocks(table: RawTable, name: str) -> bool:
     """Over half of the column's first non-empty cells are a time of day alone (each other
     row is rejected when joined, not the column taken for the whole time)."""
     at = table.columns.index(name)
-    cells = [cell for cell in (row[at].strip() for row in table.rows) if cell][:_CLOCK_SAMPLE]
+    cells = list(itertools.islice(filter(None, (row[at].strip() for row in table.rows)), _CLOCK_SAMPLE))
     return bool(cells) and int(clock_cells(cells).sum()) * 2 > len(cells)
 
 
