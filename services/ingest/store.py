@@ -14,14 +14,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.common.db.models import Candle, CandleGap, Headline, LabelledRow, SourceState
 from services.common.redact import redact_text
+from services.ingest import headline_copy
 from services.ingest.csv_import import CandleFrame
 from services.ingest.headline_rows import HeadlineRows
 from services.ingest.headlines import HeadlineRecord
@@ -70,43 +69,16 @@ def _copy_headlines(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     return _copy_into_headlines(session, [*rows[0], "first_seen_at"], "", write)
 
 
-_FRAME_TEXT = ("source", "guid", "title", "title_key", "link", "summary", "payload_sha256", "time_precision")
-
-
 def _copy_headline_frame(session: Session, frame: pd.DataFrame) -> int:
-    """The same for a file's ``HeadlineRows`` (row()'s columns), sent as CSV built by pyarrow's
-    writer (0.4 s a million rows; pandas' to_csv took 5 s) with the times as epoch microseconds
-    (formatting a million datetimes as text costs more than the rest). pyarrow quotes every
-    string and writes a null as an empty unquoted field, which COPY reads as NULL (link, and a
-    summary the file lacks); a quoted empty string stays an empty string.
-
-    The staging table is UNLOGGED-cheap already (a temporary table writes no WAL); the one
-    ``INSERT ... SELECT`` is in the staged order (sorting by title_key, the one index key in
-    random order, measured slower: 19.4 s against 14.9 s a million rows, docs/benchmarks.md)."""
-    table = pa.Table.from_pandas(frame[[*_FRAME_TEXT, "published_us", "known_us"]], preserve_index=False)
-    buffer = pa.BufferOutputStream()
-    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
-    payload = buffer.getvalue()
-    text = ", ".join(f'"{name}"' for name in _FRAME_TEXT)
-    epoch = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + INTERVAL '1 microsecond' * "
+    """The same for a file's ``HeadlineRows`` (row()'s columns), by COPY
+    (services/ingest/headline_copy.py): when ``headlines`` is small beside the batch (a first
+    import), the table locked and loaded with its secondary indexes rebuilt afterwards; else
+    staged in a temporary table and inserted ON CONFLICT DO NOTHING. The same rows either way."""
     driver = session.connection().connection.driver_connection  # psycopg, inside our transaction
     with driver.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute("DROP TABLE IF EXISTS headlines_frame_stage")
-        cursor.execute(
-            f"CREATE TEMP TABLE headlines_frame_stage AS SELECT {text}, 0::bigint AS published_us,"
-            " 0::bigint AS known_us FROM headlines WITH NO DATA"
-        )
-        with cursor.copy("COPY headlines_frame_stage FROM STDIN (FORMAT csv)") as copy:
-            copy.write(memoryview(payload))
-        cursor.execute(
-            f"INSERT INTO headlines ({text}, published_at, known_at, first_seen_at)"
-            f" SELECT {text}, {epoch}published_us, {epoch}known_us, %s FROM headlines_frame_stage"
-            " ON CONFLICT DO NOTHING",
-            (datetime.now(UTC),),
-        )
-        inserted = cursor.rowcount
-        cursor.execute("DROP TABLE headlines_frame_stage")
-    return inserted
+        if headline_copy.bulk_worth_it(cursor, len(frame)) and headline_copy.lock_for_bulk(driver, cursor):
+            return headline_copy.bulk_insert(cursor, frame)
+        return headline_copy.staged_insert(cursor, frame)
 
 
 def _copy_into_headlines(session: Session, names: list[str], options: str, write: Any) -> int:

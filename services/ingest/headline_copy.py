@@ -1,0 +1,243 @@
+"""A file's headlines (``HeadlineRows.frame``) into PostgreSQL's ``headlines`` by COPY.
+
+Two ways, the same stored rows (every column, the ids too) as ``INSERT ... ON CONFLICT DO
+NOTHING`` of the rows in file order, and one transaction, the caller's:
+
+- ``staged_insert``: the frame COPYed as CSV into a temporary table, then one
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. PostgreSQL then maintains the table's five
+  btrees row by row (a random descent into ``(title_key, published_at)`` and ``(source, guid)``
+  for each): about 14 s a million rows.
+- ``bulk_insert``, when ``headlines`` is small beside the batch (a first import): the table
+  locked, its secondary indexes dropped, the rows that can collide with nothing COPYed straight
+  into it in PostgreSQL's binary format, the indexes rebuilt (one sort each), then the few
+  rows left (a key repeated inside the file, or already stored) by ``staged_insert`` against
+  the rebuilt indexes. docs/benchmarks.md ("### Headlines") has the figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+_TEXT = ("source", "guid", "title", "title_key", "link", "summary", "payload_sha256", "time_precision")
+_EPOCH_SQL = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + INTERVAL '1 microsecond' * "
+# The bulk path is taken when the batch holds at least this many times the stored rows: an
+# index rebuild sorts the stored rows as well as the batch's, an insert costs a random btree
+# descent per batch row only (docs/benchmarks.md: a million rows into a million others).
+BULK_TABLE_RATIO = 1
+BULK_LOCK_TIMEOUT = "2s"  # behind another session's lock longer than this: the staged path
+# The columns the binary COPY sends, in its order, with their PostgreSQL types.
+_BINARY_FIELDS = (
+    ("id", "int4"), ("source", "text"), ("guid", "text"), ("title", "text"), ("title_key", "text"),
+    ("published_at", "timestamptz"), ("link", "text"), ("summary", "text"), ("payload_sha256", "text"),
+    ("first_seen_at", "timestamptz"), ("time_precision", "text"), ("known_at", "timestamptz"),
+)  # fmt: skip
+_PG_EPOCH_US = 946_684_800_000_000  # binary timestamps: microseconds since 2000-01-01 UTC
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def staged_insert(
+    cursor: Any, frame: pd.DataFrame, first_id: int | None = None, now: datetime | None = None
+) -> int:
+    """COPY the frame (CSV written by pyarrow: 0.4 s a million rows, pandas' to_csv took 5 s;
+    times as epoch microseconds, a row's place in the file as ``ord``) into a temporary table,
+    then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` in file order. pyarrow quotes
+    every string and writes a null as an empty unquoted field, which COPY reads as NULL (link,
+    and a summary the file lacks); a quoted empty string stays an empty string. ``first_id``:
+    the row at ``ord`` gets ``first_id + ord`` (ids reserved by the caller), else the column's
+    default; ``now`` the rows' first_seen_at (default: now). Returns the rows inserted."""
+    columns = {name: frame[name] for name in (*_TEXT, "published_us", "known_us")}
+    ord_ = frame["ord"] if "ord" in frame else np.arange(len(frame), dtype=np.int64)
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.table({**columns, "ord": ord_}), buffer, pa_csv.WriteOptions(include_header=False))
+    text = ", ".join(f'"{name}"' for name in _TEXT)
+    cursor.execute("DROP TABLE IF EXISTS headlines_frame_stage")
+    cursor.execute(
+        f"CREATE TEMP TABLE headlines_frame_stage AS SELECT {text}, 0::bigint AS published_us,"
+        " 0::bigint AS known_us, 0::bigint AS ord FROM headlines WITH NO DATA"
+    )
+    with cursor.copy("COPY headlines_frame_stage FROM STDIN (FORMAT csv)") as copy:
+        copy.write(memoryview(buffer.getvalue()))
+    ids = ("id, ", "%(first)s + ord, ") if first_id is not None else ("", "")
+    # ORDER BY ord: the first of a repeat in the file is the one kept (a sort only with ids
+    # given, where the rows are the few left by bulk_insert; the staged order is the file's).
+    order = " ORDER BY ord" if first_id is not None else ""
+    cursor.execute(
+        f"INSERT INTO headlines ({ids[0]}{text}, published_at, known_at, first_seen_at)"
+        f" SELECT {ids[1]}{text}, {_EPOCH_SQL}published_us, {_EPOCH_SQL}known_us, %(now)s"
+        f" FROM headlines_frame_stage{order} ON CONFLICT DO NOTHING",
+        {"first": first_id, "now": now or datetime.now(UTC)},
+    )
+    inserted = int(cursor.rowcount)
+    cursor.execute("DROP TABLE headlines_frame_stage")
+    return inserted
+
+
+def bulk_worth_it(cursor: Any, batch: int) -> bool:
+    """Whether ``headlines`` holds fewer than batch / BULK_TABLE_RATIO rows (counted no further)."""
+    limit = batch // BULK_TABLE_RATIO
+    cursor.execute("SELECT count(*) FROM (SELECT FROM headlines LIMIT %s) AS stored", (limit,))
+    return int(cursor.fetchone()[0]) < limit
+
+
+def lock_for_bulk(driver: Any, cursor: Any) -> bool:
+    """ACCESS EXCLUSIVE on ``headlines`` until the commit (dropping an index needs it; readers
+    wait for the import), or False if another session holds a lock longer than
+    BULK_LOCK_TIMEOUT: the savepoint undoes the attempt, and the staged path runs."""
+    from psycopg.errors import LockNotAvailable
+
+    cursor.execute("SELECT current_setting('lock_timeout')")
+    before = cursor.fetchone()[0]
+    try:
+        with driver.transaction():  # a savepoint: a timed-out LOCK leaves the transaction usable
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (BULK_LOCK_TIMEOUT,))
+            cursor.execute("LOCK TABLE headlines IN ACCESS EXCLUSIVE MODE")
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
+    except LockNotAvailable:
+        return False
+    return True
+
+
+def bulk_insert(cursor: Any, frame: pd.DataFrame) -> int:
+    """The frame into a locked ``headlines`` (``lock_for_bulk``), the same rows and ids as
+    ``staged_insert``. A row whose keys, (source, guid) and (title_key, published_at), are
+    both new to the table and alone in the batch collides with nothing: those go straight in
+    with the secondary indexes dropped. The rest go in after the rebuild, in file order, ON
+    CONFLICT DO NOTHING: no row of the first set shares a key with them, so each is kept or
+    skipped exactly as before. Each row's id is the one the staged path gives it (one sequence
+    value per row in file order, a skipped row's unused). Returns the rows inserted."""
+    frame = frame.assign(ord=np.arange(len(frame), dtype=np.int64))
+    rest = repeated_keys(frame)
+    cursor.execute("SELECT EXISTS (SELECT FROM headlines)")
+    if cursor.fetchone()[0]:  # under the lock: nobody adds one until we commit
+        rest[_stored_keys(cursor, frame)] = True
+    cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # each index sorted in memory
+    cursor.execute(
+        "SELECT setval(pg_get_serial_sequence('headlines', 'id'),"
+        " nextval(pg_get_serial_sequence('headlines', 'id')) + %s - 1)",
+        (len(frame),),
+    )  # the batch's ids reserved at once: nobody else can take one while the table is locked
+    first_id = int(cursor.fetchone()[0]) - len(frame) + 1
+    rebuild = _drop_secondary_indexes(cursor)
+    clean, now = frame[~rest], datetime.now(UTC)  # one first_seen_at for the whole import
+    names = ", ".join(f'"{name}"' for name, _ in _BINARY_FIELDS)
+    with cursor.copy(f"COPY headlines ({names}) FROM STDIN (FORMAT binary)") as copy:
+        for part in _binary_rows(clean, first_id, now):
+            copy.write(part)
+    for statement in rebuild:
+        cursor.execute(statement)
+    return len(clean) + (staged_insert(cursor, frame[rest], first_id, now) if rest.any() else 0)
+
+
+def repeated_keys(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose (source, guid) or (title_key, published_us) another row of the frame has
+    (PostgreSQL compares these "C"-collated keys by their bytes, as Python compares str)."""
+    repeated = np.zeros(len(frame), dtype=bool)
+    for first, second in (("source", "guid"), ("title_key", "published_us")):
+        codes = [pa.array(frame[name]).dictionary_encode() for name in (first, second)]
+        pair = np.asarray(codes[0].indices, dtype=np.int64) * len(codes[1].dictionary) + np.asarray(
+            codes[1].indices, dtype=np.int64
+        )
+        _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
+        repeated |= counts[inverse] > 1
+    return repeated
+
+
+def _stored_keys(cursor: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Rows of the frame whose (source, guid) or (title_key, published_at) is stored already."""
+    keys = pa.table({name: frame[name] for name in ("source", "guid", "title_key", "published_us", "ord")})
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(keys, buffer, pa_csv.WriteOptions(include_header=False))
+    cursor.execute("DROP TABLE IF EXISTS headlines_frame_keys")
+    cursor.execute(
+        "CREATE TEMP TABLE headlines_frame_keys AS SELECT source, guid, title_key, 0::bigint AS"
+        " published_us, 0::bigint AS ord FROM headlines WITH NO DATA"
+    )
+    with cursor.copy("COPY headlines_frame_keys FROM STDIN (FORMAT csv)") as copy:
+        copy.write(memoryview(buffer.getvalue()))
+    cursor.execute(
+        "SELECT k.ord FROM headlines_frame_keys AS k WHERE EXISTS (SELECT FROM headlines AS h"
+        " WHERE h.source = k.source AND h.guid = k.guid) OR EXISTS (SELECT FROM headlines AS h"
+        f" WHERE h.title_key = k.title_key AND h.published_at = {_EPOCH_SQL}k.published_us)"
+    )
+    stored = np.zeros(len(frame), dtype=bool)
+    stored[np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)] = True
+    cursor.execute("DROP TABLE headlines_frame_keys")
+    return stored
+
+
+def _drop_secondary_indexes(cursor: Any) -> list[str]:
+    """Drop ``headlines``' indexes but the primary key and any a foreign key references;
+    returns the statements that recreate them as they were (the catalog's own definitions;
+    a unique one as its constraint, under its name)."""
+    cursor.execute(
+        "SELECT i.indexrelid::regclass::text, con.conname, pg_get_constraintdef(con.oid),"
+        " pg_get_indexdef(i.indexrelid) FROM pg_index AS i"
+        " LEFT JOIN pg_constraint AS con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid"
+        " WHERE i.indrelid = 'headlines'::regclass AND NOT i.indisprimary AND NOT EXISTS"
+        " (SELECT FROM pg_constraint AS f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)"
+        " ORDER BY 1"
+    )
+    rebuild = []
+    for index, constraint, definition, index_definition in cursor.fetchall():
+        if constraint:
+            cursor.execute(f'ALTER TABLE headlines DROP CONSTRAINT "{constraint}"')
+            rebuild.append(f'ALTER TABLE headlines ADD CONSTRAINT "{constraint}" {definition}')
+        else:
+            cursor.execute(f"DROP INDEX {index}")
+            rebuild.append(index_definition)
+    return rebuild
+
+
+def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[bytes | memoryview]:
+    """The frame's rows in PostgreSQL's binary COPY format (``_BINARY_FIELDS``), as pieces to
+    write in turn. pyarrow joins, row by row, each text column with its length prefix and the
+    fixed-size fields between (numpy structured arrays): the joined array's data buffer is
+    the COPY body, no Python object per row. A null is length -1 and no bytes."""
+    rows = len(frame)
+    values: dict[str, Any] = {
+        "id": first_id + frame["ord"].to_numpy(dtype=np.int64),
+        "published_at": frame["published_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
+        "first_seen_at": np.full(rows, round(now.timestamp() * 1_000_000) - _PG_EPOCH_US, dtype=np.int64),
+        "known_at": frame["known_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
+    }
+    pieces: list[pa.Array] = []
+    layout: list[tuple[str, str, Any]] = [("fields", ">i2", len(_BINARY_FIELDS))]
+    for name, kind in _BINARY_FIELDS:
+        if kind == "int4":
+            layout += [(f"{name}_size", ">i4", 4), (name, ">i4", values[name])]
+        elif kind == "timestamptz":
+            layout += [(f"{name}_size", ">i4", 8), (name, ">i8", values[name])]
+        else:
+            text = pa.array(frame[name], pa.large_string())
+            sizes = pc.fill_null(pc.binary_length(text), -1)
+            layout.append((f"{name}_size", ">i4", np.asarray(sizes, dtype=np.int64)))
+            pieces.append(_fixed(layout, rows))
+            pieces.append(pc.fill_null(text, "").cast(pa.large_binary()))
+            layout = []
+    if layout:
+        pieces.append(_fixed(layout, rows))
+    joined = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + rows + 1]
+    body = memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]] if rows else b""
+    return [_COPY_HEADER, body, _COPY_TRAILER]
+
+
+def _fixed(layout: list[tuple[str, str, Any]], rows: int) -> pa.Array:
+    """Fixed-size fields side by side in each row, as one binary column."""
+    packed = np.empty(rows, dtype=np.dtype([(name, kind) for name, kind, _ in layout]))
+    for name, _, value in layout:
+        packed[name] = value
+    width = packed.dtype.itemsize
+    array = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), rows, [None, pa.py_buffer(packed.tobytes())]
+    )
+    return array.cast(pa.large_binary())
