@@ -2,7 +2,8 @@
 
 An adapter's manifest records its training window; rows up to its last training row plus
 the embargo (which covers the label horizon, so no training label's candles reach into the
-test) are in-sample. Scoring them is refused unless the caller allows overlap, and then the
+test) are in-sample, rows compared by their split time (known_at - 1 s) as the trainer's
+windows place them. Scoring them is refused unless the caller allows overlap, and then the
 report says so on its first line.
 """
 
@@ -48,7 +49,9 @@ def find_overlaps(predictors: list[Predictor], rows: EvalRows) -> list[Overlap]:
         if end is None:
             overlaps.append(Overlap(predictor.name, manifest.name, None, len(rows)))
             continue
-        in_sample = int(np.sum(rows.headline_time <= end.timestamp()))
+        # On the trainer's split axis (known_at - 1 s), where last_row_time and the embargo are
+        # measured: a row after the end became known after every training label was decided.
+        in_sample = int(np.sum(rows.split_times() <= end.timestamp()))
         if in_sample:
             overlaps.append(Overlap(predictor.name, manifest.name, end.isoformat(), in_sample))
     return overlaps

@@ -10,7 +10,10 @@ could have read what happened next. A model whose cutoff is unknown has no such 
 is "possibly seen" for it, and the report says so instead of calling it clean.
 
 The headline time is the earliest time a row's text existed (a coarse time is the start of
-its period), so a row straddling a cutoff counts as before it: the cautious side.
+its period), so a row straddling a cutoff counts as before it: the cautious side. That is why
+this split, unlike the trainer's windows and the leakage guard (which place a row at its
+known_at, the latest it can have appeared), reads headline_time: a model may have read a
+day-dated headline published on the cutoff's day before the cutoff.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def take(rows: EvalRows, mask: np.ndarray) -> EvalRows:
         row_id=rows.row_id[index], headline=pick(rows.headline), published_at=pick(rows.published_at),
         market_situation=pick(rows.market_situation), headline_time=rows.headline_time[index],
         entry_time=rows.entry_time[index], exit_time=rows.exit_time[index],
+        known_at=rows.known_times()[index],
         entry_price=rows.entry_price[index], exit_price=rows.exit_price[index], y_true=rows.y_true[index],
         exchange=rows.exchange, symbol=rows.symbol, timeframe=rows.timeframe, horizon=rows.horizon,
         flat_rows_left_out=rows.flat_rows_left_out, time_precision=pick(rows.precisions()),

@@ -53,9 +53,20 @@ class EvalRows:
     flat_rows_left_out: int
     # Each row's time precision, for the prompt (empty: all "second", which reads as "minute").
     time_precision: list[str] = field(default_factory=list)
+    # Epoch seconds when each headline counts as known (the end of its precision period).
+    # Empty: every row is second-precision, known one second after its headline time.
+    known_at: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.row_id.size)
+
+    def known_times(self) -> np.ndarray:
+        return self.known_at if self.known_at.size else self.headline_time + 1
+
+    def split_times(self) -> np.ndarray:
+        """Each row on the split axis (``labelled_rows.split_time``: known_at - 1 s), the time the
+        trainer's windows and the leakage guard compare; a second-precision row's headline time."""
+        return self.known_times() - 1
 
     def precisions(self) -> list[str]:
         return self.time_precision or ["second"] * len(self)
@@ -91,11 +102,12 @@ def load_rows(
     end: datetime | None = None,
     exchange: str | None = None,
 ) -> EvalRows:
-    """Labelled rows with start <= headline time < end, oldest first; InvalidInput if none."""
-    filters = labelled_row_filters(symbol, horizon, start=start, end=end)
+    """Labelled rows with start <= split time < end (known_at - 1 s: rows known by ``end`` and
+    not at ``start``, as the trainer's windows hold them), oldest first; InvalidInput if none."""
+    filters = labelled_row_filters(symbol, horizon, start=start, end=end, on="known")
     with session_scope(url) as session:
         exchange = _choose_one(session, LabelledRow.exchange, filters, exchange, "exchange")
-        query = select_labelled_rows(symbol, horizon, exchange=exchange, start=start, end=end)
+        query = select_labelled_rows(symbol, horizon, exchange=exchange, start=start, end=end, on="known")
         records = session.execute(query).all()
         if not records:
             raise InvalidInput(_empty_message(session, symbol, horizon, start, end), param="start")
@@ -112,6 +124,7 @@ def load_rows(
         headline_time=_epoch([row.headline_time for row in rows]),
         entry_time=_epoch([row.entry_time for row in rows]),
         exit_time=_epoch([row.exit_time for row in rows]),
+        known_at=_epoch([row.known_at for row in rows]),
         entry_price=np.array([row.entry_price for row in rows], dtype=float),
         exit_price=np.array([row.exit_price for row in rows], dtype=float),
         y_true=np.array([row.label == INCREASE for row in rows], dtype=np.int8),
@@ -153,14 +166,17 @@ def increase_share_before(url: str, rows: EvalRows, before: datetime) -> tuple[f
 
 
 def previous_closed_moves(url: str, rows: EvalRows, lookback: timedelta = timedelta(days=3)) -> np.ndarray:
-    """close - open of the last candle that had closed by each headline time (NaN if none).
+    """close - open of the last candle that had closed by each headline's known_at (NaN if none).
 
     A candle stamped t (its open time) closes at t + timeframe; only candles with
-    t + timeframe <= headline time count, so the move was known when the headline appeared.
+    t + timeframe <= known_at count: the moment the row is predicted from, the one its market
+    situation is read at (services.common.labelling), so the move was known by then. A day-dated
+    headline is known at the day's end, not at its first midnight.
     """
     step = timeframe_seconds(rows.timeframe)
-    since = datetime.fromtimestamp(int(rows.headline_time.min()), UTC) - lookback
-    until = datetime.fromtimestamp(int(rows.headline_time.max()), UTC)
+    known = rows.known_times()
+    since = datetime.fromtimestamp(int(known.min()), UTC) - lookback
+    until = datetime.fromtimestamp(int(known.max()), UTC)
     with session_scope(url) as session:
         query = candles_between(
             rows.exchange,
@@ -178,7 +194,7 @@ def previous_closed_moves(url: str, rows: EvalRows, lookback: timedelta = timede
         return moves
     close_time = _epoch([c.open_time for c in candles]) + step
     move = np.array([c.close - c.open for c in candles], dtype=float)
-    last_closed = np.searchsorted(close_time, rows.headline_time, side="right") - 1
-    known = last_closed >= 0
-    moves[known] = move[last_closed[known]]
+    last_closed = np.searchsorted(close_time, known, side="right") - 1
+    found = last_closed >= 0
+    moves[found] = move[last_closed[found]]
     return moves

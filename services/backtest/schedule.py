@@ -108,11 +108,13 @@ def rolling_config(settings: BacktestSettings) -> BacktestConfig:
     horizon = settings.horizons[0]
     with session_scope(url) as session:
         newest = session.scalar(
-            select(func.max(LabelledRow.headline_time)).where(
+            select(func.max(LabelledRow.known_at)).where(
                 LabelledRow.symbol == settings.symbol, LabelledRow.horizon == horizon
             )
         )
-    end = (newest or datetime.now(UTC)) + timedelta(seconds=1)
+    # The window is on the split axis (known_at - 1 s, services.common.labelled_rows): it ends
+    # just after the newest row's, so that row is in it even if it is dated only to the day.
+    end = newest if newest is not None else datetime.now(UTC) + timedelta(seconds=1)
     start = end - timedelta(days=settings.rolling_window_days)
     predictors: list = [BaselineSpec(name=name) for name in BASELINES]  # type: ignore[arg-type]
     notes = [f"scheduled rolling window: the last {settings.rolling_window_days:g} days of labelled rows"]

@@ -57,8 +57,10 @@ class WalkForwardInputError(InvalidInput):
 class FoldPlan:
     """One fold: the trainer's windows (train, then validation) and the backtest's test window.
 
-    Every window holds headline times t with start <= t < end. ``train_end`` is one embargo
-    before ``validation_start``, ``validation_end`` one embargo before ``test_start``.
+    Every window holds the rows whose split time t (``labelled_rows.split_time``: known_at - 1 s,
+    a second-precision row's headline time) is in start <= t < end: rows known by its end and not
+    at its start. ``train_end`` is one embargo before ``validation_start``, ``validation_end``
+    one embargo before ``test_start``.
     """
 
     fold: int  # 1..K
@@ -127,7 +129,7 @@ def plan_folds(
     embargo: timedelta,
     validation_fraction: float = 0.15,
 ) -> list[FoldPlan]:
-    """The K folds over rows with these headline times (any order), or WalkForwardInputError.
+    """The K folds over rows with these split times (any order), or WalkForwardInputError.
 
     ``step_days`` None: the test length (folds' test windows back to back). ``k`` None: as
     many folds as fit. Pure: no database, nothing queued.
@@ -329,18 +331,24 @@ def state_path(reports_dir: Path, walk_forward_id: str) -> Path:
 
 
 def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime], float]:
-    """Headline times of the Increase/Decrease rows in range, and their longest label span."""
+    """Split times of the Increase/Decrease rows in range, and their longest label span.
+
+    Folds are cut where rows become known (known_at - 1 s), as the trainer's windows and the
+    backtest's rows are read, and the span runs from there to the exit: a day-dated row is not
+    before a fold's boundary just because its day started before it."""
     from services.common.db import session_scope
-    from services.common.labelled_rows import read_labelled_rows
+    from services.common.labelled_rows import read_labelled_rows, split_time
     from services.common.prompts import DECREASE, INCREASE
 
     with session_scope(settings.resolved_database_url) as session:
         rows = read_labelled_rows(
-            session, settings.symbol, settings.horizons[0], start=options.start, end=options.end
+            session, settings.symbol, settings.horizons[0], start=options.start, end=options.end, on="known"
         )
     usable = [row for row in rows if row.label in (INCREASE, DECREASE)]
-    times = [row.headline_time.astimezone(UTC) for row in usable]
-    span = max(((row.exit_time - row.headline_time).total_seconds() for row in usable), default=0.0)
+    times = [split_time(row.headline_time, row.known_at).astimezone(UTC) for row in usable]
+    span = max(
+        ((row.exit_time - time).total_seconds() for row, time in zip(usable, times, strict=True)), default=0.0
+    )
     return times, float(math.ceil(span))
 
 

@@ -29,12 +29,20 @@ TINY_PRESET = "tiny"  # the tiny local Llama (services.common.tiny_model), built
 
 
 class TimeWindow(BaseModel):
-    """Rows whose headline time t satisfies start <= t < end (either bound may be open)."""
+    """Rows whose split time t satisfies start <= t < end (either bound may be open).
+
+    t is ``known_at - 1 s`` (``services.common.labelled_rows.split_time``): the window holds the
+    rows known by its end and not at its start; for a second-precision row t is its headline time.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    start: AwareDatetime | None = Field(None, description="First headline time included (UTC).")
-    end: AwareDatetime | None = Field(None, description="Headline times before this are included.")
+    start: AwareDatetime | None = Field(
+        None, description="Rows known after this are included (known_at - 1 s >= start)."
+    )
+    end: AwareDatetime | None = Field(
+        None, description="Rows known by this are included (known_at - 1 s < end)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeWindow:
@@ -84,7 +92,7 @@ class DataConfig(BaseModel):
         None,
         ge=0,
         description="Gap between windows; default and minimum: the longest label span "
-        "(exit_time - headline_time) in the rows.",
+        "(exit_time - (known_at - 1 s)) in the rows.",
     )
     hate_labels: dict[Annotated[str, Field(max_length=64)], str | None] = Field(
         default_factory=lambda: {"implicit_hate": "Yes", "not_hate": "No"},

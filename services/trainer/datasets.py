@@ -56,6 +56,7 @@ from services.trainer.windows import (
     check_plan,
     longest_label_span_seconds,
     plan_by_fraction,
+    row_time,
     split_rows,
 )
 
@@ -215,8 +216,10 @@ def trend_split(rows: list[LabelledRowOut], data: DataConfig) -> DatasetSplit:
         test=examples.get("test", []),
         labels=TREND_LABELS,
         embargo_seconds=embargo,
-        first_row_time=train_rows[0].headline_time,
-        last_row_time=train_rows[-1].headline_time,
+        # On the split axis (known_at - 1 s), like the windows: the leakage guard adds the
+        # embargo (measured from that time) to last_row_time to find where training labels end.
+        first_row_time=row_time(train_rows[0]),
+        last_row_time=row_time(train_rows[-1]),
         class_balance={name: dict(Counter(row.label for row in found)) for name, found in split.rows.items()},
         notes={
             "flat_or_other_dropped": len(rows) - len(usable),

@@ -2,8 +2,13 @@
 
 No shuffling across time: every validation row is later than every training row, every
 test row later than every validation row, and a gap of at least the longest label span
-(``exit_time - headline_time``) separates them, so no training label was still being
+(``exit_time`` minus the row's split time) separates them, so no training label was still being
 decided when the next window began. The backtest imports this module for its leakage guard.
+
+Rows are placed by their split time (``services.common.labelled_rows.split_time``: ``known_at -
+1 s``), never by ``headline_time``: a day-dated headline's headline_time is its day's first
+midnight, but it exists for a model only at the next one, so a window ending between the two
+must not train on it. For second-precision rows the split time is the headline time.
 """
 
 from __future__ import annotations
@@ -16,23 +21,33 @@ from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
 from services.common.errors import InvalidInput
+from services.common.labelled_rows import split_time
 from services.trainer.config import TimeWindow
 
 WINDOW_NAMES = ("train", "validation", "test")
 
 
 class TimedRow(Protocol):
+    """A labelled row; ``known_at`` is read when present (a row without one is second-precision)."""
+
     @property
     def headline_time(self) -> datetime: ...
     @property
     def exit_time(self) -> datetime: ...
 
 
+def row_time(row: TimedRow) -> datetime:
+    """Where a row sits on the split axis: its split time (known_at - 1 s), not its headline time."""
+    return split_time(row.headline_time, getattr(row, "known_at", None))
+
+
 def longest_label_span_seconds(rows: Sequence[TimedRow]) -> float:
-    """The embargo every split needs at least: the longest time a label stays undecided."""
+    """The embargo every split needs at least: the longest time a label stays undecided after the
+    row's split time (the wait for the entry candle plus the horizon), so a row inside a window
+    ending at T has its label decided by T plus the embargo."""
     if not rows:
         return 0.0
-    return float(math.ceil(max((row.exit_time - row.headline_time).total_seconds() for row in rows)))
+    return float(math.ceil(max((row.exit_time - row_time(row)).total_seconds() for row in rows)))
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ def plan_by_fraction(
 ) -> WindowPlan:
     """Cut time-sorted rows at the validation and test shares; the embargo comes out of the
     window before each cut, so the later window keeps its first rows."""
-    times = sorted(row.headline_time for row in rows)
+    times = sorted(row_time(row) for row in rows)  # by when known, not the period's start
     if not times:
         raise InvalidInput("no labelled rows to split", param="data")
     embargo = timedelta(seconds=embargo_seconds)
@@ -127,8 +142,10 @@ def split_rows(rows: Sequence[RowT], plan: WindowPlan) -> WindowSplit[RowT]:
     ordered = plan.ordered()
     split: WindowSplit[RowT] = WindowSplit(rows={name: [] for name, _ in ordered}, plan=plan)
     next_start = {name: nxt.start for (name, _), (_, nxt) in itertools.pairwise(ordered)}
-    for row in sorted(rows, key=lambda r: r.headline_time):
-        name = next((name for name, window in ordered if window.contains(row.headline_time)), None)
+    for row in sorted(rows, key=row_time):
+        # A window holds the rows known by its end and not at its start (split time in [start, end)).
+        moment = row_time(row)
+        name = next((name for name, window in ordered if window.contains(moment)), None)
         if name is None:
             split.dropped_in_gaps += 1
             continue
@@ -146,6 +163,6 @@ def assert_time_ordered(split: WindowSplit[RowT]) -> None:
     ordered = [split.rows[name] for name in WINDOW_NAMES if split.rows.get(name)]
     for earlier, later in itertools.pairwise(ordered):
         last_exit = max(row.exit_time for row in earlier)
-        first_start = min(row.headline_time for row in later)
+        first_start = min(row_time(row) for row in later)  # before its known_at, so before its entry
         if last_exit > first_start:
             raise AssertionError(f"a label ends at {last_exit} after the next window starts at {first_start}")
