@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def _unservable_reason(record: AdapterRecord, base_model_name: str, max_rank: in
     path = Path(record.path)
     if not is_adapter_dir(path):
         return f"no {ADAPTER_CONFIG_FILE} in {path}"
-    rank = _rank_of(path)
+    rank = rank_of(path)
     if rank is not None and rank > max_rank:
         return f"LoRA rank {rank} is above max_lora_rank {max_rank}"
     return None
@@ -183,8 +184,34 @@ def _full_model_reason(path: Path) -> str | None:
     return None
 
 
-def _rank_of(path: Path) -> int | None:
+def rank_of(path: Path) -> int | None:
+    """The LoRA rank in an adapter folder's ``adapter_config.json``, or None if unreadable."""
     try:
         return int(json.loads((path / ADAPTER_CONFIG_FILE).read_text()).get("r"))
     except (OSError, ValueError, TypeError):
         return None
+
+
+# The values vLLM 0.32 accepts for max_lora_rank (vllm.config.lora.MaxLoRARanks).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def padding_hint(records: Iterable[AdapterRecord], max_rank: int) -> str | None:
+    """A line for the log when every servable adapter's rank is well below ``max_lora_rank``.
+
+    vLLM pads every adapter to ``max_lora_rank`` in its LoRA kernels; on the CPU, rank 16 ran
+    the engine 2-3x slower than rank 8 for rank-8 adapters (docs/benchmarks.md, issue 17).
+    Only a hint: an adapter of a higher rank published later needs the headroom.
+    """
+    ranks = [rank_of(Path(r.path)) for r in records if r.unservable is None and not r.is_full]
+    known = [rank for rank in ranks if rank is not None]
+    if not known or len(known) < len(ranks):
+        return None
+    enough = min(rank for rank in VLLM_MAX_LORA_RANKS if rank >= max(known))
+    if enough >= max_rank:
+        return None
+    return (
+        f"every adapter served has LoRA rank <= {max(known)} but max_lora_rank is {max_rank}: vLLM pads "
+        f"each to {max_rank} (on the CPU 2-3x slower scoring than at rank 8, docs/benchmarks.md); "
+        f"HSIG_MAX_LORA_RANK={enough} if no larger adapter is coming"
+    )

@@ -32,7 +32,7 @@ from services.inference.openai_protocol import (
 )
 from services.inference.openai_serving import OpenAIConfig, OpenAIServing
 from services.inference.pool import AdapterPool
-from services.inference.registry import AdapterRecord, discover
+from services.inference.registry import AdapterRecord, discover, padding_hint
 from services.inference.scorer import Scorer, ScorerConfig, check_batch_size
 from services.inference.settings import InferenceSettings
 
@@ -98,6 +98,9 @@ class ModelService:
             await service.refresh()
         except Exception as exc:  # no database yet: serve the base model, /readyz says why, poll
             log.warning("registry unreadable at start-up (%s); adapters follow once it answers", exc)
+        hint = padding_hint(service._records.values(), settings.max_lora_rank)
+        if hint:
+            log.warning(hint)
         if settings.registry_poll_seconds > 0:
             service._poll_task = asyncio.get_running_loop().create_task(service._poll_forever())
         return service

@@ -128,3 +128,21 @@ def test_only_safetensors_on_the_volume_are_served(db_url: str, tmp_path: Path) 
     assert (found["victim"].version, found["victim"].unservable) == (1, None)
     assert found["victim"].path == str((adapters / "victim" / "v1").resolve())
     assert "impostor" not in found  # skipped: where it lies and what it claims differ
+
+
+def test_the_padding_hint_names_the_rank_that_would_do(db_url: str, tmp_path: Path) -> None:
+    from services.inference.registry import padding_hint
+
+    adapters = tmp_path / "adapters"
+    _write(adapters, "small", 1, rank=4)
+    _write(adapters, "eight", 1, rank=8)
+    found = discover(db_url, adapters, BASE, max_rank=16)
+    hint = padding_hint(found.values(), 16)
+    assert hint is not None and "HSIG_MAX_LORA_RANK=8" in hint and "rank <= 8" in hint
+    assert padding_hint(found.values(), 8) is None  # already as small as vLLM allows for rank 8
+
+    _write(adapters, "twelve", 1, rank=12)  # vLLM has no rank 12: 16 is the next it takes
+    found = discover(db_url, adapters, BASE, max_rank=64)
+    assert "HSIG_MAX_LORA_RANK=16" in (padding_hint(found.values(), 64) or "")
+    assert padding_hint(found.values(), 16) is None
+    assert padding_hint([], 16) is None  # nothing served yet: no basis for a hint
