@@ -238,6 +238,7 @@ def main() -> None:
             port=free_port(),
             max_in_flight=256,
             max_num_seqs=64,
+            max_lora_rank=8,  # as the engine-alone case and the rank-8 adapters: vLLM pads to it
             registry_poll_seconds=0,
         )
         print("starting Ray Serve + vLLM (tiny model, 4 adapters)...", flush=True)
