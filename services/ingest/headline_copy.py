@@ -116,10 +116,11 @@ def bulk_insert(cursor: Any, frame: pd.DataFrame) -> int:
     value per row in file order, a skipped row's unused). Returns the rows inserted."""
     frame = frame.assign(ord=np.arange(len(frame), dtype=np.int64))
     rest = repeated_keys(frame)
+    cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # each index sorted in memory
+    cursor.execute("SET LOCAL work_mem = '256MB'")  # the stored-key joins hashed in memory
     cursor.execute("SELECT EXISTS (SELECT FROM headlines)")
     if cursor.fetchone()[0]:  # under the lock: nobody adds one until we commit
         rest[_stored_keys(cursor, frame)] = True
-    cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # each index sorted in memory
     cursor.execute(
         "SELECT setval(pg_get_serial_sequence('headlines', 'id'),"
         " nextval(pg_get_serial_sequence('headlines', 'id')) + %s - 1)",
@@ -152,7 +153,25 @@ def repeated_keys(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _stored_keys(cursor: Any, frame: pd.DataFrame) -> np.ndarray:
-    """Rows of the frame whose (source, guid) or (title_key, published_at) is stored already."""
+    """Rows of the frame whose (source, guid) or (title_key, published_at) is stored already.
+    A key is joined against the table only where some stored row lies within the batch's
+    range of it (one index range probe each): another feed's file, or another period's, costs
+    nothing; the joins cost seconds a million rows."""
+    sources = sorted(set(frame["source"]))
+    guids, published = frame["guid"], frame["published_us"]
+    cursor.execute(
+        "SELECT EXISTS (SELECT FROM headlines WHERE source = ANY(%s) AND guid BETWEEN %s AND %s),"
+        f" EXISTS (SELECT FROM headlines WHERE published_at BETWEEN {_EPOCH_SQL}%s AND {_EPOCH_SQL}%s)",
+        (sources, min(guids), max(guids), int(published.min()), int(published.max())),
+    )  # "C"-collated guids: BETWEEN compares bytes, as min and max compare str here
+    guid_join = "JOIN headlines AS h ON h.source = k.source AND h.guid = k.guid"
+    time_join = (
+        f"JOIN headlines AS h ON h.title_key = k.title_key AND h.published_at = {_EPOCH_SQL}k.published_us"
+    )
+    joins = [join for join, near in zip((guid_join, time_join), cursor.fetchone(), strict=True) if near]
+    stored = np.zeros(len(frame), dtype=bool)
+    if not joins:
+        return stored
     keys = pa.table({name: frame[name] for name in ("source", "guid", "title_key", "published_us", "ord")})
     buffer = pa.BufferOutputStream()
     pa_csv.write_csv(keys, buffer, pa_csv.WriteOptions(include_header=False))
@@ -163,12 +182,8 @@ def _stored_keys(cursor: Any, frame: pd.DataFrame) -> np.ndarray:
     )
     with cursor.copy("COPY headlines_frame_keys FROM STDIN (FORMAT csv)") as copy:
         copy.write(memoryview(buffer.getvalue()))
-    cursor.execute(
-        "SELECT k.ord FROM headlines_frame_keys AS k WHERE EXISTS (SELECT FROM headlines AS h"
-        " WHERE h.source = k.source AND h.guid = k.guid) OR EXISTS (SELECT FROM headlines AS h"
-        f" WHERE h.title_key = k.title_key AND h.published_at = {_EPOCH_SQL}k.published_us)"
-    )
-    stored = np.zeros(len(frame), dtype=bool)
+    # Joins, not EXISTS ... OR EXISTS: that took an index probe per row, 11 s a million.
+    cursor.execute(" UNION ".join(f"SELECT k.ord FROM headlines_frame_keys AS k {join}" for join in joins))
     stored[np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)] = True
     cursor.execute("DROP TABLE headlines_frame_keys")
     return stored

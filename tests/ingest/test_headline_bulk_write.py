@@ -154,6 +154,15 @@ def _preload(url: str, rows: HeadlineRows) -> None:
         assert insert_headlines(session, [same_id, same_title_time, unrelated]) == 3
 
 
+def _preload_elsewhere(url: str, rows: HeadlineRows) -> None:
+    """A row of another feed, from before the file's first time: no key of it is near the
+    batch's, so the bulk path joins nothing against the table."""
+    first = min(rows, key=lambda record: record.published_at)
+    early = replace(first, source="csv:other", published_at=datetime(2000, 1, 1, tzinfo=UTC), known_at=None)
+    with session_scope(url) as session:
+        assert insert_headlines(session, [early]) == 1
+
+
 def _paths(url: str, rows: HeadlineRows, preload: bool) -> dict[str, tuple[int, list[dict[str, Any]], int]]:
     """Each path on a table holding the same rows before: (count returned, rows, ids used)."""
     results = {}
@@ -197,6 +206,20 @@ def test_the_bulk_path_stores_what_per_row_inserts_store(
     assert ("g3" in guids, "g10" in guids) == (True, not preload)  # g10's title and time were taken
     if preload:
         assert next(row["title"] for row in rows if row["guid"] == "g3") == "A stored title"
+
+
+def test_a_table_of_unrelated_rows_takes_the_bulk_path_without_a_join(
+    pg: str, imported: HeadlineRows
+) -> None:
+    results = {}
+    for name, write in (("bulk", _import_bulk), ("per_row", _import_per_row)):
+        _clear(pg)
+        _preload_elsewhere(pg, imported)
+        base, oids = _sequence(pg), _index_oids(pg)
+        stored = write(pg, imported)
+        results[name] = (stored, _relative(_stored(pg), base), _sequence(pg) - base)
+        assert (_index_oids(pg) != oids) == (name == "bulk")  # the bulk path ran
+    assert results["bulk"] == results["per_row"] and len(results["bulk"][1]) == results["bulk"][0] + 1
 
 
 def test_the_bulk_path_ran_rebuilt_the_indexes_and_left_the_schema_as_it_was(
