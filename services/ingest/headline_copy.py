@@ -90,9 +90,10 @@ def bulk_worth_it(cursor: Any, batch: int) -> bool:
 
 def lock_for_bulk(driver: Any, cursor: Any) -> bool:
     """ACCESS EXCLUSIVE on ``headlines`` until the commit (dropping an index needs it; readers
-    wait for the import), or False if another session holds a lock longer than
-    BULK_LOCK_TIMEOUT: the savepoint undoes the attempt, and the staged path runs."""
-    from psycopg.errors import LockNotAvailable
+    wait for the import), or False if it is not granted within BULK_LOCK_TIMEOUT (another
+    session holds a lock) or would deadlock (a session whose lock we wait for waits behind
+    our request): the savepoint undoes the attempt, and the staged path runs."""
+    from psycopg.errors import DeadlockDetected, LockNotAvailable
 
     cursor.execute("SELECT current_setting('lock_timeout')")
     before = cursor.fetchone()[0]
@@ -101,7 +102,7 @@ def lock_for_bulk(driver: Any, cursor: Any) -> bool:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", (BULK_LOCK_TIMEOUT,))
             cursor.execute("LOCK TABLE headlines IN ACCESS EXCLUSIVE MODE")
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
-    except LockNotAvailable:
+    except (LockNotAvailable, DeadlockDetected):
         return False
     return True
 
@@ -143,7 +144,7 @@ def repeated_keys(frame: pd.DataFrame) -> np.ndarray:
     (PostgreSQL compares these "C"-collated keys by their bytes, as Python compares str)."""
     repeated = np.zeros(len(frame), dtype=bool)
     for first, second in (("source", "guid"), ("title_key", "published_us")):
-        codes = [pa.array(frame[name]).dictionary_encode() for name in (first, second)]
+        codes = [_arrow(frame[name]).dictionary_encode() for name in (first, second)]
         pair = np.asarray(codes[0].indices, dtype=np.int64) * len(codes[1].dictionary) + np.asarray(
             codes[1].indices, dtype=np.int64
         )
@@ -218,6 +219,8 @@ def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[
     fixed-size fields between (numpy structured arrays): the joined array's data buffer is
     the COPY body, no Python object per row. A null is length -1 and no bytes."""
     rows = len(frame)
+    if not rows:  # every row repeated or stored: nothing to copy
+        return [_COPY_HEADER, _COPY_TRAILER]
     values: dict[str, Any] = {
         "id": first_id + frame["ord"].to_numpy(dtype=np.int64),
         "published_at": frame["published_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
@@ -232,7 +235,7 @@ def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[
         elif kind == "timestamptz":
             layout += [(f"{name}_size", ">i4", 8), (name, ">i8", values[name])]
         else:
-            text = pa.array(frame[name], pa.large_string())
+            text = _arrow(frame[name], pa.large_string())
             sizes = pc.fill_null(pc.binary_length(text), -1)
             layout.append((f"{name}_size", ">i4", np.asarray(sizes, dtype=np.int64)))
             pieces.append(_fixed(layout, rows))
@@ -242,8 +245,13 @@ def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[
         pieces.append(_fixed(layout, rows))
     joined = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + rows + 1]
-    body = memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]] if rows else b""
-    return [_COPY_HEADER, body, _COPY_TRAILER]
+    return [_COPY_HEADER, memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]], _COPY_TRAILER]
+
+
+def _arrow(values: pd.Series, kind: pa.DataType | None = None) -> pa.Array:
+    """A column as one Arrow array (pandas may hold it in chunks, after a concat)."""
+    array = pa.array(values, kind)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def _fixed(layout: list[tuple[str, str, Any]], rows: int) -> pa.Array:

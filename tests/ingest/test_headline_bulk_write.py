@@ -222,6 +222,22 @@ def test_a_table_of_unrelated_rows_takes_the_bulk_path_without_a_join(
     assert results["bulk"] == results["per_row"] and len(results["bulk"][1]) == results["bulk"][0] + 1
 
 
+def test_a_file_of_nothing_but_repeats(pg: str, imported: HeadlineRows) -> None:
+    """Every row twice: none goes in by the binary COPY, all by the staged path after it."""
+    twice = HeadlineRows(pd.concat([imported.frame, imported.frame], ignore_index=True), [], [])
+    assert headline_copy.repeated_keys(twice.frame).all()
+    results = {}
+    for name, write in (("bulk", _import_bulk), ("per_row", _import_per_row)):
+        _clear(pg)
+        base = _sequence(pg)
+        stored = write(
+            pg,
+            twice if name == "bulk" else HeadlineRows(twice.frame, imported._header, [*imported._cells] * 2),
+        )
+        results[name] = (stored, _relative(_stored(pg), base), _sequence(pg) - base)
+    assert results["bulk"] == results["per_row"]
+
+
 def test_the_bulk_path_ran_rebuilt_the_indexes_and_left_the_schema_as_it_was(
     pg: str, imported: HeadlineRows
 ) -> None:
