@@ -108,6 +108,14 @@ async def get_walk_forward(item_id: RowId, request: Request) -> walk_forwards.Wa
     return await asyncio.to_thread(walk_forwards.get_walk_forward, _settings(request), item_id)
 
 
+@router.post("/walk-forwards/{item_id}/cancel", dependencies=[Authorized])
+async def cancel_walk_forward(item_id: RowId, request: Request) -> walk_forwards.WalkForwardOut:
+    """Queued: cancelled at once, with the training jobs it left waiting. Running: state
+    ``cancelling`` (again: the same answer); its worker finishes the fold in progress and ends
+    it ``cancelled`` before the next fold. Succeeded, failed or cancelled: 409 naming the state."""
+    return await asyncio.to_thread(walk_forwards.cancel_walk_forward, _settings(request), item_id)
+
+
 @router.get("/walk-forwards")
 async def list_walk_forwards(
     request: Request,

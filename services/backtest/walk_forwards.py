@@ -6,7 +6,9 @@ needs only the rows: ``walk_forward_plan.prepare_walk_forward`` (the same checks
 and the largest K that fits, before anything is queued. A good plan becomes a ``walk_forwards``
 item; a pipeline worker (``hsig pipeline worker``) runs it. GET reads the item (state,
 attempts, the worker's last progress line) and the walk-forward's state file under the reports
-volume (each fold's state, versions and backtest run; the pooled figures once pooled).
+volume (each fold's state, versions and backtest run; the pooled figures once pooled). Cancel
+(``POST /v1/walk-forwards/{id}/cancel``): queued -> cancelled at once, running -> cancelling
+until its worker stops at the next fold boundary, finished -> 409.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from services.common import idempotency
 from services.common.db.models import WalkForward
 from services.common.errors import Conflict
 from services.common.walk_forward_plan import WalkForwardRequest, prepare_walk_forward, state_path
-from services.common.walk_forward_queue import WALK_FORWARDS, submit, unfinished_named
+from services.common.walk_forward_queue import WALK_FORWARDS, cancel, submit, unfinished_named
 
 
 class WalkForwardOut(BaseModel):
@@ -115,3 +117,9 @@ def get_walk_forward(settings: BacktestSettings, item_id: int) -> WalkForwardOut
 def list_walk_forwards(settings: BacktestSettings, state: str | None, limit: int) -> list[WalkForwardOut]:
     items = WALK_FORWARDS.list(settings.resolved_database_url, state, limit)
     return [walk_forward_out(settings, item) for item in items]
+
+
+def cancel_walk_forward(settings: BacktestSettings, item_id: int) -> WalkForwardOut:
+    """Queued: cancelled at once (with its waiting training jobs). Running: ``cancelling``, the
+    worker stops at the next fold boundary. Finished: Conflict naming its state."""
+    return walk_forward_out(settings, cancel(settings.resolved_database_url, item_id))

@@ -293,11 +293,17 @@ class WorkQueue(Generic[Item]):
         return self.heartbeat(url, claim, **values).held
 
     @contextmanager
-    def keep_alive(self, url: str, claim: Claim, interval_seconds: float) -> Iterator[threading.Event]:
+    def keep_alive(
+        self, url: str, claim: Claim, interval_seconds: float, *, until_cancel: bool = True
+    ) -> Iterator[threading.Event]:
         """Heartbeat from a thread every ``interval_seconds`` while the block runs (a quarter
         lease leaves room for three missed beats). The event it yields is set once the lease
         is lost or a cancel is asked; the block may poll it, and its closing write is refused
-        anyway if the item was taken over."""
+        anyway if the item was taken over.
+
+        ``until_cancel`` False: a cancel request neither sets the event nor stops the beats,
+        for a holder that finishes its current step first and asks ``heartbeat`` itself at a
+        boundary (a walk-forward between folds): its lease must not lapse meanwhile."""
         stop, lost = threading.Event(), threading.Event()
 
         def beat() -> None:
@@ -309,7 +315,7 @@ class WorkQueue(Generic[Item]):
                         "heartbeat of %s %d failed", self.model.__tablename__, claim.item_id, exc_info=True
                     )
                     continue
-                if not answer.held or answer.cancel_requested:
+                if not answer.held or (answer.cancel_requested and until_cancel):
                     if not answer.held and not stop.is_set():
                         log.warning(
                             "%s lost %s %d (lease expired or taken over)",

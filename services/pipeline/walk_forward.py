@@ -78,6 +78,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+Boundary = Callable[[str], None]  # called between folds; raises to stop there (a cancel)
 METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}
 BASE_LABEL = "base (untuned)"
 TRIGGER = "walk-forward"  # the backtest runs' trigger (at most 16 characters)
@@ -535,9 +536,16 @@ def summary_table(state: dict[str, Any]) -> str:
 
 
 def run_walk_forward(
-    settings: Any, options: WalkForwardOptions, progress: Progress | None = None
+    settings: Any,
+    options: WalkForwardOptions,
+    progress: Progress | None = None,
+    at_boundary: Boundary | None = None,
 ) -> WalkForwardResult:
-    """Plan the folds, train and score each fold (skipping those a previous run finished), pool."""
+    """Plan the folds, train and score each fold (skipping those a previous run finished), pool.
+
+    ``at_boundary`` is called before each fold this run starts and before pooling, with where
+    it stands ("before fold 2 of 3"); it may raise to stop there (a cancel). The state file
+    then holds nothing this run wrote of the next fold, so a rerun of the id resumes there."""
     from services.backtest.runner import run_backtest
     from services.backtest.schemas import BacktestConfig
     from services.common.db.migrate import upgrade
@@ -588,6 +596,8 @@ def run_walk_forward(
     for plan, fold in zip(plans, state["folds"], strict=True):
         if fold["state"] in ("succeeded", "failed"):
             continue
+        if at_boundary is not None:
+            at_boundary(f"before fold {plan.fold} of {total}")
         where = f"walk-forward {walk_id}: fold {plan.fold}/{total}"
         fold["state"] = "training"
         _write_state(path, state)
@@ -668,6 +678,8 @@ def run_walk_forward(
         )
         _write_state(path, state)
         say(f"{where} succeeded (backtest {result.run_id})")
+    if at_boundary is not None:
+        at_boundary(f"before pooling (the {total} folds finished)")
     state["pooled"] = pool(settings, state["folds"])
     state["finished_at"] = datetime.now(UTC).isoformat()
     _write_state(path, state)

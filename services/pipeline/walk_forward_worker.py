@@ -13,7 +13,11 @@ since the POST, the name reused with other settings) or something a person must 
 is missing) -> failed with the reason, not retried. Any other error, or a killed worker (its
 lease lapses), -> queued again while attempts last (``HSIG_MAX_ATTEMPTS``): the next attempt
 resumes at the first unfinished fold, since the state file keeps every finished step. SIGTERM
-or Ctrl-C gives the item back untouched (the attempt is not counted).
+or Ctrl-C gives the item back untouched (the attempt is not counted). Cancelled
+(``POST /v1/walk-forwards/{id}/cancel``, state ``cancelling``) -> the fold in progress is
+finished, then the worker stops before the next fold (or before pooling) and ends the item
+``cancelled`` (``finished_at`` is when, ``error`` where it stopped); the lease is renewed
+meanwhile, so no other worker takes it over. A rerun of the name resumes at that fold.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ class _Lost(Exception):
     """The lease was lost (expired and taken over): stop writing, the new holder goes on."""
 
 
+class _Cancelled(Exception):
+    """A cancel was asked and the walk-forward is at a fold boundary: stop here."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
 def _summary(state: dict[str, Any]) -> dict[str, Any]:
     pooled = state.get("pooled") or {}
     keys = ("note", "folds_covered", "folds_failed", "folds_total", "methods_failed")
@@ -58,7 +70,8 @@ def run_claimed(settings: Any, claim: Any) -> str:
     url = settings.resolved_database_url
     item = WALK_FORWARDS.get(url, claim.item_id)
     options = WalkForwardRequest.model_validate(item.config).options(item.name)
-    with WALK_FORWARDS.keep_alive(url, claim, settings.lease_seconds / 4) as lost:
+    # until_cancel=False: a cancel must not stop the beats mid-fold; at_boundary asks for it.
+    with WALK_FORWARDS.keep_alive(url, claim, settings.lease_seconds / 4, until_cancel=False) as lost:
 
         def progress(line: str) -> None:
             if lost.is_set():
@@ -67,11 +80,20 @@ def run_claimed(settings: Any, claim: Any) -> str:
             if not WALK_FORWARDS.update(url, claim, progress=line[:MAX_PROGRESS_CHARS]):
                 raise _Lost
 
+        def at_boundary(where: str) -> None:
+            beat = WALK_FORWARDS.heartbeat(url, claim)
+            if not beat.held:
+                raise _Lost
+            if beat.cancel_requested:
+                raise _Cancelled(where)
+
         try:
-            result = run_walk_forward(settings, options, progress)
+            result = run_walk_forward(settings, options, progress, at_boundary)
         except _Lost:
             log.warning("walk-forward %d: lost its lease; another worker goes on", claim.item_id)
             return "lost"
+        except _Cancelled as stopped:
+            return _close_cancelled(url, claim, stopped.where)
         except (InvalidInput, NotFound, Conflict, OperationalError) as exc:  # retrying changes nothing
             WALK_FORWARDS.fail(url, claim, f"{type(exc).__name__}: {exc.message}")
             return "failed"
@@ -86,6 +108,17 @@ def run_claimed(settings: Any, claim: Any) -> str:
             raise
     WALK_FORWARDS.succeed(url, claim, summary=_summary(result.state))
     return "succeeded"
+
+
+def _close_cancelled(url: str, claim: Any, where: str) -> str:
+    """End the item ``cancelled`` at a fold boundary, saying where (its finished_at says when)."""
+    from services.common.queue import State
+    from services.common.walk_forward_queue import WALK_FORWARDS
+
+    line = f"cancelled on request, stopped {where}"
+    log.info("walk-forward %d: %s", claim.item_id, line)
+    closed = WALK_FORWARDS.close(url, claim, State.CANCELLED, error=line, progress=line)
+    return "cancelled" if closed else "lost"
 
 
 def run_next(settings: Any, holder: str) -> int | None:
