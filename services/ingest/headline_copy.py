@@ -28,9 +28,11 @@ import pyarrow.csv as pa_csv
 
 _TEXT = ("source", "guid", "title", "title_key", "link", "summary", "payload_sha256", "time_precision")
 _EPOCH_SQL = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + INTERVAL '1 microsecond' * "
-# The bulk path is taken when the batch holds at least this many times the stored rows: an
+# The bulk path is taken when the batch holds at least this many times the stored rows. An
 # index rebuild sorts the stored rows as well as the batch's, an insert costs a random btree
-# descent per batch row only (docs/benchmarks.md: a million rows into a million others).
+# descent per batch row only, several times a row's share of a sort: the bulk path measured
+# faster still at a batch the table's size (docs/benchmarks.md). Not beyond: the lock keeps
+# readers out for the whole import, and the rebuild grows with the table.
 BULK_TABLE_RATIO = 1
 BULK_LOCK_TIMEOUT = "2s"  # behind another session's lock longer than this: the staged path
 # The columns the binary COPY sends, in its order, with their PostgreSQL types.
@@ -82,10 +84,10 @@ def staged_insert(
 
 
 def bulk_worth_it(cursor: Any, batch: int) -> bool:
-    """Whether ``headlines`` holds fewer than batch / BULK_TABLE_RATIO rows (counted no further)."""
+    """Whether ``headlines`` holds at most batch / BULK_TABLE_RATIO rows (counted no further)."""
     limit = batch // BULK_TABLE_RATIO
-    cursor.execute("SELECT count(*) FROM (SELECT FROM headlines LIMIT %s) AS stored", (limit,))
-    return int(cursor.fetchone()[0]) < limit
+    cursor.execute("SELECT count(*) FROM (SELECT FROM headlines LIMIT %s) AS stored", (limit + 1,))
+    return int(cursor.fetchone()[0]) <= limit
 
 
 def lock_for_bulk(driver: Any, cursor: Any) -> bool:
@@ -110,33 +112,35 @@ def lock_for_bulk(driver: Any, cursor: Any) -> bool:
 def bulk_insert(cursor: Any, frame: pd.DataFrame) -> int:
     """The frame into a locked ``headlines`` (``lock_for_bulk``), the same rows and ids as
     ``staged_insert``. A row whose keys, (source, guid) and (title_key, published_at), are
-    both new to the table and alone in the batch collides with nothing: those go straight in
-    with the secondary indexes dropped. The rest go in after the rebuild, in file order, ON
-    CONFLICT DO NOTHING: no row of the first set shares a key with them, so each is kept or
-    skipped exactly as before. Each row's id is the one the staged path gives it (one sequence
-    value per row in file order, a skipped row's unused). Returns the rows inserted."""
+    both alone in the batch shares a key with no other row of it: stored already under either
+    key, it is skipped (ON CONFLICT would skip it, and it decides nothing for the others);
+    else it goes straight in with the secondary indexes dropped. The rows with a key repeated
+    in the batch go in after the rebuild, in file order, ON CONFLICT DO NOTHING: no row of the
+    first set shares a key with them, so each is kept or skipped exactly as before. Each row's
+    id is the one the staged path gives it (one sequence value per row in file order, a
+    skipped row's unused). Returns the rows inserted."""
     frame = frame.assign(ord=np.arange(len(frame), dtype=np.int64))
-    rest = repeated_keys(frame)
+    repeated = repeated_keys(frame)
     cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")  # each index sorted in memory
     cursor.execute("SET LOCAL work_mem = '256MB'")  # the stored-key joins hashed in memory
     cursor.execute("SELECT EXISTS (SELECT FROM headlines)")
-    if cursor.fetchone()[0]:  # under the lock: nobody adds one until we commit
-        rest[_stored_keys(cursor, frame)] = True
+    stored = _stored_keys(cursor, frame) if cursor.fetchone()[0] else np.zeros(len(frame), dtype=bool)
     cursor.execute(
         "SELECT setval(pg_get_serial_sequence('headlines', 'id'),"
         " nextval(pg_get_serial_sequence('headlines', 'id')) + %s - 1)",
         (len(frame),),
     )  # the batch's ids reserved at once: nobody else can take one while the table is locked
     first_id = int(cursor.fetchone()[0]) - len(frame) + 1
-    rebuild = _drop_secondary_indexes(cursor)
-    clean, now = frame[~rest], datetime.now(UTC)  # one first_seen_at for the whole import
-    names = ", ".join(f'"{name}"' for name, _ in _BINARY_FIELDS)
-    with cursor.copy(f"COPY headlines ({names}) FROM STDIN (FORMAT binary)") as copy:
-        for part in _binary_rows(clean, first_id, now):
-            copy.write(part)
-    for statement in rebuild:
-        cursor.execute(statement)
-    return len(clean) + (staged_insert(cursor, frame[rest], first_id, now) if rest.any() else 0)
+    clean, now = frame[~repeated & ~stored], datetime.now(UTC)  # one first_seen_at for the import
+    if len(clean):  # (a file stored already copies nothing: no index is touched)
+        rebuild = _drop_secondary_indexes(cursor)
+        names = ", ".join(f'"{name}"' for name, _ in _BINARY_FIELDS)
+        with cursor.copy(f"COPY headlines ({names}) FROM STDIN (FORMAT binary)") as copy:
+            for part in _binary_rows(clean, first_id, now):
+                copy.write(part)
+        for statement in rebuild:
+            cursor.execute(statement)
+    return len(clean) + (staged_insert(cursor, frame[repeated], first_id, now) if repeated.any() else 0)
 
 
 def repeated_keys(frame: pd.DataFrame) -> np.ndarray:

@@ -257,8 +257,9 @@ def test_a_second_import_stores_nothing_and_changes_nothing(pg: str, imported: H
     with session_scope(pg) as session:  # one moment, the import's, not a made-up one
         seen = session.execute(text("SELECT DISTINCT first_seen_at FROM headlines")).scalars().all()
     assert len(seen) == 1 and abs((seen[0] - datetime.now(UTC)).total_seconds()) < 120
+    oids = _index_oids(pg)
     assert _import_bulk(pg, imported) == 0
-    assert _stored(pg) == rows
+    assert _stored(pg) == rows and _index_oids(pg) == oids  # nothing to copy: no index rebuilt
 
 
 def _failing(rows: HeadlineRows, where: str) -> HeadlineRows:
