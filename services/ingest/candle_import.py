@@ -31,7 +31,7 @@ from services.common.labelling import candle_faults, timeframe_seconds
 from services.ingest.headline_import import parse_delimiter
 from services.ingest.headlines import Rejects
 
-LAYOUTS = ("cryptodatadownload", "yahoo", "binance", "ccxt-json", "generic")
+LAYOUTS = ("cryptodatadownload", "yahoo", "binance", "kraken", "ccxt-json", "generic")
 GENERIC_KEYS = ("time", "open", "high", "low", "close", "volume")
 TIME_UNITS = ("s", "ms", "us")
 EXAMPLE_LINES = 10  # line numbers kept per reject reason for the summary
@@ -219,6 +219,20 @@ def _binance_row(fields: list[str]) -> bool:
     return len(fields) == 12 and all(_is_number(cell) for cell in fields) and float(fields[0]) > 1e11
 
 
+def _kraken_row(fields: list[str]) -> bool:
+    """A line of Kraken's OHLCVT files (its historical-data zip: ``XBTUSD_60.csv``): no header,
+    ``time,open,high,low,close,volume,trades``, the time in epoch seconds. Seven numbers with a
+    time in seconds is that shape and no other layout's; the prices are still validated."""
+    return (
+        len(fields) == 7
+        and all(_is_number(cell) for cell in fields)
+        and 1e8 <= float(fields[0]) < _LATEST_SECONDS
+    )
+
+
+_HEADERLESS = (("binance", _binance_row), ("kraken", _kraken_row))
+
+
 def _find_header(lines: list[str], options: ImportOptions) -> tuple[int, str, str]:
     """(index of the header line, layout, delimiter); -1 for a header-less Binance file. The
     delimiter is the given one, else the first of ``DELIMITERS`` with which a line of the
@@ -245,8 +259,9 @@ def _layout_line(scanned: list[tuple[int, list[str]]], options: ImportOptions) -
         ]
         if fits:
             return index, fits[0]
-        if _binance_row(fields) and options.layout in (None, "binance") and not options.columns:
-            return index - 1, "binance"
+        for layout, fits_row in _HEADERLESS:
+            if fits_row(fields) and options.layout in (None, layout) and not options.columns:
+                return index - 1, layout
     return None
 
 
@@ -350,7 +365,7 @@ def _csv_rows(text: str, options: ImportOptions) -> _Rows:
     index, layout, delimiter = _find_header(lines, options)
     header = _fields(lines[index], delimiter) if index >= 0 else []
     names = _names(header)
-    width = max(len(header), 12 if layout == "binance" else 0)
+    width = max(len(header), _HEADERLESS_WIDTH.get(layout, 0))
     picks = _LAYOUT_COLUMNS[layout](names, options)
     frame, numbers, malformed = _read_table(
         text, lines, index + 1, width, sorted(set(picks.values())), delimiter
@@ -391,6 +406,14 @@ def _binance_columns(_names: list[str], _options: ImportOptions) -> dict[str, in
     return {key: i for i, key in enumerate(("time", "open", "high", "low", "close", "volume"))}
 
 
+def _kraken_columns(_names: list[str], _options: ImportOptions) -> dict[str, int]:
+    # time (s), open, high, low, close, volume (base), trades
+    return {key: i for i, key in enumerate(("time", "open", "high", "low", "close", "volume"))}
+
+
+_HEADERLESS_WIDTH = {"binance": 12, "kraken": 7}
+
+
 def _generic_columns(names: list[str], options: ImportOptions) -> dict[str, int]:
     mapping = {key: value.lower() for key, value in options.columns.items()}
     if not mapping:  # the standard names: time/timestamp/date..., open, high, low, close, volume
@@ -409,6 +432,7 @@ _LAYOUT_COLUMNS = {
     "cryptodatadownload": _cdd_columns,
     "yahoo": _yahoo_columns,
     "binance": _binance_columns,
+    "kraken": _kraken_columns,
     "generic": _generic_columns,
 }
 

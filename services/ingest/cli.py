@@ -147,7 +147,7 @@ def backfill_candles(
     until: Annotated[datetime | None, typer.Option(help="Pull up to this UTC time (ccxt only).")] = None,
     layout: Annotated[
         str | None,
-        typer.Option(help="Force a layout: cryptodatadownload, yahoo, binance, ccxt-json, generic."),
+        typer.Option(help="Force a layout: cryptodatadownload, yahoo, binance, kraken, ccxt-json, generic."),
     ] = None,
     column: Annotated[
         list[str] | None,

@@ -109,7 +109,7 @@ def test_no_known_layout_names_the_real_header_split_on_its_delimiter() -> None:
     message = caught.value.message
     assert "found columns ['when', 'price', 'size'] (split on ';')" in message
     assert "\n" not in message and "2024-01-01" not in message and "SomeTool" not in message
-    assert "known layouts: cryptodatadownload, yahoo, binance, ccxt-json, generic" in message
+    assert "known layouts: cryptodatadownload, yahoo, binance, kraken, ccxt-json, generic" in message
 
 
 def test_backfill_stores_the_decimal_comma_values(ingest_settings: IngestSettings) -> None:
