@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from services.ingest.headline_import import HeadlineImport
 from services.ingest.headlines import ItemLimits
 from services.ingest.settings import IngestSettings
 from services.ingest.store import insert_gaps, upsert_candles
+
+log = logging.getLogger(__name__)
 
 
 def backfill_kaggle_cnbc(settings: IngestSettings, path: Path) -> SourceOutcome:
@@ -73,6 +76,20 @@ def _store_import(settings: IngestSettings, source: str, imported: HeadlineImpor
     return outcome
 
 
+# Layouts only one exchange writes: their prices are that exchange's, whatever name they are
+# stored under (labels use the candles of HSIG_EXCHANGE, so a mismatch mixes two markets).
+_EXCHANGE_OF_LAYOUT = {"binance": "binance", "kraken": "kraken"}
+
+
+def _warn_other_exchange(layout: str, exchange: str) -> None:
+    own = _EXCHANGE_OF_LAYOUT.get(layout)
+    if own and not exchange.startswith(own):
+        log.warning(
+            "a %s file stored as exchange %r: its prices are %s's; pass --exchange %s to keep them apart",
+            layout, exchange, own, own,
+        )  # fmt: skip
+
+
 def backfill_candles_csv(
     settings: IngestSettings,
     path: Path,
@@ -95,6 +112,7 @@ def backfill_candles_csv(
         max_price=settings.max_candle_price,
     )
     frame, timeframe = imported.candles, imported.timeframe
+    _warn_other_exchange(imported.layout, exchange)
     gaps = find_gaps(frame.open_time, timeframe_seconds(timeframe))
     source = candle_source(exchange, symbol, timeframe)
     with session_scope(settings.resolved_database_url) as session:

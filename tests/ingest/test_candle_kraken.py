@@ -45,3 +45,22 @@ def test_layout_forced_to_another_refuses_a_kraken_file() -> None:
         import_candle_file(
             FIXTURES / "kraken_XBTUSD_60.csv", ImportOptions(layout="binance"), earliest_seconds=EARLIEST
         )
+
+
+def test_a_kraken_file_stored_under_another_exchange_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.common.db.migrate import upgrade
+    from services.ingest.backfill import backfill_candles_csv
+    from services.ingest.settings import IngestSettings
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    upgrade(url)
+    settings = IngestSettings(data_dir=tmp_path, database_url=url)
+    path = FIXTURES / "kraken_XBTUSD_60.csv"
+    with caplog.at_level("WARNING", logger="services.ingest.backfill"):
+        stored = backfill_candles_csv(settings, path, "coinbaseexchange", "BTC/USD").stored
+        assert stored == 4 and "pass --exchange kraken" in caplog.text
+        caplog.clear()
+        backfill_candles_csv(settings, path, "kraken", "BTC/USD")
+    assert "pass --exchange" not in caplog.text
