@@ -2,7 +2,8 @@
 
 Every insert is ``INSERT ... ON CONFLICT DO NOTHING`` (candles: ``DO UPDATE``) in the
 dialect at hand, inside one transaction per batch: a batch is stored whole or not at all, and
-storing it twice changes nothing.
+storing it twice changes nothing. (A file's headlines into a small table take the bulk path of
+``headline_copy``: COPY with the secondary indexes rebuilt, the same rows as those INSERTs.)
 """
 
 from __future__ import annotations
