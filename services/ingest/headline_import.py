@@ -5,7 +5,10 @@ Reading: the encoding is taken from a byte-order mark (UTF-8, UTF-16, UTF-32), e
 else cp1252, else latin-1 (which reads any bytes); the delimiter is the one of ``,`` ``;``
 tab ``|`` that splits a sample of lines into the same number of fields as the header. Both
 can be given (``ReadOptions``). Blank lines are skipped; quoted fields may hold the delimiter
-and line breaks; line numbers in the rejects are the file's own (1 is the header).
+and line breaks; line numbers in the rejects are the file's own (1 is the header). A file
+whose records are each one line is split by Arrow kernels (the csv module reads only its lines
+with a quote); one with a record over several lines goes through the csv module whole, the
+same table either way (tests/ingest/test_headline_parse_fast.py).
 
 A file may hold the date and the time of day in two columns (``Date,Time`` with ``18-Jul-20``,
 ``04:24``): the time column is then a clock column (named ``time``, ``hour``, ``clock``...
@@ -37,9 +40,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from services.common.errors import InvalidInput
-from services.ingest.headline_rows import HeadlineRows, normalise_titles, payload_hashes, title_keys
+from services.ingest.headline_rows import (
+    ColumnCells,
+    HeadlineRows,
+    normalise_titles,
+    payload_hashes,
+    title_keys,
+)
 from services.ingest.headline_times import (
     TimeColumn,
     clock_cells,
@@ -69,6 +81,7 @@ DATE_NAMES = ("date", "day", "pubdate", "publishdate", "publicationdate", "publi
 CLOCK_NAMES = ("time", "hour", "clock", "timeofday", "publishtime", "publishedtime", "pubtime", "newstime")
 _CLOCK_SAMPLE = 1000  # non-empty cells a clock column is recognised on
 _NAME_DROP = re.compile(r"[\s_\-]+")
+_FIRST_LINE = re.compile(r"[^\r\n]*")  # the line breaks io.StringIO(newline="") splits at
 
 
 @dataclass(frozen=True)
@@ -116,13 +129,17 @@ class HeadlineImport:
 
 @dataclass
 class RawTable:
-    """A file's header and rows as text, each row with the line it starts on."""
+    """A file's header and rows as text, held by column (``cells[j]``: column j of every
+    row), each row with the line it starts on."""
 
     columns: list[str]
-    rows: list[list[str]]
-    lines: list[int]
+    cells: list[pa.Array]
+    lines: np.ndarray
     detail: dict[str, Any]
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, message)
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
 def import_headlines(
@@ -144,21 +161,18 @@ def import_headlines(
     for line, reason, message in table.bad:
         result.reject(reason, line, message)
     positions = {name: table.columns.index(name) for name in mapping.values() if name}
-    title_at = positions[mapping["title"]]  # type: ignore[index]
     raw_times, clock_faults = _time_texts(table, mapping, positions)
-    keep = [
-        i
-        for i, row in enumerate(table.rows)
-        if row[title_at].strip() or raw_times[i].strip() or i in clock_faults
-    ]
-    times = [raw_times[i] for i in keep]  # rows blank in both (the Kaggle file's ",,") are skipped
-    lines = [table.lines[i] for i in keep]
+    # Rows blank in both title and time (the Kaggle file's ",,") are skipped.
+    faulty = np.zeros(len(table), dtype=bool)
+    faulty[list(clock_faults)] = True
+    keep = np.flatnonzero(~(blank(table.cells[positions[mapping["title"]]]) & blank(raw_times)) | faulty)  # type: ignore[index]
+    times: list[str] = raw_times.take(pa.array(keep, pa.int64())).to_pylist()
+    lines = table.lines[keep]
     # A --time-format says the order itself; otherwise the file's numeric dates decide it.
     dayfirst = options.dayfirst if options.time_format else resolve_dayfirst(times, lines, options.dayfirst)
     parsed = parse_time_column(times, zone, dayfirst, options.time_format)
-    for index, row in enumerate(keep):  # a clock cell that is no time of day: the row's fault
-        if row in clock_faults:
-            parsed.faults[index] = ("bad_time", clock_faults[row])
+    for row, message in clock_faults.items():  # a clock cell that is no time of day: the row's fault
+        parsed.faults[int(np.searchsorted(keep, row))] = ("bad_time", message)
     result.detail.update(dayfirst=dayfirst, time_layout=parsed.fast_format)
     _build(result, table, keep, times, positions, mapping, parsed, source, limits, now or datetime.now(UTC))
     return result
@@ -205,38 +219,44 @@ def _pair_clock_column(
 def _mostly_clocks(table: RawTable, name: str) -> bool:
     """Over half of the column's first non-empty cells are a time of day alone (each other
     row is rejected when joined, not the column taken for the whole time)."""
-    at = table.columns.index(name)
-    cells = list(itertools.islice(filter(None, (row[at].strip() for row in table.rows)), _CLOCK_SAMPLE))
+    column = table.cells[table.columns.index(name)]
+    cells: list[str] = []
+    for start in range(0, len(column), _CLOCK_SAMPLE):  # a chunk at a time: no list of every cell
+        chunk = column.slice(start, _CLOCK_SAMPLE).to_pylist()
+        cells.extend(
+            itertools.islice(filter(None, (cell.strip() for cell in chunk)), _CLOCK_SAMPLE - len(cells))
+        )
+        if len(cells) == _CLOCK_SAMPLE:
+            break
     return bool(cells) and int(clock_cells(cells).sum()) * 2 > len(cells)
 
 
 def _time_texts(
     table: RawTable, mapping: dict[str, str | None], positions: dict[str, int]
-) -> tuple[list[str], dict[int, str]]:
+) -> tuple[pa.Array, dict[int, str]]:
     """Each row's time as text, and the rows whose clock cell is not a time of day (row index
     -> message). With a date column the text is the date and the clock joined by a space,
     or the date alone where the clock cell is empty or bad (so the date still tells the
     file's day-first order); parse_time then reads the precision from what the row holds."""
     time_at = positions[mapping["time"]]  # type: ignore[index]
     if not mapping.get("date"):
-        return [row[time_at] for row in table.rows], {}
-    date_at = positions[mapping["date"]]  # type: ignore[index]
-    clocks = [row[time_at].strip() for row in table.rows]
+        return table.cells[time_at], {}
+    dates = [cell.strip() for cell in table.cells[positions[mapping["date"]]].to_pylist()]  # type: ignore[index]
+    clocks = [cell.strip() for cell in table.cells[time_at].to_pylist()]
     is_clock = clock_cells(clocks)
     texts, faults = [], {}
-    for index, row in enumerate(table.rows):
-        date, clock = row[date_at].strip(), clocks[index]
+    for index, (date, clock) in enumerate(zip(dates, clocks, strict=True)):
         if clock and not is_clock[index]:
             faults[index] = f"{clock!r} in column {mapping['time']!r} is not a time of day"
             clock = ""
         texts.append(f"{date} {clock}" if date and clock else date or clock)
-    return texts, faults
+    return pa.array(texts, pa.string()), faults
 
 
 def _build(
     result: HeadlineImport,
     table: RawTable,
-    keep: list[int],
+    keep: np.ndarray,
     times: list[str],
     positions: dict[str, int],
     mapping: dict[str, str | None],
@@ -247,65 +267,83 @@ def _build(
 ) -> None:
     """The rows whose title, time and fields pass, as columns (``HeadlineRows``); the rest
     rejected by line. Early and future times by ``time_fault``'s rule, field caps by
-    ``field_fault``'s (title, guid, summary: the first over its cap names the reason)."""
-    rows = [table.rows[i] for i in keep]
-    column = lambda role: [row[positions[mapping[role]]] for row in rows]  # type: ignore[index]  # noqa: E731
+    ``field_fault``'s (title, guid, summary: the first over its cap names the reason).
+    Every column stays an Arrow array: a million rows as Python lists cost seconds."""
+    taken = pa.array(keep, pa.int64())
+    column = lambda role: table.cells[positions[mapping[role]]].take(taken)  # type: ignore[index]  # noqa: E731
+    empty = pa.nulls(len(keep), pa.string()).fill_null("")
     titles = normalise_titles(column("title"))
-    raw_times = [text.strip() for text in times]  # with a date column: date and clock joined
-    guids = [text.strip() for text in column("guid")] if mapping["guid"] else [""] * len(rows)
-    summaries = normalise_titles(column("summary")) if mapping["summary"] else [""] * len(rows)
-    reasons = np.full(len(rows), "", dtype=object)
+    guids = strip(column("guid")) if mapping["guid"] else empty
+    summaries = normalise_titles(column("summary")) if mapping["summary"] else empty
+    reasons = np.full(len(keep), "", dtype=object)
     reasons[parsed.published_us < to_us(limits.earliest)] = "early_pubdate"
     reasons[parsed.published_us > to_us(now + limits.future_skew)] = "future_pubdate"
     for index, (reason, _) in parsed.faults.items():
         reasons[index] = reason
-    reasons[np.array([not title for title in titles], dtype=bool)] = "missing_title"
+    reasons[_lengths(titles) == 0] = "missing_title"
     _field_caps(reasons, titles, guids, summaries, limits)
     good = np.flatnonzero(reasons == "")
     for index in np.flatnonzero(reasons != ""):
         fault = parsed.faults.get(int(index))
         message = fault[1] if fault and fault[0] == reasons[index] else ""
         if reasons[index] in ("early_pubdate", "future_pubdate"):
-            message = raw_times[index]
-        result.reject(str(reasons[index]), table.lines[keep[index]], message)
-    pick = lambda values: [values[i] for i in good]  # noqa: E731
-    good_titles, good_guids = pick(titles), pick(guids)
-    missing_guid = [i for i, guid in enumerate(good_guids) if not guid]
-    if missing_guid:  # the guid of a file without ids: the hash of its title and time
+            message = times[index].strip()  # with a date column: date and clock joined
+        result.reject(str(reasons[index]), int(table.lines[keep[index]]), message)
+    picked = pa.array(good, pa.int64())
+    good_titles, good_guids = titles.take(picked), guids.take(picked)
+    missing = np.flatnonzero(_lengths(good_guids) == 0)
+    if len(missing):  # the guid of a file without ids: the hash of its title and time
         hashes = payload_hashes(
             ["title", "time"],
-            [[good_titles[i] for i in missing_guid], [raw_times[good[i]] for i in missing_guid]],
+            [
+                good_titles.take(pa.array(missing)),
+                pa.array([times[good[i]].strip() for i in missing], pa.string()),
+            ],
         )
-        for position, value in zip(missing_guid, hashes, strict=True):
-            good_guids[position] = value
-    cells = pick(rows)
-    frame = pd.DataFrame(
-        {
-            "source": source[:128],
-            "guid": good_guids,
-            "title": good_titles,
-            "title_key": title_keys(good_titles),
-            "published_us": parsed.published_us[good],
-            "link": None,
-            "summary": [summary or None for summary in pick(summaries)],
-            "payload_sha256": payload_hashes(table.columns, list(zip(*cells, strict=True)) if cells else []),
-            "time_precision": [precision.value for precision in parsed.precision[good]],
-            "known_us": parsed.known_us[good],
-        }
+        mask = np.zeros(len(good), dtype=bool)
+        mask[missing] = True
+        good_guids = pc.replace_with_mask(good_guids, pa.array(mask), pa.array(hashes, pa.string()))
+    rows = pa.array(keep[good], pa.int64())
+    cells = [values.take(rows) for values in table.cells]
+    good_summaries = summaries.take(picked)
+    filled = _lengths(good_summaries) > 0
+    summary = (  # None where empty; with none anywhere an object column of None, as before
+        pc.if_else(pa.array(filled), good_summaries, pa.scalar(None, pa.string())).to_pandas()
+        if filled.any()
+        else [None] * len(good)
     )
-    result.records = HeadlineRows(frame, table.columns, cells)
+    stored: dict[str, Any] = {
+        "source": source[:128],
+        "guid": good_guids.to_pandas(),
+        "title": good_titles.to_pandas(),
+        "title_key": title_keys(good_titles).to_pandas(),
+        "published_us": parsed.published_us[good],
+        "link": None,
+        "summary": summary,
+        "payload_sha256": pd.Series(payload_hashes(table.columns, cells), dtype="str"),
+        "time_precision": pa.array(parsed.precision[good], pa.string()).to_pandas(),
+        "known_us": parsed.known_us[good],
+    }
+    if not len(good):  # no row stored: the text columns empty lists, as before (pandas: float64)
+        stored = {name: [] if isinstance(value, pd.Series) else value for name, value in stored.items()}
+    frame = pd.DataFrame(stored)
+    result.records = HeadlineRows(frame, table.columns, ColumnCells(cells))
+
+
+def _lengths(values: pa.Array) -> np.ndarray:
+    """Each value's length in characters (code points, as Python's ``len``)."""
+    return np.asarray(pc.utf8_length(values), dtype=np.int64)
 
 
 def _field_caps(
-    reasons: np.ndarray, titles: list[str], guids: list[str], summaries: list[str], limits: ItemLimits
+    reasons: np.ndarray, titles: pa.Array, guids: pa.Array, summaries: pa.Array, limits: ItemLimits
 ) -> None:
     for name, values, cap in (
         ("summary", summaries, limits.max_summary_chars),
         ("guid", guids, limits.max_guid_chars),
         ("title", titles, limits.max_title_chars),
     ):  # the last written wins: the same order of precedence as field_fault
-        over = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) > cap
-        reasons[over & (reasons == "")] = f"{name}_too_long"
+        reasons[(_lengths(values) > cap) & (reasons == "")] = f"{name}_too_long"
 
 
 def read_table(path: Path, options: ReadOptions = ReadOptions()) -> RawTable:
@@ -380,7 +418,152 @@ def sniff_delimiter(text: str, path: Path) -> str:
     return best
 
 
+# What Python's str.strip removes among ASCII characters (\t \n \v \f \r, \x1c-\x1f, space).
+_ASCII_SPACE = "[\\t-\\r\\x1c-\\x20]"
+
+
+def blank(values: pa.Array) -> np.ndarray:
+    """Which values ``str.strip`` leaves empty: an Arrow pattern for ASCII values, Python's
+    own rule for the others (Unicode spaces; pyarrow's set is not Python's)."""
+    ascii_ = np.asarray(pc.string_is_ascii(values), dtype=bool)
+    out = np.asarray(pc.match_substring_regex(values, f"^{_ASCII_SPACE}*$"), dtype=bool) & ascii_
+    for index in np.flatnonzero(~ascii_):
+        out[index] = not values[int(index)].as_py().strip()
+    return out
+
+
+def strip(values: pa.Array) -> pa.Array:
+    """``str.strip`` of each value, through Python only where it may change something."""
+    odd = pc.or_(
+        pc.invert(pc.string_is_ascii(values)),
+        pc.match_substring_regex(values, f"^{_ASCII_SPACE}|{_ASCII_SPACE}$"),
+    )
+    where = np.flatnonzero(np.asarray(odd, dtype=bool))
+    if not len(where):
+        return values
+    fixed = [text.strip() for text in values.take(pa.array(where)).to_pylist()]
+    return pc.replace_with_mask(values, odd, pa.array(fixed, pa.string()))
+
+
 def _csv_rows(text: str, delimiter: str, path: Path, detail: dict[str, Any]) -> RawTable:
+    """The file's rows: split by Arrow kernels when every record is one line (the csv
+    module reads only the lines holding a quote), else by the csv module alone."""
+    fast = _csv_rows_clean(text, delimiter) if '"' not in text else None
+    fast = fast or _csv_rows_fast(text, delimiter)
+    if fast is None:
+        return _csv_rows_slow(text, delimiter, path, detail)
+    columns, cells, lines, bad = fast
+    if columns is None:
+        raise InvalidInput(f"{path} is empty", param="path")
+    return RawTable(columns, cells, lines, detail, bad)
+
+
+_FIELD_LIMIT = csv.field_size_limit()  # a longer field is the csv module's error: its path says it
+
+
+def _csv_rows_clean(
+    text: str, delimiter: str
+) -> tuple[list[str] | None, list[pa.Array], np.ndarray, list[tuple[int, str, str]]] | None:
+    """A file without a quote, with a header on line 1 and every line after it as wide:
+    Arrow's CSV reader, quoting off, reads it as the csv module does (a line is its cells
+    joined by the delimiter). None for any other file, or when Arrow refuses it (an empty
+    or ragged line: ``_csv_rows_fast`` finds which). Rows of empty cells (``,,``) are the
+    csv module's blank lines: dropped."""
+    first = _FIRST_LINE.match(text).group()  # type: ignore[union-attr]  # (it matches "")
+    if not first.strip(delimiter) or len(delimiter.encode()) != 1:
+        return None
+    columns = [cell.strip() for cell in first.split(delimiter)]
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(text.encode()),
+            read_options=pa_csv.ReadOptions(column_names=[str(j) for j in range(len(columns))], skip_rows=1),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter, quote_char=False, ignore_empty_lines=False
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(map(str, range(len(columns))), pa.string()),
+                strings_can_be_null=False,
+                include_columns=[str(j) for j in range(len(columns))],
+            ),
+        )
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    cells = [table.column(j).combine_chunks() for j in range(len(columns))]
+    lengths = [np.asarray(pc.utf8_length(values), dtype=np.int64) for values in cells]
+    if any(len(values) and int(values.max()) > _FIELD_LIMIT for values in lengths):
+        return None
+    lines = np.arange(2, table.num_rows + 2, dtype=np.int64)
+    empty = np.logical_and.reduce([values == 0 for values in lengths]) if lengths else np.zeros(0, bool)
+    if empty.any():
+        kept = pa.array(~empty)
+        cells, lines = [values.filter(kept) for values in cells], lines[~empty]
+    return columns, cells, lines, []
+
+
+def _csv_rows_fast(
+    text: str, delimiter: str
+) -> tuple[list[str] | None, list[pa.Array], np.ndarray, list[tuple[int, str, str]]] | None:
+    """``_csv_rows_slow``'s table without a Python object per row, or None when a record
+    may span lines (a quote left open at a line's end) or a line is longer than the csv
+    module's field limit. Lines are split as ``io.StringIO(newline="")`` splits them
+    (``\\r\\n``, ``\\r``, ``\\n``): with one-line records no value holds a line break, so
+    the breaks can be made one. A line without a quote is its cells joined by the delimiter
+    (the csv module does nothing else to it); the lines with one go through the csv module,
+    each alone, and a record continued on a later line shows as fewer rows than lines."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n")).cast(pa.string())
+    if len(lines) and int(pc.max(pc.utf8_length(lines)).as_py()) > _FIELD_LIMIT:
+        return None
+    quoted = np.asarray(pc.match_substring(lines, '"'), dtype=bool)
+    # A line of delimiters alone (or empty) is all empty cells: the csv module's blank line.
+    commas = np.asarray(pc.count_substring(lines, delimiter), dtype=np.int64)
+    widths = commas + 1
+    skip = (commas * len(delimiter) == np.asarray(pc.utf8_length(lines), dtype=np.int64)) & ~quoted
+    at_quote = np.flatnonzero(quoted)
+    parsed: list[list[str]] = []
+    if len(at_quote):
+        try:  # the sentinel line: a quote open at the last quoted line's end would take it in
+            parsed = list(csv.reader([*lines.take(pa.array(at_quote)).to_pylist(), "x"], delimiter=delimiter))
+        except csv.Error:
+            return None
+        if len(parsed) != len(at_quote) + 1:
+            return None
+        parsed.pop()
+        widths[at_quote] = [len(row) for row in parsed]
+        skip[at_quote] = [not any(row) for row in parsed]
+    rows = np.flatnonzero(~skip)
+    if not len(rows):
+        return None, [], np.zeros(0, dtype=np.int64), []
+    quote_row = {int(line): position for position, line in enumerate(at_quote)}
+    first = int(rows[0])
+    header = parsed[quote_row[first]] if first in quote_row else lines[first].as_py().split(delimiter)
+    columns = [cell.strip() for cell in header]
+    rows = rows[1:]
+    ragged = widths[rows] != len(columns)
+    bad = [
+        (int(line) + 1, "bad_fields", f"{widths[line]} fields, the header has {len(columns)}")
+        for line in rows[ragged]
+    ]
+    rows = rows[~ragged]
+    plain = rows[~quoted[rows]]
+    split = pc.split_pattern(lines.take(pa.array(plain, pa.int64())), delimiter)
+    cells = [pc.list_element(split, j) for j in range(len(columns))]
+    with_quote = rows[quoted[rows]]
+    if len(with_quote):  # the quoted rows' cells after the plain ones, then file order again
+        quoted_rows = [parsed[quote_row[int(line)]] for line in with_quote]
+        order = np.argsort(np.concatenate([plain, with_quote]), kind="stable")
+        cells = [
+            pa.concat_arrays([cells[j], pa.array([row[j] for row in quoted_rows], pa.string())]).take(
+                pa.array(order)
+            )
+            for j in range(len(columns))
+        ]
+    return columns, cells, rows + 1, bad
+
+
+def _csv_rows_slow(text: str, delimiter: str, path: Path, detail: dict[str, Any]) -> RawTable:
+    """The csv module over the whole text: records over several lines, odd quoting."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns: list[str] | None = None
     rows, lines, bad = [], [], []
@@ -403,7 +586,11 @@ def _csv_rows(text: str, delimiter: str, path: Path, detail: dict[str, Any]) -> 
         ) from exc
     if columns is None:
         raise InvalidInput(f"{path} is empty", param="path")
-    return RawTable(columns, rows, lines, detail, bad)
+    return RawTable(columns, _by_column(rows, len(columns)), np.asarray(lines, dtype=np.int64), detail, bad)
+
+
+def _by_column(rows: list[list[str]], width: int) -> list[pa.Array]:
+    return [pa.array([row[j] for row in rows], pa.string()) for j in range(width)]
 
 
 def _json_lines(text: str, path: Path, detail: dict[str, Any]) -> RawTable:
@@ -425,7 +612,8 @@ def _json_lines(text: str, path: Path, detail: dict[str, Any]) -> RawTable:
         raise InvalidInput(f"{path} is empty", param="path")
     columns = list(dict.fromkeys(key for value in objects for key in value))
     rows = [[_text(value.get(name)) for name in columns] for value in objects]
-    return RawTable([str(name) for name in columns], rows, lines, detail, bad)
+    cells = _by_column(rows, len(columns))
+    return RawTable([str(name) for name in columns], cells, np.asarray(lines, dtype=np.int64), detail, bad)
 
 
 def _text(value: object) -> str:
