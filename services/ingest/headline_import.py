@@ -269,8 +269,9 @@ def _build(
     rejected by line. Early and future times by ``time_fault``'s rule, field caps by
     ``field_fault``'s (title, guid, summary: the first over its cap names the reason).
     Every column stays an Arrow array: a million rows as Python lists cost seconds."""
-    taken = pa.array(keep, pa.int64())
-    column = lambda role: table.cells[positions[mapping[role]]].take(taken)  # type: ignore[index]  # noqa: E731
+    kept = np.zeros(len(table), dtype=bool)
+    kept[keep] = True
+    column = lambda role: _pick(table.cells[positions[mapping[role]]], kept)  # type: ignore[index]  # noqa: E731
     empty = pa.nulls(len(keep), pa.string()).fill_null("")
     titles = normalise_titles(column("title"))
     guids = strip(column("guid")) if mapping["guid"] else empty
@@ -282,15 +283,15 @@ def _build(
         reasons[index] = reason
     reasons[_lengths(titles) == 0] = "missing_title"
     _field_caps(reasons, titles, guids, summaries, limits)
-    good = np.flatnonzero(reasons == "")
+    passed = reasons == ""
+    good = np.flatnonzero(passed)
     for index in np.flatnonzero(reasons != ""):
         fault = parsed.faults.get(int(index))
         message = fault[1] if fault and fault[0] == reasons[index] else ""
         if reasons[index] in ("early_pubdate", "future_pubdate"):
             message = times[index].strip()  # with a date column: date and clock joined
         result.reject(str(reasons[index]), int(table.lines[keep[index]]), message)
-    picked = pa.array(good, pa.int64())
-    good_titles, good_guids = titles.take(picked), guids.take(picked)
+    good_titles, good_guids = _pick(titles, passed), _pick(guids, passed)
     missing = np.flatnonzero(_lengths(good_guids) == 0)
     if len(missing):  # the guid of a file without ids: the hash of its title and time
         hashes = payload_hashes(
@@ -303,9 +304,9 @@ def _build(
         mask = np.zeros(len(good), dtype=bool)
         mask[missing] = True
         good_guids = pc.replace_with_mask(good_guids, pa.array(mask), pa.array(hashes, pa.string()))
-    rows = pa.array(keep[good], pa.int64())
-    cells = [values.take(rows) for values in table.cells]
-    good_summaries = summaries.take(picked)
+    kept[keep[~passed]] = False
+    cells = [_pick(values, kept) for values in table.cells]
+    good_summaries = _pick(summaries, passed)
     filled = _lengths(good_summaries) > 0
     summary = (  # None where empty; with none anywhere an object column of None, as before
         pc.if_else(pa.array(filled), good_summaries, pa.scalar(None, pa.string())).to_pandas()
@@ -328,6 +329,11 @@ def _build(
         stored = {name: [] if isinstance(value, pd.Series) else value for name, value in stored.items()}
     frame = pd.DataFrame(stored)
     result.records = HeadlineRows(frame, table.columns, ColumnCells(cells))
+
+
+def _pick(values: pa.Array, mask: np.ndarray) -> pa.Array:
+    """The values where ``mask``; all of them as they are when it holds everywhere."""
+    return values if mask.all() else values.filter(pa.array(mask))
 
 
 def _lengths(values: pa.Array) -> np.ndarray:
