@@ -137,7 +137,10 @@ async def engine_alone(model_dir: Path, adapter_dir: Path, scratch: Path, count:
 
     from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
     from services.inference.engine import EngineConfig, LoraRef, VllmEngine
+    from services.inference.settings import InferenceSettings
 
+    # The replica runs under the service's GIL switch interval; the ceiling runs under the same.
+    sys.setswitchinterval(InferenceSettings.model_fields["gil_switch_interval_ms"].default / 1000)
     engine = VllmEngine.start(EngineConfig(model=str(model_dir), scratch_dir=str(scratch), **ENGINE))
     try:
         await engine.pin_base()

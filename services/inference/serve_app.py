@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class ModelDeployment:
         from services.inference.service import ModelService
 
         configure_logging(settings.log_level)
+        # Before the engine starts: its threads (vLLM's output handler) run under it too.
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         self._settings = settings
         self._service = await ModelService.start(settings)
 

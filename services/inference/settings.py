@@ -58,6 +58,13 @@ class InferenceSettings(CommonSettings):
     access_log: bool = Field(
         False, description="Ray Serve access log lines (one per request, proxy and replica); off saves CPU."
     )
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        description="The replica's sys.setswitchinterval, in ms (Python's default 5): how long a thread "
+        "waiting for the GIL may wait. The replica's request path crosses threads (HTTP loop, user-code "
+        "loop, vLLM's output handler, Ray's core worker); at 5 ms each handoff could wait that long.",
+    )
     max_full_models: int = Field(
         1, ge=0, description="Full fine-tunes served at once, each by its own vLLM engine; 0 serves none."
     )
