@@ -49,6 +49,7 @@ from services.ingest.headline_rows import (
     ColumnCells,
     HeadlineRows,
     normalise_titles,
+    not_plain,
     payload_hashes,
     title_keys,
 )
@@ -273,7 +274,9 @@ def _build(
     kept[keep] = True
     column = lambda role: _pick(table.cells[positions[mapping[role]]], kept)  # type: ignore[index]  # noqa: E731
     empty = pa.nulls(len(keep), pa.string()).fill_null("")
-    titles = normalise_titles(column("title"))
+    raw_titles = column("title")
+    odd_titles = not_plain(raw_titles)  # found once: the title keys look only at these again
+    titles = normalise_titles(raw_titles, odd_titles)
     guids = strip(column("guid")) if mapping["guid"] else empty
     summaries = normalise_titles(column("summary")) if mapping["summary"] else empty
     reasons = np.full(len(keep), "", dtype=object)
@@ -317,7 +320,7 @@ def _build(
         "source": source[:128],
         "guid": good_guids.to_pandas(),
         "title": good_titles.to_pandas(),
-        "title_key": title_keys(good_titles).to_pandas(),
+        "title_key": title_keys(good_titles, odd_titles[passed]).to_pandas(),
         "published_us": parsed.published_us[good],
         "link": None,
         "summary": summary,

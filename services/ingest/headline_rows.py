@@ -37,7 +37,7 @@ _JSON_ESCAPED = r'["\\\x00-\x1f]'  # what json.dumps escapes with ensure_ascii=F
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _not_plain(array: pa.Array) -> np.ndarray:
+def not_plain(array: pa.Array) -> np.ndarray:
     """Where ``_NOT_PLAIN`` matches, by literal kernels (a regex kernel per column cost about
     1 s a million rows; these a tenth of that). An empty string is plain: both functions give
     it back empty."""
@@ -58,14 +58,23 @@ def _fixed(array: pa.Array, odd: np.ndarray, function: Callable[[str], str]) -> 
     return pc.replace_with_mask(array, pa.array(odd), pa.array(fixed, pa.string()))
 
 
-def normalise_titles(values: pa.Array) -> pa.Array:
-    """``normalise_title`` of each value (a string array)."""
-    return _fixed(values, _not_plain(values), normalise_title)
+def normalise_titles(values: pa.Array, odd: np.ndarray | None = None) -> pa.Array:
+    """``normalise_title`` of each value (a string array); ``odd``: ``not_plain(values)``
+    when the caller has it."""
+    return _fixed(values, not_plain(values) if odd is None else odd, normalise_title)
 
 
-def title_keys(titles: pa.Array) -> pa.Array:
-    """``title_key`` of each (already normalised) title."""
-    odd = _not_plain(titles)  # the rest is printable ASCII: ascii_lower is utf8_lower there
+def title_keys(titles: pa.Array, maybe_odd: np.ndarray | None = None) -> pa.Array:
+    """``title_key`` of each (already normalised) title. ``maybe_odd``: where the titles
+    may not be plain (``not_plain`` of them before normalising: a plain title was left as
+    it was), so that only those are looked at again."""
+    if maybe_odd is None:
+        odd = not_plain(titles)  # the rest is printable ASCII: ascii_lower is utf8_lower there
+    else:
+        odd = np.zeros(len(titles), dtype=bool)
+        again = np.flatnonzero(maybe_odd)
+        if len(again):
+            odd[again] = not_plain(titles.take(pa.array(again)))
     key = pc.utf8_slice_codeunits(_ascii_keys(pc.if_else(pa.array(odd), "", titles)), 0, TITLE_KEY_CHARS)
     where = np.flatnonzero(odd)
     if not len(where):

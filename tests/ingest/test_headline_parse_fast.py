@@ -26,7 +26,7 @@ from services.ingest.headline_import import (
     sniff_delimiter,
     strip,
 )
-from services.ingest.headline_rows import normalise_titles, payload_hashes, title_keys
+from services.ingest.headline_rows import normalise_titles, not_plain, payload_hashes, title_keys
 from services.ingest.headlines import normalise_title, payload_sha256, title_key
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "headlines"
@@ -211,6 +211,8 @@ def test_column_kernels_equal_the_row_functions() -> None:
     normalised = [normalise_title(value) for value in values]
     assert normalise_titles(array).to_pylist() == normalised
     assert title_keys(pa.array(normalised)).to_pylist() == [title_key(value) for value in normalised]
+    keys = [title_key(value) for value in normalised]  # the raw titles' odd rows as the hint
+    assert title_keys(pa.array(normalised), not_plain(array)).to_pylist() == keys
     assert title_keys(pa.array(normalised).slice(7, 50)).to_pylist() == [
         title_key(v) for v in normalised[7:57]
     ]
