@@ -11,9 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 _bearer = HTTPBearer(auto_error=False, description="HSIG_API_TOKEN")
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
+    # async: a plain def would run in FastAPI's thread pool, a thread hop per request.
     expected: str = request.app.state.settings.api_token
     if credentials is None:
         raise HTTPException(
