@@ -169,11 +169,16 @@ class ColumnCells(Sequence[list[str]]):
     def __getitem__(self, index: int | slice) -> list[str] | list[list[str]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+        index = _position(index, len(self))
         return [values[index].as_py() for values in self.columns]
+
+
+def _position(index: int, length: int) -> int:
+    """A sequence index (negative counts from the end); IndexError outside the sequence."""
+    position = index + length if index < 0 else index
+    if not 0 <= position < length:
+        raise IndexError(index)
+    return position
 
 
 class HeadlineRows(Sequence[HeadlineRecord]):
@@ -195,10 +200,7 @@ class HeadlineRows(Sequence[HeadlineRecord]):
     def __getitem__(self, index: int | slice) -> HeadlineRecord | list[HeadlineRecord]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+        index = _position(index, len(self))
         row = self.frame.iloc[index]
         summary = row["summary"]
         return HeadlineRecord(
