@@ -1,4 +1,4 @@
-"""POST /v1/walk-forwards/{id}/cancel on the real backtest app (both dialects), with the
+"""POST /v1/walk-forwards/{id}/cancel on the real backtest app (PostgreSQL), with the
 pipeline's real walk-forward worker: a queued walk-forward is cancelled at once with the
 training jobs a stopped attempt left waiting; a running one is ``cancelling`` until its worker
 has finished the fold in progress, then ``cancelled`` before the next fold, and a rerun of the
@@ -24,6 +24,7 @@ from services.backtest.settings import BacktestSettings
 from services.common.settings import get_settings
 from services.common.walk_forward_plan import state_path
 from services.common.walk_forward_queue import job_key
+from tests.conftest import _truncate_all
 from tests.pipeline.conftest import stored_jobs
 from tests.support.waits import wait_for
 from tests.trainer.planted import insert_rows, planted_rows
@@ -47,6 +48,17 @@ GOOD = {
 # A trainer service's worker trains the folds: the walk-forward waits for each job, which lets
 # a test hold a fold open (nobody runs its job) and cancel while it is in progress.
 QUEUED_JOBS = {**GOOD, "run_jobs": "queue"}
+
+
+# Each case starts a real worker and trains a fold, so this file runs on PostgreSQL, the
+# deployed database, only (the suite's time; SQLite took 126 s of it): the queue's cancel
+# states themselves are checked on both dialects in tests/common/test_queue.py.
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url = request.getfixturevalue(f"{request.param}_url")
+    _truncate_all(url)
+    yield url
+    _truncate_all(url)
 
 
 @pytest.fixture
