@@ -107,7 +107,11 @@ def stored_at(db_url: str, revision: str) -> Iterator[Connection]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A migrated, empty database: each test using it runs on SQLite and on PostgreSQL."""
-    url = request.getfixturevalue(f"{request.param}_url")
+    yield from empty_database(request.getfixturevalue(f"{request.param}_url"))
+
+
+def empty_database(url: str) -> Iterator[str]:
+    """``url`` emptied before and after the test (a fixture body: ``yield from``)."""
     _truncate_all(url)
     yield url
     _truncate_all(url)

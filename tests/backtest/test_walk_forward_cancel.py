@@ -24,7 +24,7 @@ from services.backtest.settings import BacktestSettings
 from services.common.settings import get_settings
 from services.common.walk_forward_plan import state_path
 from services.common.walk_forward_queue import job_key
-from tests.conftest import _truncate_all
+from tests.conftest import empty_database
 from tests.pipeline.conftest import stored_jobs
 from tests.support.waits import wait_for
 from tests.trainer.planted import insert_rows, planted_rows
@@ -55,10 +55,7 @@ QUEUED_JOBS = {**GOOD, "run_jobs": "queue"}
 # states themselves are checked on both dialects in tests/common/test_queue.py.
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url = request.getfixturevalue(f"{request.param}_url")
-    _truncate_all(url)
-    yield url
-    _truncate_all(url)
+    yield from empty_database(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture
