@@ -25,7 +25,7 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     upgrade(db_url)
     with get_engine(db_url).connect() as connection:
         versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    assert versions == [ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()] == ["0008"]
+    assert versions == [ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()] == ["0009"]
 
 
 def test_times_round_trip_as_aware_utc(db_url: str) -> None:

@@ -184,7 +184,9 @@ class LabelledRow(Base):
         UniqueConstraint(
             "headline_id", "exchange", "symbol", "timeframe", "horizon", name="uq_labelled_rows_key"
         ),
-        Index("ix_labelled_rows_time", "symbol", "horizon", "headline_time"),
+        Index("ix_labelled_rows_time", "symbol", "horizon", "headline_time"),  # the export's reads
+        # The windows' reads by split time (known_at - 1 s) and the schedule's max(known_at): 0009.
+        Index("ix_labelled_rows_known_at", "symbol", "horizon", "known_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
