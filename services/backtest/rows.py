@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from services.backtest.strategy import Windows
 from services.common import labelling
 from services.common.db import session_scope
 from services.common.db.models import Candle, LabelledRow, candles_between
 from services.common.errors import InvalidInput
-from services.common.labelled_rows import labelled_row_filters, select_labelled_rows
+from services.common.labelled_rows import SECOND, labelled_row_filters, select_labelled_rows
 from services.common.prompts import DECREASE, INCREASE
 
 
@@ -136,18 +137,25 @@ def load_rows(
     )
 
 
-def _empty_message(session, symbol, horizon, start, end) -> str:  # type: ignore[no-untyped-def]
+def _empty_message(
+    session: Session, symbol: str, horizon: str, start: datetime | None, end: datetime | None
+) -> str:
+    """Why a window is empty, on the axis it was read on: the split time (known_at - 1 s), so a
+    row dated only to a day whose headline time is inside the window but known after it (a row
+    that is rightly not there) is not reported as if it were."""
     first, last, count = session.execute(
-        select(func.min(LabelledRow.headline_time), func.max(LabelledRow.headline_time), func.count()).where(
+        select(func.min(LabelledRow.known_at), func.max(LabelledRow.known_at), func.count()).where(
             LabelledRow.symbol == symbol, LabelledRow.horizon == horizon
         )
     ).one()
     window = f"between {start.isoformat() if start else 'the start'} and {end.isoformat() if end else 'now'}"
     if not count:
         return f"no labelled rows for {symbol} {horizon} at all: run `hsig ingest` and label headlines first"
+    stored = f"the {count} stored row runs" if count == 1 else f"the {count} stored rows run"
     return (
-        f"no labelled rows for {symbol} {horizon} {window}; "
-        f"the {count} stored rows run from {first.isoformat()} to {last.isoformat()}"
+        f"no labelled rows for {symbol} {horizon} {window} by when they became known (known_at - 1 s, "
+        f"not the headline time); {stored} from {(first - SECOND).isoformat()} to "
+        f"{(last - SECOND).isoformat()} on that time"
     )
 
 

@@ -210,3 +210,22 @@ def test_the_rolling_window_holds_the_newest_row_dated_only_to_the_day(
     assert config.end == day.known_at  # the window [start, end) on known_at - 1 s ends just after it
     rows = load_rows(url, SYMBOL, HORIZON, config.start, config.end)
     assert {day.id, second.id} <= set(rows.row_id.tolist())
+
+
+def test_an_empty_window_says_rows_are_read_by_known_at(backtest_settings: BacktestSettings) -> None:
+    """A day-dated row whose day began inside the window is known only at its end: the window is
+    rightly empty, and the message reports the stored rows on the axis it read (known_at - 1 s),
+    not on the headline time, which would put the row inside the window it is missing from."""
+    url = backtest_settings.resolved_database_url
+    opens, closes = prices()
+    with session_scope(url) as session:
+        day = add_row(session, 0, START + timedelta(days=5, hours=12), Precision.day, "UTC", opens, closes)
+    start, end = day.headline_time - HOUR, day.split  # windows are start <= known_at - 1 s < end
+    with pytest.raises(InvalidInput) as caught:
+        load_rows(url, SYMBOL, HORIZON, start, end)
+    message = caught.value.message
+    assert f"between {start.isoformat()} and {end.isoformat()} by when they became known" in message
+    assert "(known_at - 1 s, not the headline time)" in message
+    assert f"the 1 stored row runs from {day.split.isoformat()} to {day.split.isoformat()}" in message
+    assert day.headline_time.isoformat() not in message
+    assert load_rows(url, SYMBOL, HORIZON, start, end + timedelta(seconds=1)).row_id.tolist() == [day.id]
