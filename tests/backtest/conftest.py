@@ -8,23 +8,40 @@ independent of it; the reproduce test uses the real one on the bundled data.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from services.backtest.app import build_app
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
 from services.common.db.models import Adapter, BacktestRun, Candle, Headline, LabelledRow
 from services.common.schemas import AdapterManifest
 from services.common.settings import get_settings
 from tests.support.waits import wait_for
+from tests.trainer.planted import insert_rows, planted_rows
 
 START = datetime(2019, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+# A walk-forward of two folds on the walk-forward fixtures' 200 planted hourly rows from
+# 2020-01-01 (the tests/pipeline walk-forward's settings); a test adds its name.
+WALK_FORWARD_PLAN = {
+    "model": "tiny",
+    "methods": ["lora"],
+    "train_days": 4,
+    "test_days": 1,
+    "k": 2,
+    "max_steps": 4,
+    "include_base": False,
+    "baselines": ["always_increase", "majority"],
+    "bootstrap_reps": 100,
+}
 
 
 def stored_runs(url: str) -> list[BacktestRun]:
@@ -102,3 +119,40 @@ def backtest_settings(
 @pytest.fixture
 def market(backtest_settings: BacktestSettings) -> dict[str, int]:
     return seed_market(backtest_settings.resolved_database_url)
+
+
+@pytest.fixture
+def wf_env() -> dict[str, str]:
+    """More environment for ``wf_settings`` (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def wf_settings(
+    settings_env: Path,
+    db_url: str,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    wf_env: dict[str, str],
+) -> Iterator[BacktestSettings]:
+    """A walk-forward's backtest settings: the test database holding 200 planted hourly rows
+    (``WALK_FORWARD_PLAN``'s two folds), the tiny model under the models volume."""
+    monkeypatch.setenv("HSIG_DATABASE_URL", db_url)
+    monkeypatch.setenv("HSIG_SCHEDULE_CRON", "off")
+    monkeypatch.setenv("HSIG_BOOTSTRAP_REPS", "100")
+    for name, value in wf_env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings(BacktestSettings)
+    insert_rows(db_url, planted_rows(200))
+    # "tiny" is built on first use under the models volume: the session's copy saves the build.
+    shutil.copytree(tiny_model_dir, settings.models_path / "tiny-llama")
+    yield settings
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def wf_client(wf_settings: BacktestSettings) -> Iterator[TestClient]:
+    """The real backtest app on ``wf_settings``."""
+    with TestClient(build_app(wf_settings)) as test_client:
+        yield test_client

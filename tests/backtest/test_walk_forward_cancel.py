@@ -7,7 +7,6 @@ name resumes there; a finished one is a 409 naming its state, an unknown id a 40
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,32 +18,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.backtest.app import build_app
 from services.backtest.settings import BacktestSettings
-from services.common.settings import get_settings
 from services.common.walk_forward_plan import state_path
 from services.common.walk_forward_queue import job_key
+from tests.backtest.conftest import WALK_FORWARD_PLAN
 from tests.conftest import empty_database
 from tests.pipeline.conftest import stored_jobs
 from tests.support.waits import wait_for
-from tests.trainer.planted import insert_rows, planted_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer test-token"}
 NAME = "wf-cancel"
-# Two folds on the 200 planted hourly rows from 2020-01-01, as in test_walk_forward_api.py.
-GOOD = {
-    "name": NAME,
-    "model": "tiny",
-    "methods": ["lora"],
-    "train_days": 4,
-    "test_days": 1,
-    "k": 2,
-    "max_steps": 4,
-    "include_base": False,
-    "baselines": ["always_increase", "majority"],
-    "bootstrap_reps": 100,
-}
+GOOD = {"name": NAME, **WALK_FORWARD_PLAN}
 # A trainer service's worker trains the folds: the walk-forward waits for each job, which lets
 # a test hold a fold open (nobody runs its job) and cancel while it is in progress.
 QUEUED_JOBS = {**GOOD, "run_jobs": "queue"}
@@ -59,25 +44,8 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(
-    settings_env: Path, db_url: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[BacktestSettings]:
-    monkeypatch.setenv("HSIG_DATABASE_URL", db_url)
-    monkeypatch.setenv("HSIG_SCHEDULE_CRON", "off")
-    monkeypatch.setenv("HSIG_BOOTSTRAP_REPS", "100")
-    monkeypatch.setenv("HSIG_WORKER_POLL_SECONDS", "0.2")  # how often a walk-forward looks at its job
-    get_settings.cache_clear()
-    settings = get_settings(BacktestSettings)
-    insert_rows(db_url, planted_rows(200))
-    shutil.copytree(tiny_model_dir, settings.models_path / "tiny-llama")
-    yield settings
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def client(settings: BacktestSettings) -> Iterator[TestClient]:
-    with TestClient(build_app(settings)) as test_client:
-        yield test_client
+def wf_env() -> dict[str, str]:
+    return {"HSIG_WORKER_POLL_SECONDS": "0.2"}  # how often a walk-forward looks at its job
 
 
 def _cancel(client: TestClient, item_id: int) -> Any:
@@ -103,22 +71,22 @@ def _run_trainer_job(settings: BacktestSettings, job_id: int) -> None:
     assert jobs.get_job(settings.resolved_database_url, job_id).state == "succeeded"
 
 
-def test_unknown_ids_are_a_404_and_cancel_needs_the_token(client: TestClient) -> None:
-    answer = _cancel(client, 999_999)
+def test_unknown_ids_are_a_404_and_cancel_needs_the_token(wf_client: TestClient) -> None:
+    answer = _cancel(wf_client, 999_999)
     assert answer.status_code == 404
     assert answer.json()["error"]["message"] == "walk-forward 999999 does not exist"
-    queued = client.post("/v1/walk-forwards", json=GOOD, headers=AUTH).json()
-    assert client.post(f"/v1/walk-forwards/{queued['id']}/cancel").status_code == 401
-    assert client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "queued"
+    queued = wf_client.post("/v1/walk-forwards", json=GOOD, headers=AUTH).json()
+    assert wf_client.post(f"/v1/walk-forwards/{queued['id']}/cancel").status_code == 401
+    assert wf_client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "queued"
 
 
 def test_a_queued_walk_forward_is_cancelled_at_once_with_the_jobs_its_stopped_attempt_left(
-    client: TestClient, settings: BacktestSettings
+    wf_client: TestClient, wf_settings: BacktestSettings
 ) -> None:
     from services.pipeline.walk_forward_worker import run_worker
 
-    url = settings.resolved_database_url
-    queued = client.post("/v1/walk-forwards", json=QUEUED_JOBS, headers=AUTH).json()
+    url = wf_settings.resolved_database_url
+    queued = wf_client.post("/v1/walk-forwards", json=QUEUED_JOBS, headers=AUTH).json()
     # A real worker process queues fold 1's job for the trainer, then is stopped (SIGTERM, as
     # compose stops it): the walk-forward goes back to the queue, its job stays waiting.
     worker = subprocess.Popen(
@@ -131,19 +99,19 @@ def test_a_queued_walk_forward_is_cancelled_at_once_with_the_jobs_its_stopped_at
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
-    assert client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "queued"
+    assert wf_client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "queued"
     assert first.state == "queued"
     # Another walk-forward's waiting job is not this one's to cancel.
     from services.trainer import jobs
 
     other, _ = jobs.QUEUE.submit(url, first.config, job_key("wf-other", 1, "lora"), adapter_name="x")
 
-    answer = _cancel(client, queued["id"])
+    answer = _cancel(wf_client, queued["id"])
     assert answer.status_code == 200, answer.text
     cancelled = answer.json()
     assert cancelled["state"] == "cancelled" and cancelled["finished_at"] is not None
     assert cancelled["error"] == "cancelled before it started"
-    assert client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "cancelled"
+    assert wf_client.get(f"/v1/walk-forwards/{queued['id']}").json()["state"] == "cancelled"
     job = jobs.get_job(url, first.id)
     assert job.state == "cancelled" and job.finished_at is not None
     assert job.idempotency_key is None  # released: a rerun of the name trains it afresh
@@ -151,54 +119,54 @@ def test_a_queued_walk_forward_is_cancelled_at_once_with_the_jobs_its_stopped_at
     assert job_key(NAME, 1, "lora") in job.error
     assert jobs.get_job(url, other.id).state == "queued"
 
-    again = _cancel(client, queued["id"])  # already cancelled: a 409 that names the state
+    again = _cancel(wf_client, queued["id"])  # already cancelled: a 409 that names the state
     assert again.status_code == 409
     assert again.json()["error"]["message"] == f"walk-forward {queued['id']} has already cancelled"
-    assert run_worker(settings, once=True) == 0  # nothing left to claim
+    assert run_worker(wf_settings, once=True) == 0  # nothing left to claim
     assert jobs.get_job(url, first.id).state == "cancelled"
 
-    rerun = client.post("/v1/walk-forwards", json=GOOD, headers=AUTH)  # the name may run again
+    rerun = wf_client.post("/v1/walk-forwards", json=GOOD, headers=AUTH)  # the name may run again
     assert rerun.status_code == 202
-    assert run_worker(settings, once=True) == 1
-    done = client.get(f"/v1/walk-forwards/{rerun.json()['id']}").json()
+    assert run_worker(wf_settings, once=True) == 1
+    done = wf_client.get(f"/v1/walk-forwards/{rerun.json()['id']}").json()
     assert done["state"] == "succeeded", done
     assert [fold["versions"]["lora"]["state"] for fold in done["folds"]] == ["succeeded", "succeeded"]
     assert done["folds"][0]["versions"]["lora"]["job_id"] != first.id  # not the cancelled job
-    finished = _cancel(client, rerun.json()["id"])
+    finished = _cancel(wf_client, rerun.json()["id"])
     assert finished.status_code == 409
     assert finished.json()["error"]["message"] == f"walk-forward {rerun.json()['id']} has already succeeded"
 
 
 def test_a_running_walk_forward_finishes_its_fold_and_stops_before_the_next(
-    client: TestClient, settings: BacktestSettings
+    wf_client: TestClient, wf_settings: BacktestSettings
 ) -> None:
     from services.pipeline.walk_forward_worker import run_worker
     from services.trainer import jobs
 
-    url = settings.resolved_database_url
-    item_id = client.post("/v1/walk-forwards", json=QUEUED_JOBS, headers=AUTH).json()["id"]
+    url = wf_settings.resolved_database_url
+    item_id = wf_client.post("/v1/walk-forwards", json=QUEUED_JOBS, headers=AUTH).json()["id"]
     stop = threading.Event()
     ran: list[int] = []
     worker = threading.Thread(
-        target=lambda: ran.append(run_worker(settings, poll_seconds=0.1, stop=stop)), daemon=True
+        target=lambda: ran.append(run_worker(wf_settings, poll_seconds=0.1, stop=stop)), daemon=True
     )
     worker.start()
     try:
         job = wait_for(lambda: _job(url, job_key(NAME, 1, "lora")), seconds=120, what="fold 1's job")
-        running = client.get(f"/v1/walk-forwards/{item_id}").json()
+        running = wf_client.get(f"/v1/walk-forwards/{item_id}").json()
         assert running["state"] == "running" and "fold 1/2" in running["progress"]
 
-        first = _cancel(client, item_id)
+        first = _cancel(wf_client, item_id)
         assert first.status_code == 200, first.text
         assert first.json()["state"] == "cancelling" and first.json()["finished_at"] is None
-        again = _cancel(client, item_id)  # idempotent: the same state, nothing else changes
+        again = _cancel(wf_client, item_id)  # idempotent: the same state, nothing else changes
         assert again.status_code == 200 and again.json()["state"] == "cancelling"
-        assert client.get(f"/v1/walk-forwards/{item_id}").json()["state"] == "cancelling"
+        assert wf_client.get(f"/v1/walk-forwards/{item_id}").json()["state"] == "cancelling"
         assert _job(url, job_key(NAME, 1, "lora")).state == "queued"  # the fold in progress goes on
 
-        _run_trainer_job(settings, job.id)  # the fold's training ends; the worker scores the fold
+        _run_trainer_job(wf_settings, job.id)  # the fold's training ends; the worker scores the fold
         wait_for(
-            lambda: client.get(f"/v1/walk-forwards/{item_id}").json()["state"] == "cancelled",
+            lambda: wf_client.get(f"/v1/walk-forwards/{item_id}").json()["state"] == "cancelled",
             seconds=180,
             what="the worker to stop at the fold boundary",
         )
@@ -210,7 +178,7 @@ def test_a_running_walk_forward_finishes_its_fold_and_stops_before_the_next(
         worker.join(timeout=120)
     assert ran == [1]
 
-    item = client.get(f"/v1/walk-forwards/{item_id}").json()
+    item = wf_client.get(f"/v1/walk-forwards/{item_id}").json()
     assert item["finished_at"] is not None and item["attempts"] == 1
     assert item["error"] == "cancelled on request, stopped before fold 2 of 2"
     assert item["progress"] == item["error"]
@@ -219,17 +187,17 @@ def test_a_running_walk_forward_finishes_its_fold_and_stops_before_the_next(
     assert item["folds"][1]["versions"] == {} and item["folds"][1]["backtest"] is None
     assert item["pooled"] is None
     assert [job.idempotency_key for job in stored_jobs(url)] == [job_key(NAME, 1, "lora")]
-    on_disk = state_path(settings.reports_path, NAME).read_text()
+    on_disk = state_path(wf_settings.reports_path, NAME).read_text()
     assert '"pooled": null' in on_disk
 
-    finished = _cancel(client, item_id)
+    finished = _cancel(wf_client, item_id)
     assert finished.status_code == 409
     assert finished.json()["error"]["message"] == f"walk-forward {item_id} has already cancelled"
 
-    rerun = client.post("/v1/walk-forwards", json=GOOD, headers=AUTH)  # resumes at fold 2
+    rerun = wf_client.post("/v1/walk-forwards", json=GOOD, headers=AUTH)  # resumes at fold 2
     assert rerun.status_code == 202
-    assert run_worker(settings, once=True) == 1
-    done = client.get(f"/v1/walk-forwards/{rerun.json()['id']}").json()
+    assert run_worker(wf_settings, once=True) == 1
+    done = wf_client.get(f"/v1/walk-forwards/{rerun.json()['id']}").json()
     assert done["state"] == "succeeded" and done["pooled"]["folds_covered"] == [1, 2]
     assert done["folds"][0]["versions"]["lora"]["job_id"] == job.id  # fold 1 was not trained again
     assert len(stored_jobs(url)) == 2
