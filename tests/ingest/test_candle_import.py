@@ -5,10 +5,6 @@ every kind; stored into SQLite and PostgreSQL through the backfill, idempotently
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +29,7 @@ from services.ingest.candle_import import (
 from services.ingest.settings import IngestSettings
 from services.ingest.store import COPY_THRESHOLD, quarantine_candles, upsert_candles
 from services.pipeline.replay_server import generated_series
-from tests.conftest import REPO_ROOT
+from tests.support.cli import hsig_command, refusal, summary
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "candles"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
@@ -270,33 +266,18 @@ def test_backfill_of_an_unknown_layout_stores_nothing(ingest_settings: IngestSet
 
 
 def test_cli_one_line_for_an_unknown_layout_and_a_summary_for_a_partly_bad_file(tmp_path: Path) -> None:
-    env = {**os.environ, "HSIG_DATA_DIR": str(tmp_path / "var"), "OMP_NUM_THREADS": "1"}
-    env.pop("HSIG_DATABASE_URL", None)
-    env.pop("DATABASE_URL", None)
-
-    def hsig(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "services.pipeline.cli", "ingest", "backfill-candles", *args]
-        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-    refused = hsig(str(FIXTURES / "unknown_layout.csv"))
-    assert refused.returncode == 2 and refused.stdout == ""
-    lines = refused.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1 and lines[0].startswith("hsig: error: ") and "['when', 'price', 'size']" in lines[0]
-    )
-    done = hsig(str(FIXTURES / "bad_rows_1h.csv"), "--exchange", "csvexchange", "--timeframe", "1h")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["stored"] == 3 and summary["rejected"]["bad_price"] == 1
-    assert summary["detail"]["rejected_lines"]["malformed_row"] == [12]
+    hsig = hsig_command(tmp_path / "var", "ingest", "backfill-candles")
+    assert "['when', 'price', 'size']" in refusal(hsig(str(FIXTURES / "unknown_layout.csv")))
+    done = summary(hsig(str(FIXTURES / "bad_rows_1h.csv"), "--exchange", "csvexchange", "--timeframe", "1h"))
+    assert done["stored"] == 3 and done["rejected"]["bad_price"] == 1
+    assert done["detail"]["rejected_lines"]["malformed_row"] == [12]
     generic = hsig(
         str(FIXTURES / "generic_btcusd_15m.csv"),
         *("--column", "time=Time (UTC)", "--column", "open=O", "--column", "high=H"),
         *("--column", "low=L", "--column", "close=C", "--column", "volume=Vol (BTC)"),
         *("--time-format", "%d/%m/%Y %H:%M"),
     )
-    assert generic.returncode == 0, generic.stderr
-    assert json.loads(generic.stdout.strip().splitlines()[-1])["stored"] == 4
+    assert summary(generic)["stored"] == 4
 
 
 def test_a_large_frame_is_stored_exactly_and_upserted(ingest_settings: IngestSettings) -> None:

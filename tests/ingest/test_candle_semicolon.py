@@ -6,10 +6,6 @@ tests/fixtures/candles/*semicolon* and generic_btcusd_1h.tsv."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +20,7 @@ from services.common.errors import InvalidInput
 from services.ingest.backfill import backfill_candles_csv
 from services.ingest.candle_import import CandleImport, ImportOptions, import_candle_file
 from services.ingest.settings import IngestSettings
-from tests.conftest import REPO_ROOT
+from tests.support.cli import hsig_command, refusal, summary
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "candles"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
@@ -137,21 +133,7 @@ def test_backfill_stores_the_decimal_comma_values(ingest_settings: IngestSetting
 
 
 def test_cli_delimiter_and_the_one_line_refusal(tmp_path: Path) -> None:
-    env = {**os.environ, "HSIG_DATA_DIR": str(tmp_path / "var"), "OMP_NUM_THREADS": "1"}
-    env.pop("HSIG_DATABASE_URL", None)
-    env.pop("DATABASE_URL", None)
-
-    def hsig(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "services.pipeline.cli", "ingest", "backfill-candles", *args]
-        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-    done = hsig(str(FIXTURES / "cdd_old_btceur_1h_semicolon.csv"), "--delimiter", "semicolon")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["stored"] == 3 and summary["detail"]["layout"] == "cryptodatadownload"
-    refused = hsig(str(FIXTURES / "unknown_layout_semicolon.csv"))
-    assert refused.returncode == 2 and refused.stdout == ""
-    lines = refused.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1 and lines[0].startswith("hsig: error: ") and "['when', 'price', 'size']" in lines[0]
-    )
+    hsig = hsig_command(tmp_path / "var", "ingest", "backfill-candles")
+    done = summary(hsig(str(FIXTURES / "cdd_old_btceur_1h_semicolon.csv"), "--delimiter", "semicolon"))
+    assert done["stored"] == 3 and done["detail"]["layout"] == "cryptodatadownload"
+    assert "['when', 'price', 'size']" in refusal(hsig(str(FIXTURES / "unknown_layout_semicolon.csv")))

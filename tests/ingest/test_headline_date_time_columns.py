@@ -6,10 +6,6 @@ rejects its row by line. The fixtures are tests/fixtures/headlines/date_time_*."
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +20,7 @@ from services.ingest.backfill import backfill_headline_csv
 from services.ingest.headline_import import ColumnMap, HeadlineImport, ReadOptions, import_headlines
 from services.ingest.headline_times import clock_cells
 from services.ingest.settings import IngestSettings
-from tests.conftest import REPO_ROOT
+from tests.support.cli import hsig_command, refusal, summary
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "headlines"
 P = Precision
@@ -198,19 +194,7 @@ def test_backfill_stores_the_joined_times_with_their_precision(ingest_settings: 
 
 
 def test_cli_date_plus_time_and_a_one_line_refusal(tmp_path: Path) -> None:
-    env = {**os.environ, "HSIG_DATA_DIR": str(tmp_path / "var"), "OMP_NUM_THREADS": "1"}
-    env.pop("HSIG_DATABASE_URL", None)
-    env.pop("DATABASE_URL", None)
-
-    def hsig(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "services.pipeline.cli", "ingest", "backfill-headlines", *args]
-        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-    done = hsig(str(FIXTURES / "date_time_unnamed.csv"), "--time-column", "on+at")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["stored"] == 2 and summary["detail"]["precision"] == {"minute": 1, "day": 1}
-    refused = hsig(str(FIXTURES / "date_time_unnamed.csv"), "--time-column", "on+when")
-    assert refused.returncode == 2 and refused.stdout == ""
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hsig: error: ") and "'on+when'" in lines[0]
+    hsig = hsig_command(tmp_path / "var", "ingest", "backfill-headlines")
+    done = summary(hsig(str(FIXTURES / "date_time_unnamed.csv"), "--time-column", "on+at"))
+    assert done["stored"] == 2 and done["detail"]["precision"] == {"minute": 1, "day": 1}
+    assert "'on+when'" in refusal(hsig(str(FIXTURES / "date_time_unnamed.csv"), "--time-column", "on+when"))
