@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -26,13 +24,14 @@ from services.backtest.rows import load_rows, previous_closed_moves
 from services.backtest.schedule import rolling_config
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
-from services.common.db.models import Candle, Headline, LabelledRow
+from services.common.db.models import Candle
 from services.common.errors import InvalidInput
-from services.common.labelled_rows import read_labelled_rows, split_time
+from services.common.labelled_rows import read_labelled_rows
 from services.common.schemas import AdapterManifest, TrainingWindow
-from services.common.time_precision import Precision, known_at, period_start
+from services.common.time_precision import Precision
 from services.trainer.config import DataConfig
 from services.trainer.datasets import trend_split
+from tests.support.known_at_rows import Row, labelled, store
 
 START = datetime(2020, 3, 1, tzinfo=UTC)  # crosses the US and EU DST changes
 HOURS = 24 * 40
@@ -41,42 +40,11 @@ ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia
 SYMBOL, HORIZON = "BTC/USD", "1h"
 
 
-@dataclass(frozen=True)
-class Stored:
-    id: int
-    headline_time: datetime
-    known_at: datetime
-    entry_time: datetime
-    exit_time: datetime
-    precision: Precision
-
-    @property
-    def split(self) -> datetime:
-        return split_time(self.headline_time, self.known_at)
-
-
-def add_row(session, number: int, moment: datetime, precision: Precision, zone: str, opens, closes) -> Stored:  # type: ignore[no-untyped-def]
+def add_row(session, number: int, moment: datetime, precision: Precision, zone: str, opens, closes) -> Row:  # type: ignore[no-untyped-def]
     """One headline and its labelled row, as the labeller derives them from ``moment``."""
-    tz = ZoneInfo(zone)
-    start, known = period_start(moment, precision, tz), known_at(moment, precision, tz)
-    index = math.ceil((known - START) / HOUR)  # the first candle opening at or after known_at
-    entry, exit_ = float(opens[index]), float(closes[index])
-    headline = Headline(
-        source="test", guid=f"g{number}", title=f"Headline {number}", title_key=f"headline {number}",
-        published_at=start, payload_sha256="0" * 64, time_precision=precision.value, known_at=known,
-    )  # fmt: skip
-    session.add(headline)
-    session.flush()
-    row = LabelledRow(
-        headline_id=headline.id, exchange="test", symbol=SYMBOL, timeframe="1h", horizon=HORIZON,
-        headline_time=start, known_at=known, entry_time=START + index * HOUR,
-        exit_time=START + (index + 1) * HOUR, entry_price=entry, exit_price=exit_,
-        return_=exit_ / entry - 1, label="Increase" if exit_ > entry else "Decrease",
-        market_situation="Steady small increase after a steady small decrease", situation_candles=[],
-    )  # fmt: skip
-    session.add(row)
-    session.flush()
-    return Stored(row.id, start, known, row.entry_time, row.exit_time, precision)
+    row = labelled(number, moment, precision, zone)
+    index = (row.entry_time - START) // HOUR  # the first candle opening at or after known_at
+    return store(session, row, float(opens[index]), float(closes[index]))
 
 
 def prices(seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +52,7 @@ def prices(seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[5000.0], closes[:-1]]), closes
 
 
-def seed(url: str, count: int = 240, seed: int = 11) -> list[Stored]:
+def seed(url: str, count: int = 240, seed: int = 11) -> list[Row]:
     """Hourly candles on a random walk and ``count`` labelled rows of random precision and zone."""
     rng = random.Random(seed)
     opens, closes = prices(seed)
@@ -106,12 +74,12 @@ def seed(url: str, count: int = 240, seed: int = 11) -> list[Stored]:
 
 
 @pytest.fixture
-def stored(backtest_settings: BacktestSettings) -> list[Stored]:
+def stored(backtest_settings: BacktestSettings) -> list[Row]:
     return seed(backtest_settings.resolved_database_url)
 
 
 def test_a_backtest_window_holds_the_rows_known_in_it(
-    backtest_settings: BacktestSettings, stored: list[Stored]
+    backtest_settings: BacktestSettings, stored: list[Row]
 ) -> None:
     url = backtest_settings.resolved_database_url
     rng = random.Random(3)
@@ -135,7 +103,7 @@ def test_a_backtest_window_holds_the_rows_known_in_it(
 
 
 def test_the_trainers_manifest_and_the_guard_agree_on_what_is_out_of_sample(
-    backtest_settings: BacktestSettings, stored: list[Stored]
+    backtest_settings: BacktestSettings, stored: list[Row]
 ) -> None:
     """Train on the rows (by share, as `hsig train run` does), record the window as the manifest
     does, and score every later window: the guard refuses exactly the rows at or before
@@ -178,7 +146,7 @@ def test_the_trainers_manifest_and_the_guard_agree_on_what_is_out_of_sample(
 
 
 def test_momentum_reads_the_last_candle_closed_by_known_at(
-    backtest_settings: BacktestSettings, stored: list[Stored]
+    backtest_settings: BacktestSettings, stored: list[Row]
 ) -> None:
     url = backtest_settings.resolved_database_url
     rows = load_rows(url, SYMBOL, HORIZON, START, START + HOURS * HOUR)
@@ -195,7 +163,7 @@ def test_momentum_reads_the_last_candle_closed_by_known_at(
 
 
 def test_the_rolling_window_holds_the_newest_row_dated_only_to_the_day(
-    backtest_settings: BacktestSettings, stored: list[Stored]
+    backtest_settings: BacktestSettings, stored: list[Row]
 ) -> None:
     """The newest row is dated only to a day in New York: its headline_time (that day's first
     midnight there) is older than the newest second-precision row, its known_at the newest."""

@@ -18,37 +18,16 @@ from datetime import UTC, datetime, timedelta
 from services.backtest.rows import load_rows
 from services.backtest.settings import BacktestSettings
 from services.common.db import session_scope
-from services.common.db.models import Headline, LabelledRow
+from services.common.time_precision import Precision
 from services.common.walk_forward_plan import WalkForwardOptions, prepare_walk_forward
 from services.pipeline.walk_forward import _train_config
 from services.trainer.datasets import build_dataset, load_rows_from_database
 from services.trainer.windows import longest_label_span_seconds, row_time
+from tests.support.known_at_rows import labelled, store
 
 START = datetime(2020, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
-
-
-def _store(session, number: int, headline_time: datetime, shift: timedelta, up: bool) -> None:  # type: ignore[no-untyped-def]
-    """A headline known ``shift`` after its time and its 1h row, entered at the next hourly open."""
-    known = headline_time + shift
-    entry = START + -((START - known) // HOUR) * HOUR  # the first open at or after known_at
-    precision = "minute" if shift == MINUTE else "second"
-    headline = Headline(
-        source="csv:cnbc_headlines" if precision == "minute" else "rss:cnbc", guid=f"g{number}",
-        title=f"Headline {number}", title_key=f"headline {number}", published_at=headline_time,
-        payload_sha256="0" * 64, time_precision=precision, known_at=known,
-    )  # fmt: skip
-    session.add(headline)
-    session.flush()
-    session.add(
-        LabelledRow(
-            headline_id=headline.id, exchange="test", symbol="BTC/USD", timeframe="1h", horizon="1h",
-            headline_time=headline_time, known_at=known, entry_time=entry, exit_time=entry + HOUR,
-            entry_price=100.0, exit_price=101.0 if up else 99.0, return_=0.01 if up else -0.01,
-            label="Increase" if up else "Decrease", market_situation="Flat", situation_candles=[],
-        )
-    )  # fmt: skip
 
 
 def _seed(url: str) -> None:
@@ -56,11 +35,13 @@ def _seed(url: str) -> None:
     with session_scope(url) as session:
         for hour in range(-24, 0, 3):  # the RSS snapshot before the range: second precision
             moment = START + hour * HOUR + rng.choice([0, 29]) * MINUTE
-            _store(session, 1000 + hour, moment, timedelta(seconds=1), True)
-        _store(session, 999, START - 2 * HOUR, timedelta(seconds=1), False)  # 22:00:00: exits 7200 s on
+            store(session, labelled(1000 + hour, moment, Precision.second, "UTC"), 100.0, 101.0)
+        late = labelled(999, START - 2 * HOUR, Precision.second, "UTC")  # 22:00:00: exits 7200 s on
+        store(session, late, 100.0, 99.0)
         for hour in range(24 * 10):  # minute rows, a third on the hour
             minute = 0 if hour % 3 == 0 else rng.randrange(1, 60)
-            _store(session, hour, START + hour * HOUR + minute * MINUTE, MINUTE, rng.random() < 0.5)
+            row = labelled(hour, START + hour * HOUR + minute * MINUTE, Precision.minute, "UTC")
+            store(session, row, 100.0, 101.0 if rng.random() < 0.5 else 99.0)
 
 
 def test_every_fold_of_a_walk_forward_over_minute_rows_is_accepted_by_its_trainer(

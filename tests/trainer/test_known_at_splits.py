@@ -15,16 +15,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidInput
-from services.common.time_precision import Precision, known_at, period_start
+from services.common.time_precision import Precision
 from services.common.walk_forward_plan import WalkForwardInputError, plan_folds
 from services.trainer.config import TimeWindow
 from services.trainer.windows import (
@@ -37,6 +35,7 @@ from services.trainer.windows import (
     row_time,
     split_rows,
 )
+from tests.support.known_at_rows import Row, labelled
 
 T0 = datetime(2020, 3, 1, tzinfo=UTC)  # the range below crosses the US, EU and Lord Howe DST changes
 SPAN_SECONDS = 120 * 86_400
@@ -50,25 +49,6 @@ ZONES = (
     "Australia/Lord_Howe",
     "Pacific/Chatham",
 )
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    headline_time: datetime
-    known_at: datetime
-    entry_time: datetime
-    exit_time: datetime
-    precision: Precision
-
-
-def labelled(number: int, moment: datetime, precision: Precision, zone: str, horizon_hours: int) -> Row:
-    """A row as the labeller derives it: entry at the first hourly candle opening at or after
-    known_at, exit at the close of the candle ending one horizon later."""
-    tz = ZoneInfo(zone)
-    start, known = period_start(moment, precision, tz), known_at(moment, precision, tz)
-    entry = datetime.fromtimestamp(math.ceil(known.timestamp() / HOUR) * HOUR, UTC)
-    return Row(number, start, known, entry, entry + timedelta(hours=horizon_hours), precision)
 
 
 row_specs = st.tuples(
