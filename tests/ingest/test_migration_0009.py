@@ -87,6 +87,7 @@ def test_the_known_at_index_is_created_used_and_dropped(db_url: str) -> None:
         command.stamp(config, "0009")  # the version there, the index not: the downgrade goes through
         command.downgrade(config, "0008")
         assert NAME not in _indexes(db_url)
-    finally:
+    finally:  # back at head with the index, whichever step failed
+        command.downgrade(config, "0008")
         upgrade(db_url)
     assert _indexes(db_url)[NAME] == COLUMNS

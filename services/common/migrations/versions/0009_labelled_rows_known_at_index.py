@@ -9,7 +9,8 @@ window read labelled rows by their split time (``services.common.labelled_rows``
 ``symbol = ? AND horizon = ? AND start + 1 s <= known_at < end + 1 s``), and the schedule asks
 for ``max(known_at)`` of a symbol and horizon. The only time index, ``ix_labelled_rows_time``
 (``symbol, horizon, headline_time``), serves the ingest export's reads by headline time, not
-these: PostgreSQL and SQLite scanned every row of the symbol and horizon. The two equality
+these: PostgreSQL and SQLite read every row of the symbol and horizon through it and filtered
+them on known_at (``tests/ingest/test_migration_0009.py`` checks the plans). The two equality
 columns come first and the range column last, so a window is one contiguous range of the index
 and ``max(known_at)`` its last entry; ``exchange`` is left out because a window is first read
 without it (to find the exchanges present) and would then no longer be one range.
