@@ -16,7 +16,7 @@ NOTHING`` of the rows in file order, and one transaction, the caller's:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,9 @@ _EPOCH_SQL = "TIMESTAMPTZ '1970-01-01 00:00:00+00' + INTERVAL '1 microsecond' * 
 # readers out for the whole import, and the rebuild grows with the table.
 BULK_TABLE_RATIO = 1
 BULK_LOCK_TIMEOUT = "2s"  # behind another session's lock longer than this: the staged path
+# Rows per chunk of the binary COPY (about 7 MB of a bench file's rows): small enough that the
+# backend starts early and the last chunk, sent after the rest is made, is short.
+COPY_CHUNK_ROWS = 50_000
 # The columns the binary COPY sends, in its order, with their PostgreSQL types.
 _BINARY_FIELDS = (
     ("id", "int4"), ("source", "text"), ("guid", "text"), ("title", "text"), ("title_key", "text"),
@@ -131,13 +134,12 @@ def bulk_insert(cursor: Any, frame: pd.DataFrame) -> int:
         (len(frame),),
     )  # the batch's ids reserved at once: nobody else can take one while the table is locked
     first_id = int(cursor.fetchone()[0]) - len(frame) + 1
-    clean, now = frame[~repeated & ~stored], datetime.now(UTC)  # one first_seen_at for the import
+    keep = ~repeated & ~stored
+    clean = frame if keep.all() else frame[keep]  # (a copy of every column only when some go)
+    now = datetime.now(UTC)  # one first_seen_at for the import
     if len(clean):  # (a file stored already copies nothing: no index is touched)
         rebuild = _drop_secondary_indexes(cursor)
-        names = ", ".join(f'"{name}"' for name, _ in _BINARY_FIELDS)
-        with cursor.copy(f"COPY headlines ({names}) FROM STDIN (FORMAT binary)") as copy:
-            for part in _binary_rows(clean, first_id, now):
-                copy.write(part)
+        _copy_binary(cursor, clean, first_id, now)
         for statement in rebuild:
             cursor.execute(statement)
     return len(clean) + (staged_insert(cursor, frame[repeated], first_id, now) if repeated.any() else 0)
@@ -148,9 +150,15 @@ def repeated_keys(frame: pd.DataFrame) -> np.ndarray:
     (PostgreSQL compares these "C"-collated keys by their bytes, as Python compares str)."""
     repeated = np.zeros(len(frame), dtype=bool)
     for first, second in (("source", "guid"), ("title_key", "published_us")):
-        codes = [_arrow(frame[name]).dictionary_encode() for name in (first, second)]
-        pair = np.asarray(codes[0].indices, dtype=np.int64) * len(codes[1].dictionary) + np.asarray(
-            codes[1].indices, dtype=np.int64
+        # The second column first (the guid, the title key): a value alone there makes
+        # the pair alone whatever the first holds, so where every one is (a file's ids,
+        # its titles: the usual case), no other column and no sort are needed.
+        codes = _arrow(frame[second]).dictionary_encode()
+        if len(codes.dictionary) == len(frame):
+            continue
+        other = _arrow(frame[first]).dictionary_encode()
+        pair = np.asarray(other.indices, dtype=np.int64) * len(codes.dictionary) + np.asarray(
+            codes.indices, dtype=np.int64
         )
         _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
         repeated |= counts[inverse] > 1
@@ -217,20 +225,51 @@ def _drop_secondary_indexes(cursor: Any) -> list[str]:
     return rebuild
 
 
-def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[bytes | memoryview]:
+def _copy_binary(cursor: Any, frame: pd.DataFrame, first_id: int, now: datetime) -> None:
+    """The frame's rows into ``headlines`` by one binary COPY, sent in chunks of COPY_CHUNK_ROWS
+    from a second thread (psycopg's ``QueuedLibpqWriter``; it waits on the socket with the
+    GIL released) while this one builds the next chunk: the backend's work on a chunk (a core
+    of its own) overlaps the making of the next, where one body built whole and then sent
+    left each side idle while the other ran. A failure in either (a row PostgreSQL refuses,
+    an exception here) ends the COPY with an error: the caller's transaction rolls back."""
+    from psycopg.copy import QueuedLibpqWriter
+
+    names = ", ".join(f'"{name}"' for name, _ in _BINARY_FIELDS)
+    statement = f"COPY headlines ({names}) FROM STDIN (FORMAT binary)"
+    with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
+        for part in _binary_rows(frame, first_id, now):
+            copy.write(part)
+
+
+def _binary_rows(
+    frame: pd.DataFrame, first_id: int, now: datetime, chunk_rows: int | None = None
+) -> Iterator[bytes | memoryview]:
     """The frame's rows in PostgreSQL's binary COPY format (``_BINARY_FIELDS``), as pieces to
-    write in turn. pyarrow joins, row by row, each text column with its length prefix and the
-    fixed-size fields between (numpy structured arrays): the joined array's data buffer is
-    the COPY body, no Python object per row. A null is length -1 and no bytes."""
-    rows = len(frame)
-    if not rows:  # every row repeated or stored: nothing to copy
-        return [_COPY_HEADER, _COPY_TRAILER]
-    values: dict[str, Any] = {
-        "id": first_id + frame["ord"].to_numpy(dtype=np.int64),
-        "published_at": frame["published_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
-        "first_seen_at": np.full(rows, round(now.timestamp() * 1_000_000) - _PG_EPOCH_US, dtype=np.int64),
-        "known_at": frame["known_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
-    }
+    write in turn: the header, each chunk of ``chunk_rows`` rows (COPY_CHUNK_ROWS), the
+    trailer. Each chunk is made when asked for (the caller sends one while the next is made).
+    pyarrow joins, row by row, each text column with its length prefix and the fixed-size
+    fields between (numpy structured arrays): the joined array's data buffer is the chunk,
+    no Python object per row. A null is length -1 and no bytes."""
+    rows, step = len(frame), chunk_rows or COPY_CHUNK_ROWS
+    yield _COPY_HEADER
+    if rows:  # (none: every row repeated or stored, nothing to copy)
+        values: dict[str, Any] = {
+            "id": first_id + frame["ord"].to_numpy(dtype=np.int64),
+            "published_at": frame["published_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
+            "first_seen_at": np.full(rows, round(now.timestamp() * 1_000_000) - _PG_EPOCH_US, dtype=np.int64),
+            "known_at": frame["known_us"].to_numpy(dtype=np.int64) - _PG_EPOCH_US,
+        }
+        for name, kind in _BINARY_FIELDS:  # each text column one Arrow array, sliced per chunk
+            if kind == "text":
+                values[name] = _arrow(frame[name], pa.large_string())
+        for start in range(0, rows, step):
+            yield _binary_chunk({name: value[start : start + step] for name, value in values.items()})
+    yield _COPY_TRAILER
+
+
+def _binary_chunk(values: dict[str, Any]) -> memoryview:
+    """Rows (``values``: each field's column, numpy or Arrow) as one binary COPY body."""
+    rows = len(values["id"])
     pieces: list[pa.Array] = []
     layout: list[tuple[str, str, Any]] = [("fields", ">i2", len(_BINARY_FIELDS))]
     for name, kind in _BINARY_FIELDS:
@@ -239,7 +278,7 @@ def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[
         elif kind == "timestamptz":
             layout += [(f"{name}_size", ">i4", 8), (name, ">i8", values[name])]
         else:
-            text = _arrow(frame[name], pa.large_string())
+            text = values[name]
             sizes = pc.fill_null(pc.binary_length(text), -1)
             layout.append((f"{name}_size", ">i4", np.asarray(sizes, dtype=np.int64)))
             pieces.append(_fixed(layout, rows))
@@ -249,7 +288,7 @@ def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Sequence[
         pieces.append(_fixed(layout, rows))
     joined = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + rows + 1]
-    return [_COPY_HEADER, memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]], _COPY_TRAILER]
+    return memoryview(joined.buffers()[2])[offsets[0] : offsets[-1]]
 
 
 def _arrow(values: pd.Series, kind: pa.DataType | None = None) -> pa.Array:

@@ -48,6 +48,7 @@ from services.common.errors import InvalidInput
 from services.ingest.headline_rows import (
     ColumnCells,
     HeadlineRows,
+    PayloadHashes,
     normalise_titles,
     not_plain,
     payload_hashes,
@@ -155,6 +156,25 @@ def import_headlines(
     path = Path(path)
     zone = _zone(options.timezone)
     table = read_table(path, options)
+    hashes = PayloadHashes(table.columns, table.cells)  # every row's, made beside the rest
+    try:
+        return _import_table(path, table, hashes, source, columns, options, limits, zone, now)
+    finally:
+        hashes.close()
+
+
+def _import_table(
+    path: Path,
+    table: RawTable,
+    hashes: PayloadHashes,
+    source: str,
+    columns: ColumnMap,
+    options: ReadOptions,
+    limits: ItemLimits,
+    zone: ZoneInfo,
+    now: datetime | None,
+) -> HeadlineImport:
+    """``import_headlines`` once the file is read (``hashes``: its rows' payload hashes)."""
     columns, date_given = _split_pair(path, table.columns, columns)
     mapping = _map_columns(path, table.columns, columns)
     mapping = _pair_clock_column(table, mapping, columns, date_given)
@@ -175,7 +195,8 @@ def import_headlines(
     for row, message in clock_faults.items():  # a clock cell that is no time of day: the row's fault
         parsed.faults[int(np.searchsorted(keep, row))] = ("bad_time", message)
     result.detail.update(dayfirst=dayfirst, time_layout=parsed.fast_format)
-    _build(result, table, keep, times, positions, mapping, parsed, source, limits, now or datetime.now(UTC))
+    stamp = now or datetime.now(UTC)
+    _build(result, table, keep, times, positions, mapping, parsed, source, limits, stamp, hashes)
     return result
 
 
@@ -265,11 +286,13 @@ def _build(
     source: str,
     limits: ItemLimits,
     now: datetime,
+    payload: PayloadHashes,
 ) -> None:
     """The rows whose title, time and fields pass, as columns (``HeadlineRows``); the rest
     rejected by line. Early and future times by ``time_fault``'s rule, field caps by
     ``field_fault``'s (title, guid, summary: the first over its cap names the reason).
-    Every column stays an Arrow array: a million rows as Python lists cost seconds."""
+    Every column stays an Arrow array: a million rows as Python lists cost seconds.
+    ``payload``: the payload hash of every row of the table, kept rows or not."""
     kept = np.zeros(len(table), dtype=bool)
     kept[keep] = True
     column = lambda role: _pick(table.cells[positions[mapping[role]]], kept)  # type: ignore[index]  # noqa: E731
@@ -324,7 +347,7 @@ def _build(
         "published_us": parsed.published_us[good],
         "link": None,
         "summary": summary,
-        "payload_sha256": pd.Series(payload_hashes(table.columns, cells), dtype="str"),
+        "payload_sha256": _pick(payload.result(), kept).to_pandas(),
         "time_precision": pa.array(parsed.precision[good], pa.string()).to_pandas(),
         "known_us": parsed.known_us[good],
     }

@@ -351,3 +351,72 @@ def test_binary_rows_round_trip_through_copy(pg: str) -> None:
         sent = [value if isinstance(value, str) else None for value in (record.link, record.summary)]
         assert (title, link, summary) == (record.title, *sent)  # pandas holds a None as NaN
         assert (int(published), int(known)) == (record.published_us, record.known_us)
+
+
+def _failing_at(rows: HeadlineRows, position: int) -> HeadlineRows:
+    """The rows with the ``position``-th of those copied straight in refused by PostgreSQL."""
+    frame = rows.frame.copy()
+    index = int(np.flatnonzero(~headline_copy.repeated_keys(frame))[position])
+    frame.loc[frame.index[index], "time_precision"] = "fortnight"
+    return HeadlineRows(frame, [], [])
+
+
+def test_the_copy_in_chunks_stores_what_per_row_inserts_store(
+    pg: str, imported: HeadlineRows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 97 rows (about 25, the last short) sent from the writer thread: the same
+    rows, columns and ids as the per-row INSERTs, on an empty table and on one with rows."""
+    monkeypatch.setattr(headline_copy, "COPY_CHUNK_ROWS", 97)
+    sent: list[int] = []
+    chunk = headline_copy._binary_chunk
+    monkeypatch.setattr(
+        headline_copy, "_binary_chunk", lambda values: sent.append(len(values["id"])) or chunk(values)
+    )
+    alone = int((~headline_copy.repeated_keys(imported.frame)).sum())
+    for preload in (False, True):
+        sent.clear()
+        results = _paths(pg, imported, preload)
+        assert results["bulk"] == results["per_row"]
+        assert len(sent) > 20 and set(sent[:-1]) == {97} and max(sent) == 97
+        assert sum(sent) == alone - 2 * preload  # all but the repeats (and the two stored keys)
+
+
+@pytest.mark.parametrize("position", [0, 500], ids=["first-chunk", "middle-chunk"])
+def test_a_row_refused_while_later_chunks_are_sent_leaves_everything_as_before(
+    pg: str, imported: HeadlineRows, monkeypatch: pytest.MonkeyPatch, position: int
+) -> None:
+    """PostgreSQL refuses a row of an early chunk while the thread still sends the rest: the
+    error comes back from the COPY, and the transaction rolls back the drops and the rows."""
+    monkeypatch.setattr(headline_copy, "COPY_CHUNK_ROWS", 100)
+    _preload(pg, imported)
+    rows, schema, oids = _stored(pg), _schema(pg), _index_oids(pg)
+    with pytest.raises(psycopg.errors.StringDataRightTruncation, match="too long"):
+        _import_bulk(pg, _failing_at(imported, position))
+    assert _stored(pg) == rows and _schema(pg) == schema and _index_oids(pg) == oids
+    assert _import_bulk(pg, imported) > 0
+
+
+def test_an_error_here_while_a_chunk_is_made_leaves_everything_as_before(
+    pg: str, imported: HeadlineRows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in this process after chunks went out (the fourth chunk's making): the
+    COPY is ended with an error, nothing of the sent chunks stays, the indexes are the same."""
+    monkeypatch.setattr(headline_copy, "COPY_CHUNK_ROWS", 100)
+    made: list[int] = []
+    chunk = headline_copy._binary_chunk
+
+    def failing(values: dict[str, Any]) -> memoryview:
+        made.append(1)
+        if len(made) == 4:
+            raise MemoryError("made up: the fourth chunk")
+        return chunk(values)
+
+    monkeypatch.setattr(headline_copy, "_binary_chunk", failing)
+    _preload(pg, imported)
+    rows, schema, oids = _stored(pg), _schema(pg), _index_oids(pg)
+    with pytest.raises(MemoryError, match="fourth chunk"):
+        _import_bulk(pg, imported)
+    assert len(made) == 4
+    assert _stored(pg) == rows and _schema(pg) == schema and _index_oids(pg) == oids
+    monkeypatch.setattr(headline_copy, "_binary_chunk", chunk)
+    assert _import_bulk(pg, imported) > 0

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from services.common.errors import InvalidInput
-from services.ingest import headline_import
+from services.ingest import headline_import, headline_rows
 from services.ingest.headline_import import (
     ReadOptions,
     blank,
@@ -223,3 +223,49 @@ def test_column_kernels_equal_the_row_functions() -> None:
         payload_sha256({"title": a, 'b"q': b}) for a, b in zip(values, other, strict=True)
     ]
     assert json.dumps(title_keys(pa.array([], pa.string())).to_pylist()) == "[]"
+
+
+def _ascii_titles(seed: int, amp: bool = True) -> list[str]:
+    """Printable ASCII titles (the whole-column paths): runs of up to nine spaces and of
+    punctuation, at the ends too, keys over TITLE_KEY_CHARS, empty ones; ``&`` or not."""
+    rnd = random.Random(seed)
+    pieces = ["a", "Bc", "_", "0", "9z", " ", "  ", " " * 9, ",.-!#", "(x)", "~", *(["&"] if amp else [])]
+    titles = ["", " ", "x" * 600, "ab " * 300, "  lead", "trail  ", "A" * 511 + " b"]
+    return titles + ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12))) for _ in range(4000)]
+
+
+def test_whole_column_paths_equal_the_row_functions() -> None:
+    """The byte checks and the Arrow passes over a column's bytes at once (title keys, the
+    plain check, the JSON escapes) against the per-row functions, on whole arrays, slices
+    and large strings, with and without a character that sends values to Python."""
+    odd = ['q"', "b\\s", "t\tab", "\u00e9", "&amp;"]
+    for values in (_ascii_titles(3), _ascii_titles(5, amp=False), [*_ascii_titles(4), *odd]):
+        normalised = [normalise_title(value) for value in values]
+        arrays = (
+            pa.array(normalised),
+            pa.array(normalised).slice(5, 900),
+            pa.array(normalised, pa.large_string()),
+        )
+        for array in arrays:
+            expected = [title_key(value) for value in array.to_pylist()]
+            assert title_keys(array).to_pylist() == expected
+            assert title_keys(array, not_plain(array)).to_pylist() == expected
+        array = pa.array(values)
+        for part in (array, array.slice(3, 700), pa.array(normalised)):
+            flagged = not_plain(part)
+            for value, odd_value in zip(part.to_pylist(), flagged, strict=True):
+                plain = normalise_title(value) == value and title_key(value) == _plain_key(value)
+                assert odd_value or plain, value
+            got = payload_hashes(["t", "u"], [part, part])
+            assert got == [payload_sha256({"t": value, "u": value}) for value in part.to_pylist()]
+    plain_column = pa.array([normalise_title(value) for value in _ascii_titles(5, amp=False)])
+    assert headline_rows._not_plain_at_ends(plain_column) is not None  # the byte path was taken
+    ends = pa.array([" a", "b ", "c d", "", " ", "x"]).slice(1)  # one space at an end: not plain
+    assert headline_rows._not_plain_at_ends(ends) is not None
+    assert not_plain(ends).tolist() == [True, False, False, True, False]
+
+
+def _plain_key(value: str) -> str:
+    """What the whole-column key makes of a title it takes as plain."""
+    key = "".join(char.lower() if char.isalnum() or char == "_" else " " for char in value)
+    return " ".join(key.split())[:512]
