@@ -34,6 +34,8 @@ DAY = timedelta(days=1)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BaselineName = Literal["always_increase", "always_decrease", "majority", "momentum", "coin_flip"]
 MAX_DAYS = 36_500.0  # a century: longer windows overflow nothing but mean nothing either
+# Which time puts a row in a window, for the messages (the backtest's empty-window one says the same)
+BY_KNOWN = "by when they became known (known_at - 1 s, not the headline time)"
 
 
 class WalkForwardInputError(InvalidInput):
@@ -178,8 +180,8 @@ def plan_folds(
             problem = (
                 "train_days",
                 f"fold {number}'s training window ({train_start:%Y-%m-%d %H:%M} to {window_end:%Y-%m-%d %H:%M}) "
-                f"holds {len(before)} row{'s' if len(before) != 1 else ''}: too few for a training and a "
-                "validation window",
+                f"holds {len(before)} row{'s' if len(before) != 1 else ''} {BY_KNOWN}: too few for a training "
+                "and a validation window",
             )
             break
         validation_start = before[len(before) - validation_count]
@@ -197,7 +199,7 @@ def plan_folds(
             problem = (
                 "test_days",
                 f"fold {number}'s test window ({test_start:%Y-%m-%d %H:%M} to {test_end:%Y-%m-%d %H:%M}) "
-                "holds no rows",
+                f"holds no rows {BY_KNOWN}",
             )
             break
         folds.append(
@@ -234,7 +236,7 @@ class WalkForwardOptions:
     test_days: float = 30.0
     step_days: float | None = None  # default: test_days
     k: int | None = 3  # None: as many folds as fit
-    embargo_seconds: float | None = None  # default: the longest label span of the rows
+    embargo_seconds: float | None = None  # default: the longest label span of the rows in range
     validation_fraction: float = 0.15
     start: datetime | None = None  # only rows from here ...
     end: datetime | None = None  # ... and before here
@@ -335,8 +337,12 @@ def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime
 
     Folds are cut where rows become known (known_at - 1 s), as the trainer's windows and the
     backtest's rows are read, and the span runs from there to the exit: a day-dated row is not
-    before a fold's boundary just because its day started before it."""
+    before a fold's boundary just because its day started before it. The span is the trainer's
+    own measure (services/common/embargo.py) over every row of the range, which holds every
+    fold's windows, so no fold's trainer, checking the rows its windows hold, asks for more; rows
+    outside the range (a label stretched by a candle gap before ``start``) are no fold's rows."""
     from services.common.db import session_scope
+    from services.common.embargo import longest_label_span_seconds
     from services.common.labelled_rows import read_labelled_rows, split_time
     from services.common.prompts import DECREASE, INCREASE
 
@@ -346,11 +352,7 @@ def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime
         )
     usable = [row for row in rows if row.label in (INCREASE, DECREASE)]
     times = [split_time(row.headline_time, row.known_at).astimezone(UTC) for row in usable]
-    # The span from the headline time, the longest a label can be undecided: the trainer checks
-    # the embargo against rows that may lack known_at (read as second precision), and a larger
-    # embargo only ever widens the gap (the demo's minute rows failed every fold at 59 s short).
-    span = max(((row.exit_time - row.headline_time).total_seconds() for row in usable), default=0.0)
-    return times, float(math.ceil(span))
+    return times, longest_label_span_seconds(usable, [(options.start, options.end)])
 
 
 def _horizon(settings: Any) -> timedelta:
@@ -388,7 +390,7 @@ def prepare_walk_forward(settings: Any, options: WalkForwardOptions) -> tuple[li
     embargo = span if options.embargo_seconds is None else float(options.embargo_seconds)
     if embargo < span:
         raise WalkForwardInputError(
-            f"embargo of {embargo:g} s is shorter than the longest label span of the rows ({span:g} s): "
+            f"embargo of {embargo:g} s is shorter than the longest label span of the rows in range ({span:g} s): "
             "a training label would still be open when the test window starts",
             param="embargo_seconds",
         )

@@ -92,7 +92,7 @@ class DataConfig(BaseModel):
         None,
         ge=0,
         description="Gap between windows; default and minimum: the longest label span "
-        "(exit_time - (known_at - 1 s)) in the rows.",
+        "(exit_time - (known_at - 1 s)) of the rows the windows hold.",
     )
     hate_labels: dict[Annotated[str, Field(max_length=64)], str | None] = Field(
         default_factory=lambda: {"implicit_hate": "Yes", "not_hate": "No"},

@@ -58,6 +58,7 @@ from services.trainer.windows import (
     plan_by_fraction,
     row_time,
     split_rows,
+    window_bounds,
 )
 
 log = logging.getLogger(__name__)
@@ -193,17 +194,7 @@ def trend_split(rows: list[LabelledRowOut], data: DataConfig) -> DatasetSplit:
         raise InvalidInput(
             "no Increase/Decrease rows to train on (check symbol, horizon and source)", param="data"
         )
-    min_embargo = longest_label_span_seconds(usable)
-    embargo = data.embargo_seconds if data.embargo_seconds is not None else min_embargo
-    if data.train or data.validation or data.test:
-        if not (data.train and data.validation):
-            raise InvalidInput("explicit windows need at least train and validation", param="data")
-        windows = {"train": data.train, "validation": data.validation}
-        if data.test:
-            windows["test"] = data.test
-        plan = WindowPlan(windows=windows, embargo_seconds=embargo)
-    else:
-        plan = plan_by_fraction(usable, data.validation_fraction, data.test_fraction, embargo)
+    plan, min_embargo = _window_plan(usable, data)
     check_plan(plan, min_embargo)
     split = split_rows(usable, plan)
     _check_windows(split.rows)
@@ -215,7 +206,7 @@ def trend_split(rows: list[LabelledRowOut], data: DataConfig) -> DatasetSplit:
         validation=examples.get("validation", []),
         test=examples.get("test", []),
         labels=TREND_LABELS,
-        embargo_seconds=embargo,
+        embargo_seconds=plan.embargo_seconds,
         # On the split axis (known_at - 1 s), like the windows: the leakage guard adds the
         # embargo (measured from that time) to last_row_time to find where training labels end.
         first_row_time=row_time(train_rows[0]),
@@ -227,6 +218,27 @@ def trend_split(rows: list[LabelledRowOut], data: DataConfig) -> DatasetSplit:
             "purged": split.purged,
         },
     )
+
+
+def _window_plan(usable: list[LabelledRowOut], data: DataConfig) -> tuple[WindowPlan, float]:
+    """The windows and the least embargo they need: the longest label span of the rows they hold.
+
+    Explicit windows: only their rows count, as the walk-forward's plan counts only the rows of
+    its range (a long label before the first window is never read). Shares: the cuts depend on
+    the embargo, and the windows cover every row, so every row counts."""
+    if data.train or data.validation or data.test:
+        if not (data.train and data.validation):
+            raise InvalidInput("explicit windows need at least train and validation", param="data")
+        windows = {"train": data.train, "validation": data.validation}
+        if data.test:
+            windows["test"] = data.test
+        plan = WindowPlan(windows=windows, embargo_seconds=0.0)
+        needed = longest_label_span_seconds(usable, window_bounds(plan))
+        embargo = data.embargo_seconds if data.embargo_seconds is not None else needed
+        return WindowPlan(windows=windows, embargo_seconds=embargo), needed
+    needed = longest_label_span_seconds(usable)
+    embargo = data.embargo_seconds if data.embargo_seconds is not None else needed
+    return plan_by_fraction(usable, data.validation_fraction, data.test_fraction, embargo), needed
 
 
 def _check_windows(rows: dict[str, list[LabelledRowOut]]) -> None:

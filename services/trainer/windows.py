@@ -2,8 +2,9 @@
 
 No shuffling across time: every validation row is later than every training row, every
 test row later than every validation row, and a gap of at least the longest label span
-(``exit_time`` minus the row's split time) separates them, so no training label was still being
-decided when the next window began. The backtest imports this module for its leakage guard.
+(``exit_time`` minus the row's split time) of the rows the windows hold separates them, so no
+training label was still being decided when the next window began. Rows outside every window
+are not read, so they set nothing (services/common/embargo.py). The backtest imports this module for its leakage guard.
 
 Rows are placed by their split time (``services.common.labelled_rows.split_time``: ``known_at -
 1 s``), never by ``headline_time``: a day-dated headline's headline_time is its day's first
@@ -14,12 +15,13 @@ must not train on it. For second-precision rows the split time is the headline t
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
+from services.common.embargo import EVERY_ROW, Bounds
+from services.common.embargo import longest_label_span_seconds as label_span_seconds
 from services.common.errors import InvalidInput
 from services.common.labelled_rows import split_time
 from services.trainer.config import TimeWindow
@@ -41,13 +43,12 @@ def row_time(row: TimedRow) -> datetime:
     return split_time(row.headline_time, getattr(row, "known_at", None))
 
 
-def longest_label_span_seconds(rows: Sequence[TimedRow]) -> float:
+def longest_label_span_seconds(rows: Sequence[TimedRow], windows: Sequence[Bounds] = EVERY_ROW) -> float:
     """The embargo every split needs at least: the longest time a label stays undecided after the
-    row's split time (the wait for the entry candle plus the horizon), so a row inside a window
-    ending at T has its label decided by T plus the embargo."""
-    if not rows:
-        return 0.0
-    return float(math.ceil(max((row.exit_time - row_time(row)).total_seconds() for row in rows)))
+    row's split time (the wait for the entry candle plus the horizon), over the rows ``windows``
+    hold (default: every row), so a row inside a window ending at T has its label decided by T
+    plus the embargo. The walk-forward's plan uses the same measure (services/common/embargo.py)."""
+    return label_span_seconds(rows, windows)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class WindowPlan:
 
     def ordered(self) -> list[tuple[str, TimeWindow]]:
         return [(name, self.windows[name]) for name in WINDOW_NAMES if name in self.windows]
+
+
+def window_bounds(plan: WindowPlan) -> list[Bounds]:
+    """The plan's windows as bounds on the split axis, for ``longest_label_span_seconds``."""
+    return [(window.start, window.end) for _, window in plan.ordered()]
 
 
 RowT = TypeVar("RowT", bound=TimedRow)
@@ -78,7 +84,8 @@ def check_plan(plan: WindowPlan, min_embargo_seconds: float) -> None:
     if plan.embargo_seconds < min_embargo_seconds:
         raise InvalidInput(
             f"embargo of {plan.embargo_seconds:g} s is shorter than the longest label span "
-            f"({min_embargo_seconds:g} s): a training label would overlap the next window",
+            f"of the rows in the windows ({min_embargo_seconds:g} s): a training label would overlap "
+            "the next window",
             param="data.embargo_seconds",
         )
     ordered = plan.ordered()

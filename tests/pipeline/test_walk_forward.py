@@ -96,10 +96,21 @@ def test_a_fold_with_an_empty_window_stops_the_plan_there() -> None:
     with pytest.raises(WalkForwardInputError) as caught:  # fold 3's test day holds no rows
         plan_folds(times, HOUR, "expanding", 4, 1, None, 4, HOUR)
     assert caught.value.param == "test_days" and caught.value.largest_k == 2
+    assert caught.value.message == (  # rows are counted on known_at - 1 s, as the backtest reads them
+        "fold 3's test window (2020-01-07 01:00 to 2020-01-08 01:00) holds no rows by when they became "
+        "known (known_at - 1 s, not the headline time) (largest k that fits: 2)"
+    )
     rolling_gap = [t for t in hourly(24 * 10) if t - START >= timedelta(days=3)] + hourly(2)
     with pytest.raises(WalkForwardInputError) as caught:  # a 1-day rolling window on the gap
         plan_folds(rolling_gap, HOUR, "rolling", 1, 1, None, 3, HOUR)
     assert caught.value.param == "train_days" and caught.value.largest_k == 0
+    one_row = [t for t in hourly(24 * 10) if t - START >= timedelta(days=3)] + hourly(1)
+    with pytest.raises(WalkForwardInputError) as caught:  # its first day holds one row: no validation
+        plan_folds(one_row, HOUR, "rolling", 1, 1, None, 3, HOUR)
+    assert caught.value.message.startswith(
+        "fold 1's training window (2020-01-01 00:00 to 2020-01-02 00:00) holds 1 row by when they became "
+        "known (known_at - 1 s, not the headline time): too few for a training and a validation window"
+    )
 
 
 # --- end to end ------------------------------------------------------------------------------
