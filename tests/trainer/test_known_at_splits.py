@@ -34,6 +34,7 @@ from services.trainer.windows import (
     plan_by_fraction,
     row_time,
     split_rows,
+    window_bounds,
 )
 from tests.support.known_at_rows import Row, labelled
 
@@ -268,7 +269,9 @@ def test_walk_forward_folds_train_only_on_rows_whose_labels_end_before_their_tes
             },
             embargo_seconds=embargo,
         )
-        check_plan(plan, embargo)
+        needed = longest_label_span_seconds(rows, window_bounds(plan))  # what the fold's trainer asks
+        assert needed <= embargo  # its windows lie in the plan's range: it never asks more
+        check_plan(plan, needed)
         split = split_rows(rows, plan)
         check_known_inside(split, rows)
         test_rows = within(rows, fold.test_start, fold.test_end)
