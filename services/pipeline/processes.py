@@ -35,25 +35,47 @@ class ServiceProcess:
     base_url: str
     log_path: Path
     _log_handle: object = field(repr=False, default=None)
+    signal_group: bool = False
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the whole process group (Ray and vLLM spawn children), then SIGKILL."""
+    def stop(self, timeout: float = 30.0, group_grace: float = 5.0) -> None:
+        """SIGTERM the service's own process, as a container runtime does; once it has exited
+        (or after ``timeout``) its process group (Ray and vLLM spawn children) gets
+        ``group_grace`` seconds to empty, then SIGKILL for whatever is left. Not SIGTERM to the
+        whole group: it reached Ray's own processes at the same moment as the service, whose
+        orderly shutdown (``serve.delete``, ``ray.shutdown``) then hung on a dying cluster;
+        measured on the inference service, more than 60 s against 2.7 s for the service alone.
+        ``signal_group``: SIGTERM goes to the group (a wrapper such as ``buildah run`` that may
+        not pass the signal on)."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+                if self.signal_group:
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                else:
+                    self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        deadline = time.monotonic() + group_grace
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=10)
         if self._log_handle is not None:
             self._log_handle.close()  # type: ignore[attr-defined]
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def launch_service(

@@ -108,7 +108,9 @@ class Container:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # buildah and the service share this group: stop() ends both
         )
-        return ServiceProcess(service, process, f"http://127.0.0.1:{port}", log_path, handle)
+        return ServiceProcess(
+            service, process, f"http://127.0.0.1:{port}", log_path, handle, signal_group=True
+        )
 
 
 @dataclass
