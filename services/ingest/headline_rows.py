@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import overload
+from typing import BinaryIO, overload
 
 import numpy as np
 import pandas as pd
@@ -181,14 +182,13 @@ def payload_texts(names: Sequence[str], columns: Sequence[pa.Array]) -> pa.Array
     return pc.binary_join_element_wise(*parts, "").cast(pa.large_binary())
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# Each byte's two hex digits as one 2-byte item (one lookup a byte, not two and an interleave).
+_HEX_PAIRS = np.frombuffer(b"".join(f"{byte:02x}".encode() for byte in range(256)), dtype="S2")
 
 
 def _hex(digests: bytes, rows: int) -> pa.Array:
     """32-byte digests, one after the other, as hex strings (what ``hexdigest`` gives)."""
-    raw = np.frombuffer(digests, dtype=np.uint8)
-    text = np.empty((len(raw), 2), dtype=np.uint8)
-    text[:, 0], text[:, 1] = _HEX[raw >> 4], _HEX[raw & 15]
+    text = _HEX_PAIRS[np.frombuffer(digests, dtype=np.uint8)]
     offsets = np.arange(0, 64 * (rows + 1), 64, dtype=np.int32)
     return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(text))
 
@@ -246,12 +246,13 @@ class PayloadHashes:
 
 
 def _start_hasher(texts: pa.Array) -> subprocess.Popen[bytes] | None:
-    """The second process, reading the texts from an unnamed temporary file (one write here;
-    a pipe's 64 KB at a time waits on the GIL between writes), or None if it cannot start."""
+    """The second process, reading the texts from an unnamed file in memory (one write here;
+    a pipe's 64 KB at a time waits on the GIL between writes; a temporary file on disk took
+    0.3 s for a million rows, memfd a tenth of that), or None if it cannot start."""
     offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
     data = texts.buffers()[2]
     try:
-        with tempfile.TemporaryFile() as file:
+        with _scratch_file() as file:
             file.write((offsets[1:] - offsets[0]).astype(np.int64).tobytes())
             if data is not None:
                 file.write(memoryview(data)[offsets[0] : offsets[-1]])
@@ -310,6 +311,13 @@ def _utf8_bytes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if data_buffer is None or offsets[-1] == offsets[0]:
         return np.zeros(0, dtype=np.uint8), offsets
     return np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]], offsets
+
+
+def _scratch_file() -> BinaryIO:
+    """An unnamed read-write file: in memory (Linux memfd) where there is one, else on disk."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("headline-payloads"), "w+b")  # (closed by the caller)
+    return tempfile.TemporaryFile()
 
 
 class ColumnCells(Sequence[list[str]]):
