@@ -3,11 +3,15 @@
 Headlines: a CSV of 1,000,000 headline rows (title, time to the second, id; a few rows bad) is
 generated in a temporary directory and imported as ``hsig ingest backfill-headlines`` does it
 (services.ingest.headline_import.import_headlines: decode, sniff, parse every time with its
-precision, validate, the stored columns computed vectorised; then
-services.ingest.store.insert_headlines, COPY of pyarrow-written CSV into a temporary table +
-one INSERT ... SELECT ... ON CONFLICT DO NOTHING, into a throwaway PostgreSQL database migrated
-to head, so with migration 0008's COLLATE "C" keys). The floor is ``pandas.read_csv`` of the same file (dtype=str), which parses no time
-and validates nothing. Goal: >= 100,000 rows/s end to end.
+precision, validate, the stored columns computed vectorised, the payload hashes in a second
+process; then services.ingest.store.insert_headlines into a throwaway PostgreSQL database
+migrated to head, so with migration 0008's COLLATE "C" keys: into an empty or small table the
+bulk path of services/ingest/headline_copy.py, table locked, secondary indexes dropped, binary
+COPY sent in chunks from a writer thread, indexes rebuilt; else COPY into a temporary table and
+one INSERT ... SELECT ... ON CONFLICT DO NOTHING). The floor is ``pandas.read_csv`` of the same
+file (dtype=str), which parses no time and validates nothing. Goal: >= 100,000 rows/s end to
+end. The load average before and after is in the JSON: the figures mean something only on a
+quiet machine (run it under the machine lock).
 
 The candle part is bench/bench_import_candles.py (``--candle-rows N`` runs it from here too).
 
