@@ -110,6 +110,14 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from empty_database(request.getfixturevalue(f"{request.param}_url"))
 
 
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def postgres_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``db_url`` on PostgreSQL only: a module whose cases each start processes and train
+    overrides ``db_url`` with it (the suite's time), where the dialect-specific part, the
+    queue, is tested on both dialects elsewhere."""
+    yield from empty_database(request.getfixturevalue("postgres_url"))
+
+
 def empty_database(url: str) -> Iterator[str]:
     """``url`` emptied before and after the test (a fixture body: ``yield from``)."""
     _truncate_all(url)

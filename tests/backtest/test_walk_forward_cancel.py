@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from services.backtest.settings import BacktestSettings
 from services.common.walk_forward_plan import state_path
 from services.common.walk_forward_queue import job_key
 from tests.backtest.conftest import WALK_FORWARD_PLAN
-from tests.conftest import empty_database
 from tests.pipeline.conftest import stored_jobs
 from tests.support.waits import wait_for
 
@@ -38,9 +36,9 @@ QUEUED_JOBS = {**GOOD, "run_jobs": "queue"}
 # Each case starts a real worker and trains a fold, so this file runs on PostgreSQL, the
 # deployed database, only (the suite's time; SQLite took 126 s of it): the queue's cancel
 # states themselves are checked on both dialects in tests/common/test_queue.py.
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield from empty_database(request.getfixturevalue(f"{request.param}_url"))
+@pytest.fixture
+def db_url(postgres_db_url: str) -> str:
+    return postgres_db_url
 
 
 @pytest.fixture
