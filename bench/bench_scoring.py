@@ -13,13 +13,16 @@ Goals: single-item c64 >= 1.0x vLLM's server c64 (req/s); our c1 p50 at most 5 m
 vLLM's c1 p50; the 64-item batch >= 0.8x the engine alone (items/s).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py [--quick] [--vllm-first]
+        [--direct-ingress] [--ours-only] [--ray-serve-same-loop] [--httpx-client]
 
 ``--vllm-first`` swaps the order of the two servers (run it both ways: the second server
 runs on a warmer machine). ``--direct-ingress`` serves our stack through Ray Serve's direct ingress
 (``HSIG_DIRECT_INGRESS``: the replica answers HTTP, no proxy hop). ``--ours-only`` leaves vLLM's server out and
 ``--ray-serve-same-loop`` runs our stack with part of Ray Serve's throughput-optimised settings
 (``RAY_SERVE_SAME_LOOP``), for A/B runs. The load average is printed at
-the start and the end. Requests go only to 127.0.0.1.
+the start and the end. Requests go only to 127.0.0.1, through one aiohttp client with 64
+keep-alive connections for both servers (``LoadClient``; ``--httpx-client`` loads both with the
+httpx client earlier runs used, which took up to a core of the two at concurrency 64).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +52,9 @@ BATCH_IN_FLIGHT = 4
 GOALS = {"single_c64_vs_vllm_c64": 1.0, "batch_vs_engine": 0.8}
 P50_BUDGET_MS = 5.0
 MAX_SECONDS_PER_CASE = 90.0
+CONNECTIONS = 64
+# A keep-alive connection the server closed as we reused it: counted, and sent again.
+RECONNECT_ERRORS = (httpx.TransportError, aiohttp.ClientConnectionError)
 # One engine configuration for all three paths. max_lora_rank matters most: vLLM pads every
 # adapter to it, and on these cores rank 16 ran the engine 2-3x slower than rank 8 (measured,
 # docs/benchmarks.md); the bench adapter is rank 8. Our service's default is 16, so the stack
@@ -112,9 +119,8 @@ async def measure(
             started = time.perf_counter()
             try:
                 await call()
-            except httpx.TransportError:
-                # A keep-alive connection the server closed as we reused it: counted, and the
-                # request sent again on a fresh connection (its latency includes the retry).
+            except RECONNECT_ERRORS:
+                # Sent again on a fresh connection (its latency includes the retry).
                 errors.append(1)
                 await call()
             latencies.append((time.perf_counter() - started) * 1000)
@@ -160,24 +166,80 @@ async def engine_alone(model_dir: Path, adapter_dir: Path, scratch: Path, count:
         engine.shutdown()
 
 
+class LoadClient:
+    """The bench's HTTP client for both servers: aiohttp, ``CONNECTIONS`` keep-alive connections.
+
+    The client shares the 2 cores with the server it measures, so it must cost little. httpx
+    did not: its connection pool scans every connection on every request (``has_expired``, a
+    ``getpeername`` per connection), and at concurrency 64 a py-spy profile of the bench showed
+    it taking 70-100% of a core in the runs where our stack fell behind (``--httpx-client``
+    keeps it, for paired runs).
+    """
+
+    def __init__(self, base_url: str, use_httpx: bool = False) -> None:
+        self.base_url = base_url
+        self.use_httpx = use_httpx
+        self._httpx: httpx.AsyncClient | None = None
+        self._aiohttp: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LoadClient:
+        if self.use_httpx:
+            limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+            self._httpx = httpx.AsyncClient(base_url=self.base_url, timeout=300, limits=limits)
+        else:
+            self._aiohttp = aiohttp.ClientSession(
+                base_url=self.base_url,
+                connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=300),
+            )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._httpx is not None:
+            await self._httpx.aclose()
+        if self._aiohttp is not None:
+            await self._aiohttp.close()
+
+    async def post(self, path: str, body: dict[str, object]) -> tuple[int, str]:
+        if self._httpx is not None:
+            response = await self._httpx.post(path, json=body)
+            return response.status_code, response.text
+        assert self._aiohttp is not None, "use LoadClient as an async context manager"
+        async with self._aiohttp.post(path, json=body) as answer:
+            return answer.status, (await answer.read()).decode()
+
+
+async def _post(
+    client: LoadClient | httpx.AsyncClient, path: str, body: dict[str, object]
+) -> tuple[int, str]:
+    if isinstance(client, httpx.AsyncClient):  # gpu_inference.py passes its own
+        response = await client.post(path, json=body)
+        return response.status_code, response.text
+    return await client.post(path, body)
+
+
 async def predict_case(
-    client: httpx.AsyncClient, adapter: str, items: int, concurrency: int, requests: int, label: str = ""
+    client: LoadClient | httpx.AsyncClient,
+    adapter: str,
+    items: int,
+    concurrency: int,
+    requests: int,
+    label: str = "",
 ) -> Case:
     """``POST /v1/predict`` with ``items`` fresh headlines per request (also gpu_inference.py's)."""
 
     async def predict() -> None:
         body = {"items": [_item() for _ in range(items)], "adapter": adapter}
-        response = await client.post("/v1/predict", json=body)
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        status, text = await _post(client, "/v1/predict", body)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {text[:200]}")
 
     name = label or f"our /v1/predict, {items} item{'s' if items > 1 else ''}"
     return await measure(name, concurrency, requests, items, predict)
 
 
-async def our_paths(base_url: str, quick: bool) -> dict[str, Case]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+async def our_paths(base_url: str, quick: bool, use_httpx: bool = False) -> dict[str, Case]:
+    async with LoadClient(base_url, use_httpx) as client:
         return {
             "ours_c1": await predict_case(client, "bench", 1, 1, 48 if quick else 128),
             "ours_c64": await predict_case(client, "bench", 1, 64, 512 if quick else 1536),
@@ -187,15 +249,16 @@ async def our_paths(base_url: str, quick: bool) -> dict[str, Case]:
         }
 
 
-async def vllm_paths(base_url: str, prompts: Callable[[], str], quick: bool) -> dict[str, Case]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+async def vllm_paths(
+    base_url: str, prompts: Callable[[], str], quick: bool, use_httpx: bool = False
+) -> dict[str, Case]:
+    async with LoadClient(base_url, use_httpx) as client:
 
         async def complete() -> None:
             body = {"model": "bench", "prompt": prompts(), "max_tokens": 1, "temperature": 0, "logprobs": 2}
-            response = await client.post("/v1/completions", json=body)
-            if response.status_code != 200:
-                raise RuntimeError(f"vLLM HTTP {response.status_code}: {response.text[:200]}")
+            status, text = await client.post("/v1/completions", body)
+            if status != 200:
+                raise RuntimeError(f"vLLM HTTP {status}: {text[:200]}")
 
         return {
             "vllm_c1": await measure("vLLM server /v1/completions", 1, 48 if quick else 128, 1, complete),
@@ -232,7 +295,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 600)
     raise RuntimeError("vLLM's server did not become ready")
 
 
-def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool) -> dict[str, Case]:
+def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool, use_httpx: bool = False) -> dict[str, Case]:
     from services.common.prompts import btc_trend_prompt
     from tests.support.net import free_port
 
@@ -245,14 +308,19 @@ def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool) -> dict[str, Case]
     process = start_vllm_server(model_dir, adapter_dir, port)
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
-        return asyncio.run(vllm_paths(f"http://127.0.0.1:{port}", prompt, quick))
+        return asyncio.run(vllm_paths(f"http://127.0.0.1:{port}", prompt, quick, use_httpx))
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
 def run_ours(
-    root: Path, model_dir: Path, database_url: str, quick: bool, direct_ingress: bool = False
+    root: Path,
+    model_dir: Path,
+    database_url: str,
+    quick: bool,
+    direct_ingress: bool = False,
+    use_httpx: bool = False,
 ) -> dict[str, Case]:
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
@@ -276,7 +344,7 @@ def run_ours(
     print("starting our stack (Ray Serve + vLLM)...", flush=True)
     base_url = serve_app.start(settings)
     try:
-        return asyncio.run(our_paths(base_url, quick))
+        return asyncio.run(our_paths(base_url, quick, use_httpx))
     finally:
         serve_app.stop()
 
@@ -316,6 +384,11 @@ def main() -> None:
         action="store_true",
         help="our stack with HSIG_DIRECT_INGRESS: the replica answers HTTP itself, no proxy hop",
     )
+    parser.add_argument(
+        "--httpx-client",
+        action="store_true",
+        help="load both servers with the earlier httpx client (heavier on the shared cores; paired runs)",
+    )
     args = parser.parse_args()
     if args.ray_serve_same_loop:
         os.environ.update(RAY_SERVE_SAME_LOOP)
@@ -336,8 +409,10 @@ def main() -> None:
             engine_alone(model_dir, adapter_dir, root / "scratch", 512 if args.quick else 1536)
         )
         servers = [
-            lambda: run_ours(root, model_dir, database_url, args.quick, args.direct_ingress),
-            lambda: run_vllm(model_dir, adapter_dir, args.quick),
+            lambda: run_ours(
+                root, model_dir, database_url, args.quick, args.direct_ingress, args.httpx_client
+            ),
+            lambda: run_vllm(model_dir, adapter_dir, args.quick, args.httpx_client),
         ]
         if args.ours_only:
             servers = servers[:1]
