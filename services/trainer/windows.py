@@ -18,29 +18,16 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from services.common.embargo import EVERY_ROW, Bounds
+from services.common.embargo import SpannedRow as TimedRow
 from services.common.embargo import longest_label_span_seconds as label_span_seconds
+from services.common.embargo import row_split_time as row_time
 from services.common.errors import InvalidInput
-from services.common.labelled_rows import split_time
 from services.trainer.config import TimeWindow
 
 WINDOW_NAMES = ("train", "validation", "test")
-
-
-class TimedRow(Protocol):
-    """A labelled row; ``known_at`` is read when present (a row without one is second-precision)."""
-
-    @property
-    def headline_time(self) -> datetime: ...
-    @property
-    def exit_time(self) -> datetime: ...
-
-
-def row_time(row: TimedRow) -> datetime:
-    """Where a row sits on the split axis: its split time (known_at - 1 s), not its headline time."""
-    return split_time(row.headline_time, getattr(row, "known_at", None))
 
 
 def longest_label_span_seconds(rows: Sequence[TimedRow], windows: Sequence[Bounds] = EVERY_ROW) -> float:
