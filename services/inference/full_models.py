@@ -39,7 +39,7 @@ from services.common.errors import (
 from services.common.logging import configure_logging
 from services.common.schemas import PredictRequest, PredictResponse
 from services.inference import metrics
-from services.inference.engine import EngineConfig, LoraRef, VllmEngine
+from services.inference.engine import EngineConfig, LoraRef, VllmEngine, freeze_startup_heap
 from services.inference.openai_protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -159,6 +159,7 @@ class FullModelDeployment:
         except Exception as exc:  # raised, Serve would retry a start that cannot succeed
             self._refusal = f"{type(exc).__name__}: {exc}"
             log.warning("vLLM refused full model %s v%d: %s", record.name, record.version, self._refusal)
+        freeze_startup_heap()
 
     def refusal(self) -> str | None:
         return self._refusal

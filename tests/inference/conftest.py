@@ -44,13 +44,6 @@ def inference_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     from services.inference import serve_app
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    # Under direct ingress Ray Serve 2.60 keeps a stopping ingress replica up for at least
-    # 30 s, so that a load balancer in front can deregister it; every full model's application
-    # is an ingress of its own. Nothing is in front here: 1 s, or each DELETE of a full model
-    # and the stack's own stop waited 30 s (90 s of the suite). Read by the Ray processes
-    # serve_app.start starts, which inherit this environment.
-    drain = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
-    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     root = tmp_path_factory.mktemp("inference")
     database_url = f"sqlite:///{root / 'registry.db'}"
     upgrade(database_url)
@@ -71,6 +64,9 @@ def inference_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
         # the default, Serve's proxy, so both request paths are exercised.
         direct_ingress=True,
         proxy_port=free_port(),
+        # Nothing fronts this stack: a stopping replica (each full model's is one) drains 1 s,
+        # not Ray's 30 s (each full model's DELETE and the stop waited 30 s: 90 s of the suite).
+        drain_seconds=1,
         ray_metrics_port=free_port(),
         api_token=TOKEN,
         registry_poll_seconds=1.0,
@@ -84,7 +80,3 @@ def inference_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
         yield Stack(base_url, settings, tiny_model_dir, adapters_path, database_url)
     finally:
         serve_app.stop()
-        if drain is None:
-            os.environ.pop("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", None)
-        else:
-            os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = drain
