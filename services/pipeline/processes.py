@@ -43,14 +43,14 @@ class ServiceProcess:
         return ""
 
     def stop(self, timeout: float = 30.0, group_grace: float = 5.0) -> None:
-        """SIGTERM the service's own process, as a container runtime does; once it has exited
-        (or after ``timeout``) its process group (Ray and vLLM spawn children) gets
-        ``group_grace`` seconds to empty, then SIGKILL for whatever is left. Not SIGTERM to the
-        whole group: it reached Ray's own processes at the same moment as the service, whose
-        orderly shutdown (``serve.delete``, ``ray.shutdown``) then hung on a dying cluster;
-        measured on the inference service, more than 60 s against 2.7 s for the service alone.
-        ``signal_group``: SIGTERM goes to the group (a wrapper such as ``buildah run`` that may
-        not pass the signal on)."""
+        """SIGTERM the service's own process, as a container runtime does; once it has exited,
+        its process group (Ray and vLLM spawn children) gets ``group_grace`` seconds to empty,
+        then SIGKILL for whatever is left (at once for a service still running after
+        ``timeout``). Not SIGTERM to the whole group: it reached Ray's own processes at the
+        same moment as the service, whose orderly shutdown (``serve.delete``, ``ray.shutdown``)
+        then hung on a dying cluster (the inference service, measured once by hand: more than
+        60 s against 2.7 s for the service alone). ``signal_group``: SIGTERM goes to the group
+        (a wrapper such as ``buildah run`` that may not pass the signal on)."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 if self.signal_group:
@@ -59,7 +59,8 @@ class ServiceProcess:
                     self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-        deadline = time.monotonic() + group_grace
+        # The group's grace only once the service is gone: still running, it is killed at once.
+        deadline = time.monotonic() + (group_grace if self.process.poll() is not None else 0)
         while _group_alive(self.process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -17,7 +17,7 @@ from services.pipeline.processes import ServiceProcess
 LEADER = textwrap.dedent(
     """
     import signal, subprocess, sys, time
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[4]])
     open(sys.argv[3], "w").write(str(child.pid))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     time.sleep(600)
@@ -30,20 +30,20 @@ CHILD = textwrap.dedent(
         open(sys.argv[1], "w").write("SIGTERM")
         sys.exit(0)
     signal.signal(signal.SIGTERM, record)
+    open(sys.argv[2], "w").write("ready")
     time.sleep(600)
     """
 )
 
 
 def _start(tmp_path: Path, signal_group: bool) -> tuple[ServiceProcess, Path, int]:
-    marker, pid_file = tmp_path / "child-signal", tmp_path / "child-pid"
+    marker, pid_file, ready = tmp_path / "child-signal", tmp_path / "child-pid", tmp_path / "child-ready"
     process = subprocess.Popen(
-        [sys.executable, "-c", LEADER, CHILD, str(marker), str(pid_file)], start_new_session=True
+        [sys.executable, "-c", LEADER, CHILD, str(marker), str(pid_file), str(ready)], start_new_session=True
     )
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # until the child's handler is installed and its pid known
+    while not (ready.exists() and pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # the child's handler installed
     service = ServiceProcess(
         "leader", process, "http://127.0.0.1:1", tmp_path / "log", signal_group=signal_group
     )
