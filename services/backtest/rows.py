@@ -19,7 +19,7 @@ from services.common import labelling
 from services.common.db import session_scope
 from services.common.db.models import Candle, LabelledRow, candles_between
 from services.common.errors import InvalidInput
-from services.common.labelled_rows import SECOND, labelled_row_filters, select_labelled_rows
+from services.common.labelled_rows import BY_KNOWN, SECOND, labelled_row_filters, select_labelled_rows
 from services.common.prompts import DECREASE, INCREASE
 
 
@@ -153,8 +153,7 @@ def _empty_message(
         return f"no labelled rows for {symbol} {horizon} at all: run `hsig ingest` and label headlines first"
     stored = f"the {count} stored row runs" if count == 1 else f"the {count} stored rows run"
     return (
-        f"no labelled rows for {symbol} {horizon} {window} by when they became known (known_at - 1 s, "
-        f"not the headline time); {stored} from {(first - SECOND).isoformat()} to "
+        f"no labelled rows for {symbol} {horizon} {window} {BY_KNOWN}; {stored} from {(first - SECOND).isoformat()} to "
         f"{(last - SECOND).isoformat()} on that time"
     )
 

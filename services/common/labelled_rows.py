@@ -22,6 +22,8 @@ from services.common.db.models import Headline, LabelledRow
 from services.common.schemas import LabelledRowOut
 
 SECOND = timedelta(seconds=1)
+# Which time puts a row in a window, for every "no rows in this window" message.
+BY_KNOWN = "by when they became known (known_at - 1 s, not the headline time)"
 WindowOn = Literal["headline", "known"]
 
 

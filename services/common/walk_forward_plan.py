@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.common.errors import InvalidInput
+from services.common.labelled_rows import BY_KNOWN
 from services.common.methods import MethodName, TrainingMethod
 
 TrainMode = Literal["expanding", "rolling"]
@@ -34,8 +35,6 @@ DAY = timedelta(days=1)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BaselineName = Literal["always_increase", "always_decrease", "majority", "momentum", "coin_flip"]
 MAX_DAYS = 36_500.0  # a century: longer windows overflow nothing but mean nothing either
-# Which time puts a row in a window, for the messages (the backtest's empty-window one says the same)
-BY_KNOWN = "by when they became known (known_at - 1 s, not the headline time)"
 
 
 class WalkForwardInputError(InvalidInput):
@@ -339,11 +338,12 @@ def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime
     backtest's rows are read, and the span runs from there to the exit: a day-dated row is not
     before a fold's boundary just because its day started before it. The span is the trainer's
     own measure (services/common/embargo.py) over every row of the range, which holds every
-    fold's windows, so no fold's trainer, checking the rows its windows hold, asks for more; rows
-    outside the range (a label stretched by a candle gap before ``start``) are no fold's rows."""
+    fold's windows, so no fold's trainer, checking the rows its windows hold, asks for more; the
+    read is bounded to the range, so a row outside it (a label stretched by a candle gap before
+    ``start``) is no fold's row and sets nothing."""
     from services.common.db import session_scope
-    from services.common.embargo import longest_label_span_seconds
-    from services.common.labelled_rows import read_labelled_rows, split_time
+    from services.common.embargo import longest_label_span_seconds, row_split_time
+    from services.common.labelled_rows import read_labelled_rows
     from services.common.prompts import DECREASE, INCREASE
 
     with session_scope(settings.resolved_database_url) as session:
@@ -351,8 +351,8 @@ def _labelled(settings: Any, options: WalkForwardOptions) -> tuple[list[datetime
             session, settings.symbol, settings.horizons[0], start=options.start, end=options.end, on="known"
         )
     usable = [row for row in rows if row.label in (INCREASE, DECREASE)]
-    times = [split_time(row.headline_time, row.known_at).astimezone(UTC) for row in usable]
-    return times, longest_label_span_seconds(usable, [(options.start, options.end)])
+    times = [row_split_time(row).astimezone(UTC) for row in usable]
+    return times, longest_label_span_seconds(usable)
 
 
 def _horizon(settings: Any) -> timedelta:

@@ -20,22 +20,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from services.common.embargo import EVERY_ROW, Bounds
+from services.common.embargo import Bounds
 from services.common.embargo import SpannedRow as TimedRow
-from services.common.embargo import longest_label_span_seconds as label_span_seconds
+
+# The embargo measure is the walk-forward plan's too: one function, so the two cannot disagree.
+from services.common.embargo import longest_label_span_seconds as longest_label_span_seconds
 from services.common.embargo import row_split_time as row_time
 from services.common.errors import InvalidInput
 from services.trainer.config import TimeWindow
 
 WINDOW_NAMES = ("train", "validation", "test")
-
-
-def longest_label_span_seconds(rows: Sequence[TimedRow], windows: Sequence[Bounds] = EVERY_ROW) -> float:
-    """The embargo every split needs at least: the longest time a label stays undecided after the
-    row's split time (the wait for the entry candle plus the horizon), over the rows ``windows``
-    hold (default: every row), so a row inside a window ending at T has its label decided by T
-    plus the embargo. The walk-forward's plan uses the same measure (services/common/embargo.py)."""
-    return label_span_seconds(rows, windows)
 
 
 @dataclass(frozen=True)

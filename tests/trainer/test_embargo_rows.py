@@ -82,7 +82,6 @@ def test_with_shares_every_row_counts() -> None:
 def test_the_trainer_and_the_plan_measure_with_the_same_function() -> None:
     rows = _rows((9001, START - 5 * HOUR, 3 * HOUR))
     bounds = [(START, START + 50 * HOUR), (START + 60 * HOUR, None)]
-    assert windows.longest_label_span_seconds(rows, bounds) == shared.longest_label_span_seconds(rows, bounds)
     assert shared.longest_label_span_seconds(rows, bounds) == 3600
     assert shared.longest_label_span_seconds(rows, [(START - 6 * HOUR, START)]) == 4 * 3600
     assert shared.longest_label_span_seconds(rows, [(START + 300 * HOUR, None)]) == 0.0  # no row inside
