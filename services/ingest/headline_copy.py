@@ -149,7 +149,7 @@ def repeated_keys(frame: pd.DataFrame) -> np.ndarray:
     """Rows whose (source, guid) or (title_key, published_us) another row of the frame has
     (PostgreSQL compares these "C"-collated keys by their bytes, as Python compares str)."""
     repeated = np.zeros(len(frame), dtype=bool)
-    for first, second in (("source", "guid"), ("title_key", "published_us")):
+    for first, second in (("source", "guid"), ("published_us", "title_key")):
         # The second column first (the guid, the title key): a value alone there makes
         # the pair alone whatever the first holds, so where every one is (a file's ids,
         # its titles: the usual case), no other column and no sort are needed.
@@ -250,16 +250,14 @@ def _copy_binary(cursor: Any, frame: pd.DataFrame, first_id: int, now: datetime)
             copy.write(part)
 
 
-def _binary_rows(
-    frame: pd.DataFrame, first_id: int, now: datetime, chunk_rows: int | None = None
-) -> Iterator[bytes | memoryview]:
+def _binary_rows(frame: pd.DataFrame, first_id: int, now: datetime) -> Iterator[bytes | memoryview]:
     """The frame's rows in PostgreSQL's binary COPY format (``_BINARY_FIELDS``), as pieces to
-    write in turn: the header, each chunk of ``chunk_rows`` rows (COPY_CHUNK_ROWS), the
+    write in turn: the header, each chunk of COPY_CHUNK_ROWS rows, the
     trailer. Each chunk is made when asked for (the caller sends one while the next is made).
     pyarrow joins, row by row, each text column with its length prefix and the fixed-size
     fields between (numpy structured arrays): the joined array's data buffer is the chunk,
     no Python object per row. A null is length -1 and no bytes."""
-    rows, step = len(frame), chunk_rows or COPY_CHUNK_ROWS
+    rows, step = len(frame), COPY_CHUNK_ROWS
     yield _COPY_HEADER
     if rows:  # (none: every row repeated or stored, nothing to copy)
         values: dict[str, Any] = {

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.conftest import DATA_DIR
+from tests.support.cli import hsig_command
 
 
 def _hsig(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HSIG_DATA_DIR": str(tmp_path / "var"), "OMP_NUM_THREADS": "1"}
-    env.pop("HSIG_DATABASE_URL", None)
-    env.pop("DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "services.pipeline.cli", "ingest", *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return hsig_command(tmp_path / "var", "ingest")(*args)
 
 
 def test_backfills_labels_and_exports(tmp_path: Path) -> None:

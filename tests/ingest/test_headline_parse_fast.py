@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -253,6 +254,11 @@ def test_whole_column_paths_equal_the_row_functions() -> None:
         array = pa.array(values)
         for part in (array, array.slice(3, 700), pa.array(normalised)):
             flagged = not_plain(part)
+            # Exactly where the pattern matches: a flag too many would pass a "flagged or plain"
+            # check, and so would a not_plain that flags every row.
+            assert flagged.tolist() == [
+                bool(re.search(headline_rows._NOT_PLAIN, v)) for v in part.to_pylist()
+            ]
             for value, odd_value in zip(part.to_pylist(), flagged, strict=True):
                 plain = normalise_title(value) == value and title_key(value) == _plain_key(value)
                 assert odd_value or plain, value
