@@ -110,12 +110,12 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from empty_database(request.getfixturevalue(f"{request.param}_url"))
 
 
-@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
-def postgres_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """``db_url`` on PostgreSQL only: a module whose cases each start processes and train
-    overrides ``db_url`` with it (the suite's time), where the dialect-specific part, the
-    queue, is tested on both dialects elsewhere."""
-    yield from empty_database(request.getfixturevalue("postgres_url"))
+# A module whose cases each start processes and train puts this in its pytestmark: ``db_url``
+# on PostgreSQL only (the suite's time), where the dialect-specific part, the queue, is tested
+# on both dialects elsewhere.
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def empty_database(url: str) -> Iterator[str]:

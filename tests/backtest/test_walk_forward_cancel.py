@@ -21,6 +21,7 @@ from services.backtest.settings import BacktestSettings
 from services.common.walk_forward_plan import state_path
 from services.common.walk_forward_queue import job_key
 from tests.backtest.conftest import WALK_FORWARD_PLAN
+from tests.conftest import POSTGRES_ONLY
 from tests.pipeline.conftest import stored_jobs
 from tests.support.waits import wait_for
 
@@ -31,14 +32,10 @@ GOOD = {"name": NAME, **WALK_FORWARD_PLAN}
 # A trainer service's worker trains the folds: the walk-forward waits for each job, which lets
 # a test hold a fold open (nobody runs its job) and cancel while it is in progress.
 QUEUED_JOBS = {**GOOD, "run_jobs": "queue"}
-
-
 # Each case starts a real worker and trains a fold, so this file runs on PostgreSQL, the
 # deployed database, only (the suite's time; SQLite took 126 s of it): the queue's cancel
 # states themselves are checked on both dialects in tests/common/test_queue.py.
-@pytest.fixture
-def db_url(postgres_db_url: str) -> str:
-    return postgres_db_url
+pytestmark = POSTGRES_ONLY
 
 
 @pytest.fixture

@@ -19,16 +19,12 @@ from services.trainer.job_process import checkpoint_dir_for
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import train
 from services.trainer.worker import run_one, runner_command
+from tests.conftest import POSTGRES_ONLY
 from tests.support.waits import wait_for
 from tests.trainer.conftest import lora_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, POSTGRES_ONLY]
 STEPS, EVERY = 300, 20
-
-
-@pytest.fixture
-def db_url(postgres_db_url: str) -> str:
-    return postgres_db_url
 
 
 def test_a_killed_job_resumes_from_its_checkpoint(
