@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.common.db import session_scope
+from services.common.embargo import EVERY_ROW
 from services.common.errors import InvalidInput
 from services.common.labelled_rows import read_labelled_rows
 from services.common.prompts import (
@@ -50,7 +51,7 @@ from services.common.prompts import (
     parse_chat_text,
 )
 from services.common.schemas import LabelledRowOut
-from services.trainer.config import DataConfig, TrainConfig
+from services.trainer.config import DataConfig, TimeWindow, TrainConfig
 from services.trainer.windows import (
     WindowPlan,
     check_plan,
@@ -58,7 +59,6 @@ from services.trainer.windows import (
     plan_by_fraction,
     row_time,
     split_rows,
-    window_bounds,
 )
 
 log = logging.getLogger(__name__)
@@ -226,18 +226,18 @@ def _window_plan(usable: list[LabelledRowOut], data: DataConfig) -> tuple[Window
     Explicit windows: only their rows count, as the walk-forward's plan counts only the rows of
     its range (a long label before the first window is never read). Shares: the cuts depend on
     the embargo, and the windows cover every row, so every row counts."""
+    windows: dict[str, TimeWindow] = {}
     if data.train or data.validation or data.test:
         if not (data.train and data.validation):
             raise InvalidInput("explicit windows need at least train and validation", param="data")
         windows = {"train": data.train, "validation": data.validation}
         if data.test:
             windows["test"] = data.test
-        plan = WindowPlan(windows=windows, embargo_seconds=0.0)
-        needed = longest_label_span_seconds(usable, window_bounds(plan))
-        embargo = data.embargo_seconds if data.embargo_seconds is not None else needed
-        return WindowPlan(windows=windows, embargo_seconds=embargo), needed
-    needed = longest_label_span_seconds(usable)
+    bounds = [(window.start, window.end) for window in windows.values()] or EVERY_ROW
+    needed = longest_label_span_seconds(usable, bounds)
     embargo = data.embargo_seconds if data.embargo_seconds is not None else needed
+    if windows:
+        return WindowPlan(windows=windows, embargo_seconds=embargo), needed
     return plan_by_fraction(usable, data.validation_fraction, data.test_fraction, embargo), needed
 
 
