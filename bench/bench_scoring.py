@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import subprocess
@@ -108,8 +109,16 @@ async def measure(
     """``requests`` calls, ``concurrency`` at a time, capped in time, after one untimed round of
     ``concurrency`` calls at once: the first batch of that size after a quieter case warms the
     engine and the server (one call used to, and the first round of a c64 case then weighed on
-    its p99 and its req/s in a 512-request run)."""
+    its p99 and its req/s in a 512-request run).
+
+    The bench process's own heap is then frozen out of the garbage collector's reach: the
+    engine alone leaves torch, vLLM and transformers loaded here (about 870,000 objects), and
+    a full collection of them paused this client for 0.5 s in the middle of whichever case
+    tripped it (in a 3 s case: every connection idle, the p99 and the req/s of that server
+    alone). Measured with ``gc.callbacks``; the servers are separate processes."""
     await asyncio.gather(*(call() for _ in range(concurrency)))
+    gc.collect()
+    gc.freeze()
     latencies: list[float] = []
     errors: list[int] = []
     remaining = iter(range(requests))
