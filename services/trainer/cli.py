@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from services.common.errors import InvalidInput
 from services.common.settings import get_settings
 from services.trainer.settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from services.trainer.publish import PublishedAdapter
 
 app = typer.Typer(help="The trainer service: fine-tune LoRA, QLoRA or full adapters.", no_args_is_help=True)
 
@@ -70,7 +73,7 @@ def run(
     """Train in the foreground with a progress bar; a rerun after a crash resumes."""
     from tqdm import tqdm
 
-    from services.trainer.distributed import launched_distributed
+    from services.trainer.distributed import end_finished_rank, launched_distributed
     from services.trainer.loop import LoopHooks, StepReport
     from services.trainer.training import prepare, train, train_distributed
 
@@ -99,8 +102,13 @@ def run(
             config, settings, checkpoint_dir=checkpoints, hooks=LoopHooks(on_step=on_step), prepared=prepared
         )
     bar.close()
-    if published is None:  # another rank published it
-        return
+    if published is not None:  # None: another rank published it
+        _echo_published(published)
+    if distributed:  # every rank's work is done: end it here (distributed.py says why)
+        end_finished_rank()
+
+
+def _echo_published(published: PublishedAdapter) -> None:
     manifest = published.manifest
     evaluation = manifest.extra.get("evaluation") or {}
     typer.echo(

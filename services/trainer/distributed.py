@@ -28,11 +28,14 @@ shard).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from services.common.errors import InvalidInput
 from services.common.methods import TrainingMethod
@@ -232,10 +235,39 @@ class Parallel:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group. Under gloo its threads outlive this: see end_finished_rank."""
         import torch.distributed as dist
 
         if self.strategy != "single" and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def end_finished_rank() -> NoReturn:
+    """End a launched rank that finished its job (published, past the last barrier, out of the
+    process group) here, with status 0, without the interpreter's finalisation.
+
+    Why: gloo's threads (two workers and its TCP loop) are still running when a rank's
+    interpreter finalises, and one of them running then can abort the process, SIGABRT with
+    "terminate called without an active exception" (pytorch/pytorch#179291 and #190489), so a
+    rank that did everything right fails its launch, rarely and under load. They outlive
+    ``destroy_process_group()``: ProcessGroupGloo's ``shutdown()`` and ``abort()`` leave them
+    running and only its destructor joins them, once the last reference to the group goes, and
+    under FSDP2 torch keeps one until finalisation: DTensor's module-level caches (the
+    redistribute plans, the sharding propagator's, MeshTopoInfo) hold DeviceMeshes, each holding
+    its process groups, and deleting the model and clearing the sharding caches does not free
+    them. ``os._exit`` ends the process with nothing run after it, gloo's threads included.
+
+    Only for the end of a rank that succeeded: a rank that fails raises instead, and leaves by
+    the ordinary path with its message and a non-zero status.
+    """
+    for thread in threading.enumerate():  # what the interpreter's shutdown would wait for
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    logging.shutdown()  # flushes every handler
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _trainable_tensors(model: Any) -> dict[str, Any]:

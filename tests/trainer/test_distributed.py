@@ -28,7 +28,7 @@ from services.common.schemas import AdapterManifest
 from services.trainer.distributed import Parallel, accelerate_launch_env, requested_strategy
 from tests.conftest import REPO_ROOT
 from tests.support.net import free_port
-from tests.trainer.conftest import FULL_OPTIM, lora_config
+from tests.trainer.conftest import FULL_OPTIM, LORA_OPTIM, lora_config
 from tests.trainer.test_training import published_accuracy
 
 pytestmark = pytest.mark.slow
@@ -164,6 +164,47 @@ def test_two_processes_train_one_job_and_publish_it_once(
     assert published_accuracy(Path(adapter.path), tiny_model_dir, planted_file, manifest) >= 0.9
     saved = json.loads((Path(adapter.path) / "training_config.json").read_text())
     assert saved["method"] == method
+
+
+def test_a_finished_rank_ends_with_status_0_after_its_output_and_threads() -> None:
+    """end_finished_rank ends the process without the interpreter's finalisation: what the rank
+    wrote (block-buffered into a pipe) and what a thread of its was still doing come out first."""
+    script = (
+        "import sys, threading, time\n"
+        "from services.trainer.distributed import end_finished_rank\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write('joined'))).start()\n"
+        "sys.stdout.write('written ')\n"
+        "end_finished_rank()\n"
+        "sys.stdout.write(' and past the end')\n"
+    )
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "written joined"
+
+
+def test_a_rank_that_fails_after_joining_the_group_fails_the_launch(
+    planted_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Only a rank that finished its job ends with status 0: one that fails once in the process
+    group (a batch smaller than the process count, refused on every rank) fails the launch."""
+    data_dir = tmp_path / "var"
+    database_url = f"sqlite:///{data_dir / 'db.sqlite'}"
+    data_dir.mkdir()
+    upgrade(database_url)
+    config = lora_config(
+        planted_file, tiny_model_dir, name="undersized", optim={**LORA_OPTIM, "batch_size": 1}
+    )
+    config_path = tmp_path / "undersized.json"
+    config_path.write_text(config.model_dump_json())
+
+    result = _launch("ddp", config_path, data_dir, database_url)
+
+    assert result.returncode != 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "batch_size 1 is smaller than the 2 processes" in result.stderr, result.stderr[-3000:]
+    assert not (data_dir / "adapters" / "undersized").exists()
 
 
 RESUME_STEPS, RESUME_EVERY = 120, 20
