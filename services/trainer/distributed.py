@@ -246,16 +246,16 @@ def end_finished_rank() -> NoReturn:
     """End a launched rank that finished its job (published, past the last barrier, out of the
     process group) here, with status 0, without the interpreter's finalisation.
 
-    Why: gloo's threads (two workers and its TCP loop) are still running when a rank's
-    interpreter finalises, and one of them running then can abort the process, SIGABRT with
-    "terminate called without an active exception" (pytorch/pytorch#179291 and #190489), so a
-    rank that did everything right fails its launch, rarely and under load. They outlive
-    ``destroy_process_group()``: ProcessGroupGloo's ``shutdown()`` and ``abort()`` leave them
-    running and only its destructor joins them, once the last reference to the group goes, and
-    under FSDP2 torch keeps one until finalisation: DTensor's module-level caches (the
-    redistribute plans, the sharding propagator's, MeshTopoInfo) hold DeviceMeshes, each holding
-    its process groups, and deleting the model and clearing the sharding caches does not free
-    them. ``os._exit`` ends the process with nothing run after it, gloo's threads included.
+    Why: gloo's threads (two workers and its TCP loop) outlive ``destroy_process_group()`` and
+    the interpreter. ProcessGroupGloo's ``shutdown()`` and ``abort()`` leave them running, only its
+    destructor joins them, and under FSDP2 that never runs: torch keeps references to the group
+    (FSDP2's per-module state and DTensor's module-level caches hold DeviceMeshes, each holding
+    its process groups) that neither deleting the model nor clearing those caches releases. So
+    they still run while ``exit()`` runs the C++ static destructors after Python's finalisation,
+    and a rank that did everything right can die there of SIGABRT, "terminate called without an
+    active exception" (the C++ runtime's ``std::terminate``; pytorch/pytorch#179291, #190489):
+    its launch fails, rarely and under load. ``os._exit`` ends the process with nothing run
+    after it: no finalisation, no static destructors.
 
     Only for the end of a rank that succeeded: a rank that fails raises instead, and leaves by
     the ordinary path with its message and a non-zero status.
