@@ -115,11 +115,9 @@ def write_adapter(out: Path, name: str, base_model: Path, seed: int, rank: int, 
 
 async def batch_scenario(base_url: str, adapter: str, quick: bool) -> dict[str, float]:
     """Issue 17 on the GPU: 64-item batches against single items, items/s, one adapter."""
-    import httpx
-    from bench_scoring import BATCH_ITEMS, predict_case
+    from bench_scoring import BATCH_ITEMS, LoadClient, predict_case
 
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+    async with LoadClient(base_url) as client:  # aiohttp: httpx's pool cost a core at c64 (bench_scoring)
         single = await predict_case(client, adapter, 1, 64, 512 if quick else 4096)
         out = {"single_c64_items_per_s": single.items_per_s}
         for in_flight in (4, 16):
