@@ -1,7 +1,8 @@
 """Scoring at engine speed (issue 17): our serving path against vLLM's own OpenAI server.
 
 One run, the same tiny model, the same LoRA adapter and the same prompts (a fresh headline and
-minute every request, so only the shared instruction prefix comes from the prefix cache):
+minute every request, so only the shared instruction prefix comes from the prefix cache; each
+server has its own stream of the same sequence):
 
 - engine alone: ``VllmEngine.label_logprobs`` in this process, concurrency 64 (the ceiling);
 - our batch path: ``POST /v1/predict`` with 64 items per request, 4 requests in flight;
@@ -9,19 +10,22 @@ minute every request, so only the shared instruction prefix comes from the prefi
 - vLLM's own server: ``python -m vllm.entrypoints.openai.api_server`` from this venv,
   ``/v1/completions`` with ``max_tokens`` 1, concurrency 1 and 64.
 
-Goals: single-item c64 >= 1.0x vLLM's server c64 (req/s); our c1 p50 at most 5 ms above
-vLLM's c1 p50; the 64-item batch >= 0.8x the engine alone (items/s).
+All three are started once and measured in alternating rounds (6; ``--quick`` 2 short ones),
+the order rotating each round, every server but the one under load frozen with SIGSTOP
+(``Frozen``): the machine's own speed drifts more between minutes than the servers differ.
+Each goal is judged on the median of its per-round paired figures, printed with their range
+and the rounds that meet it: single-item c64 >= 1.0x vLLM's server c64 (req/s); our c1 p50 at
+most 5 ms above vLLM's c1 p50; the 64-item batch >= 0.8x the engine alone (items/s).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py [--quick] [--vllm-first]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scoring.py [--quick] [--rounds N]
         [--direct-ingress] [--ours-only] [--ray-serve-same-loop] [--httpx-client]
 
-``--vllm-first`` swaps the order of the two servers (run it both ways: the second server
-runs on a warmer machine). ``--direct-ingress`` serves our stack through Ray Serve's direct ingress
-(``HSIG_DIRECT_INGRESS``: the replica answers HTTP, no proxy hop). ``--ours-only`` leaves vLLM's server out and
+``--direct-ingress`` serves our stack through Ray Serve's direct ingress (``HSIG_DIRECT_INGRESS``:
+the replica answers HTTP, no proxy hop). ``--ours-only`` leaves vLLM's server out and
 ``--ray-serve-same-loop`` runs our stack with part of Ray Serve's throughput-optimised settings
-(``RAY_SERVE_SAME_LOOP``), for A/B runs. The load average is printed at
-the start and the end. Requests go only to 127.0.0.1, through one aiohttp client with 64
-keep-alive connections for both servers (``LoadClient``; ``--httpx-client`` loads both with the
+(``RAY_SERVE_SAME_LOOP``), for A/B runs. The load average is printed at the start, at every
+round and at the end. Requests go only to 127.0.0.1, through aiohttp clients with 64
+keep-alive connections, one per server (``LoadClient``; ``--httpx-client`` loads them with the
 httpx client earlier runs used, which took up to a core of the two at concurrency 64).
 """
 
@@ -29,15 +33,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import itertools
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -46,7 +54,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.bench_inference import next_prompt  # noqa: E402  (the same prompt stream)
+from bench.bench_inference import FIRST_TIME, HEADLINES  # noqa: E402  (the same prompts)
 
 BATCH_ITEMS = 64
 BATCH_IN_FLIGHT = 4
@@ -54,6 +62,11 @@ GOALS = {"single_c64_vs_vllm_c64": 1.0, "batch_vs_engine": 0.8}
 P50_BUDGET_MS = 5.0
 MAX_SECONDS_PER_CASE = 90.0
 CONNECTIONS = 64
+# After a server is thawed: time for the timers that came due while it was stopped to fire
+# (keep-alive timeouts, Ray's heartbeats and control loop) before its cases start.
+THAW_SECONDS = 1.0
+# Before the first round: every server idle together (see settle()).
+IDLE_CORES, SETTLE_SECONDS = 0.25, 180.0
 # A keep-alive connection the server closed as we reused it: counted, and sent again.
 RECONNECT_ERRORS = (httpx.TransportError, aiohttp.ClientConnectionError)
 # One engine configuration for all three paths. max_lora_rank matters most: vLLM pads every
@@ -116,7 +129,7 @@ async def measure(
     a full collection of them paused this client for 0.5 s in the middle of whichever case
     tripped it (in a 3 s case: every connection idle, the p99 and the req/s of that server
     alone). Measured with ``gc.callbacks``; the servers are separate processes."""
-    await asyncio.gather(*(call() for _ in range(concurrency)))
+    await asyncio.gather(*(_retried(call) for _ in range(concurrency)))
     gc.collect()
     gc.freeze()
     latencies: list[float] = []
@@ -129,12 +142,8 @@ async def measure(
             if time.perf_counter() > deadline:
                 return
             started = time.perf_counter()
-            try:
-                await call()
-            except RECONNECT_ERRORS:
-                # Sent again on a fresh connection (its latency includes the retry).
+            if not await _retried(call):
                 errors.append(1)
-                await call()
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
@@ -145,37 +154,70 @@ async def measure(
     return case
 
 
-def _item() -> dict[str, str]:
-    headline, published_at = next_prompt()
+async def _retried(call: Callable[[], Awaitable[None]]) -> bool:
+    """One call; sent once more on a fresh connection if the server closed the keep-alive
+    connection as it was reused (a thawed server closes the ones idle past its keep-alive
+    timeout). False when it had to be sent again: the latency then includes the retry."""
+    try:
+        await call()
+    except RECONNECT_ERRORS:
+        await call()
+        return False
+    return True
+
+
+def _item(prompts: Prompts) -> dict[str, str]:
+    headline, published_at = prompts.next()
     return {"headline": headline, "published_at": published_at.isoformat()}
 
 
-async def engine_alone(model_dir: Path, adapter_dir: Path, scratch: Path, count: int) -> Case:
-    from transformers import AutoTokenizer
+class EngineAlone:
+    """``VllmEngine.label_logprobs`` in this process, no HTTP: the ceiling the batch goal is
+    measured against. Started once; its two engine processes are frozen between its turns."""
 
-    from services.common.prompts import TREND_LABELS, bos_id_of, btc_trend_prompt, label_token_ids
-    from services.inference.engine import EngineConfig, LoraRef, VllmEngine
-    from services.inference.settings import InferenceSettings
+    def __init__(self, model_dir: Path, adapter_dir: Path, scratch: Path) -> None:
+        from transformers import AutoTokenizer
 
-    # The replica runs under the service's GIL switch interval; the ceiling runs under the same.
-    sys.setswitchinterval(InferenceSettings.model_fields["gil_switch_interval_ms"].default / 1000)
-    engine = VllmEngine.start(EngineConfig(model=str(model_dir), scratch_dir=str(scratch), **ENGINE))
-    try:
-        await engine.pin_base()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        lora = LoraRef("bench", 1, str(adapter_dir))
-        await engine.add_adapter(lora)
-        labels = label_token_ids(tokenizer, TREND_LABELS)
-        bos = bos_id_of(tokenizer)
+        from services.common.prompts import TREND_LABELS, bos_id_of, label_token_ids
+        from services.inference.engine import EngineConfig, LoraRef, VllmEngine
+        from services.inference.settings import InferenceSettings
+
+        # The replica runs under the service's GIL switch interval; the ceiling runs under the same.
+        sys.setswitchinterval(InferenceSettings.model_fields["gil_switch_interval_ms"].default / 1000)
+        self.engine = VllmEngine.start(EngineConfig(model=str(model_dir), scratch_dir=str(scratch), **ENGINE))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.lora = LoraRef("bench", 1, str(adapter_dir))
+        self.labels = label_token_ids(self.tokenizer, TREND_LABELS)
+        self.bos = bos_id_of(self.tokenizer)
+        self.prompts = Prompts()
+
+    async def load_adapter(self) -> None:
+        await self.engine.pin_base()
+        await self.engine.add_adapter(self.lora)
+
+    async def case(self, count: int) -> Case:
+        from services.common.prompts import btc_trend_prompt
 
         async def one() -> None:
-            headline, published_at = next_prompt()
-            ids = [bos, *tokenizer.encode(btc_trend_prompt(headline, published_at), add_special_tokens=False)]
-            await engine.label_logprobs(ids, labels, lora)
+            headline, published_at = self.prompts.next()
+            text = btc_trend_prompt(headline, published_at)
+            ids = [self.bos, *self.tokenizer.encode(text, add_special_tokens=False)]
+            await self.engine.label_logprobs(ids, self.labels, self.lora)
 
         return await measure("engine alone", 64, count, 1, one)
-    finally:
-        engine.shutdown()
+
+
+class Prompts:
+    """A prompt stream of its own per server, the same sequence for each: a real headline and a
+    new minute every request (only the shared instruction prefix comes from the prefix cache),
+    and in the same round every server scores the same headlines."""
+
+    def __init__(self) -> None:
+        self._numbers = itertools.count()
+
+    def next(self) -> tuple[str, datetime]:
+        number = next(self._numbers)
+        return HEADLINES[number % len(HEADLINES)], FIRST_TIME + timedelta(minutes=number)
 
 
 class LoadClient:
@@ -237,11 +279,13 @@ async def predict_case(
     concurrency: int,
     requests: int,
     label: str = "",
+    prompts: Prompts | None = None,
 ) -> Case:
     """``POST /v1/predict`` with ``items`` fresh headlines per request (also gpu_inference.py's)."""
+    stream = prompts or Prompts()
 
     async def predict() -> None:
-        body = {"items": [_item() for _ in range(items)], "adapter": adapter}
+        body = {"items": [_item(stream) for _ in range(items)], "adapter": adapter}
         status, text = await _post(client, "/v1/predict", body)
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {text[:200]}")
@@ -250,32 +294,146 @@ async def predict_case(
     return await measure(name, concurrency, requests, items, predict)
 
 
-async def our_paths(base_url: str, quick: bool, use_httpx: bool = False) -> dict[str, Case]:
-    async with LoadClient(base_url, use_httpx) as client:
+@dataclass(frozen=True)
+class Sizes:
+    """Requests per case in one round."""
+
+    c1: int
+    c64: int
+    batches: int
+
+
+FULL, QUICK = Sizes(c1=32, c64=512, batches=8), Sizes(c1=16, c64=256, batches=4)
+ROUNDS = {"full": 6, "quick": 2}
+
+
+class OurPaths:
+    def __init__(self, base_url: str, use_httpx: bool) -> None:
+        self.client = LoadClient(base_url, use_httpx)
+        self.c1, self.c64, self.batch = Prompts(), Prompts(), Prompts()
+
+    async def round(self, sizes: Sizes) -> dict[str, Case]:
         return {
-            "ours_c1": await predict_case(client, "bench", 1, 1, 48 if quick else 128),
-            "ours_c64": await predict_case(client, "bench", 1, 64, 512 if quick else 1536),
+            "ours_c1": await predict_case(self.client, "bench", 1, 1, sizes.c1, prompts=self.c1),
+            "ours_c64": await predict_case(self.client, "bench", 1, 64, sizes.c64, prompts=self.c64),
             "ours_batch": await predict_case(
-                client, "bench", BATCH_ITEMS, BATCH_IN_FLIGHT, 8 if quick else 24
+                self.client, "bench", BATCH_ITEMS, BATCH_IN_FLIGHT, sizes.batches, prompts=self.batch
             ),
         }
 
 
-async def vllm_paths(
-    base_url: str, prompts: Callable[[], str], quick: bool, use_httpx: bool = False
-) -> dict[str, Case]:
-    async with LoadClient(base_url, use_httpx) as client:
+class VllmPaths:
+    def __init__(self, base_url: str, use_httpx: bool) -> None:
+        self.client = LoadClient(base_url, use_httpx)
+        self.c1, self.c64 = Prompts(), Prompts()
+
+    async def _case(self, concurrency: int, count: int, prompts: Prompts) -> Case:
+        from services.common.prompts import btc_trend_prompt
 
         async def complete() -> None:
-            body = {"model": "bench", "prompt": prompts(), "max_tokens": 1, "temperature": 0, "logprobs": 2}
-            status, text = await client.post("/v1/completions", body)
+            # Text as a client sends it; vLLM adds BOS itself, so the prompt tokens match ours.
+            prompt = btc_trend_prompt(*prompts.next())
+            body = {"model": "bench", "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2}
+            status, text = await self.client.post("/v1/completions", body)
             if status != 200:
                 raise RuntimeError(f"vLLM HTTP {status}: {text[:200]}")
 
+        return await measure("vLLM server /v1/completions", concurrency, count, 1, complete)
+
+    async def round(self, sizes: Sizes) -> dict[str, Case]:
         return {
-            "vllm_c1": await measure("vLLM server /v1/completions", 1, 48 if quick else 128, 1, complete),
-            "vllm_c64": await measure("vLLM server /v1/completions", 64, 512 if quick else 1536, 1, complete),
+            "vllm_c1": await self._case(1, sizes.c1, self.c1),
+            "vllm_c64": await self._case(64, sizes.c64, self.c64),
         }
+
+
+class Frozen:
+    """One server's processes, stopped (SIGSTOP) while another server is measured.
+
+    On 2 cores the machine's speed drifted by up to 25% between minutes (the engine alone
+    158-273 items/s in one hour, the same code), so servers measured one after the other
+    compared minutes, not servers. The bench starts every server once and measures them in
+    alternating rounds; an idle server is frozen in the meantime, so it takes no CPU at all
+    from the one under load (Ray's idle processes take about 7% of a core, vLLM's a little).
+    A server's processes are the children this process gained while starting it, and all
+    their descendants at the time of each freeze (Ray's raylet starts workers lazily).
+    """
+
+    def __init__(self, name: str, roots: set[int]) -> None:
+        self.name = name
+        self.roots = roots
+
+    def pids(self) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for pid, parent in _parents().items():
+            children.setdefault(parent, []).append(pid)
+        found, todo = set(), list(self.roots)
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo.extend(children.get(pid, []))
+        return found
+
+    def freeze(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+
+def settle(servers: dict[str, Frozen], seconds: float = SETTLE_SECONDS) -> None:
+    """Wait until the started servers are idle together (under ``IDLE_CORES`` of CPU over a
+    2 s window), so none carries start-up work into its turns: frozen while still starting, a
+    server would finish it inside its own timed cases (Ray starts worker processes in the
+    background; a first full run of this bench had our stack 30% slower in its first three
+    rounds than in its last three, the other two flat)."""
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    while True:
+        pids = set().union(*(server.pids() for server in servers.values()))
+        before = _cpu_seconds(pids)
+        time.sleep(2.0)
+        used = (_cpu_seconds(pids) - before) / 2.0
+        if used < IDLE_CORES or time.monotonic() > deadline:
+            print(
+                f"servers idle after {time.monotonic() - started:.0f} s ({used:.2f} cores in the last 2 s)",
+                flush=True,
+            )
+            return
+
+
+def _cpu_seconds(pids: set[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            out[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return out
+
+
+def _children_of_this_process() -> set[int]:
+    me = os.getpid()
+    return {pid for pid, parent in _parents().items() if parent == me}
 
 
 def start_vllm_server(model_dir: Path, adapter_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -307,33 +465,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 600)
     raise RuntimeError("vLLM's server did not become ready")
 
 
-def run_vllm(model_dir: Path, adapter_dir: Path, quick: bool, use_httpx: bool = False) -> dict[str, Case]:
-    from services.common.prompts import btc_trend_prompt
-    from tests.support.net import free_port
-
-    def prompt() -> str:
-        # Text as a client sends it; vLLM adds BOS itself, so the prompt tokens match ours.
-        return btc_trend_prompt(*next_prompt())
-
-    port = free_port()
-    print("starting vLLM's own OpenAI server (same venv, model and adapter)...", flush=True)
-    process = start_vllm_server(model_dir, adapter_dir, port)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        return asyncio.run(vllm_paths(f"http://127.0.0.1:{port}", prompt, quick, use_httpx))
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
-def run_ours(
-    root: Path,
-    model_dir: Path,
-    database_url: str,
-    quick: bool,
-    direct_ingress: bool = False,
-    use_httpx: bool = False,
-) -> dict[str, Case]:
+def start_ours(root: Path, model_dir: Path, database_url: str, direct_ingress: bool) -> str:
     from services.inference import serve_app
     from services.inference.settings import InferenceSettings
     from tests.support.net import free_port
@@ -354,35 +486,100 @@ def run_ours(
     # comparison, so the bench runs every server at the same priority.
     os.environ.setdefault("RAY_worker_niceness", "0")
     print("starting our stack (Ray Serve + vLLM)...", flush=True)
-    base_url = serve_app.start(settings)
-    try:
-        return asyncio.run(our_paths(base_url, quick, use_httpx))
-    finally:
-        serve_app.stop()
+    return serve_app.start(settings)
 
 
-def report(cases: dict[str, Case]) -> None:
-    batch = cases["ours_batch"].items_per_s / cases["engine"].items_per_s
-    single_vs_engine = cases["ours_c64"].items_per_s / cases["engine"].items_per_s
+@dataclass
+class Rounds:
+    """Every case of every round, by path."""
+
+    cases: dict[str, list[Case]] = field(default_factory=dict)
+
+    def add(self, cases: dict[str, Case]) -> None:
+        for path, case in cases.items():
+            self.cases.setdefault(path, []).append(case)
+
+    def pooled(self, path: str) -> Case:
+        rounds = self.cases[path]
+        return Case(
+            rounds[0].path,
+            rounds[0].concurrency,
+            sum(case.requests for case in rounds),
+            sum(case.items for case in rounds),
+            sum(case.seconds for case in rounds),
+            [latency for case in rounds for latency in case.latencies_ms],
+        )
+
+    def paired(self, figure: Callable[[int], float]) -> list[float]:
+        return [figure(index) for index in range(len(self.cases["engine"]))]
+
+
+async def alternate(
+    servers: dict[str, Frozen], runs: dict[str, Callable[[Sizes], Awaitable[dict[str, Case]]]],
+    sizes: Sizes, rounds: int,
+) -> Rounds:  # fmt: skip
+    """``rounds`` rounds; each measures every server once, the others frozen, in an order that
+    rotates from round to round (so no server is always the one measured first or last)."""
+    names = list(runs)
+    measured = Rounds()
+    for number in range(rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        print(
+            f"-- round {number + 1} of {rounds}: {', '.join(order)} (load {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
+        for name in order:
+            servers[name].thaw()
+            await asyncio.sleep(THAW_SECONDS)
+            try:
+                measured.add(await runs[name](sizes))
+            finally:
+                servers[name].freeze()
+    return measured
+
+
+def report(measured: Rounds) -> None:
+    """Pooled figures per path, then each goal as the median of its per-round paired ratios,
+    with their range and the rounds that meet it."""
     print()
-    print(f"batch_vs_engine         {batch:6.2f}x  goal >= 0.8x: {'met' if batch >= 0.8 else 'NOT met'}")
-    print(f"single_c64_vs_engine    {single_vs_engine:6.2f}x  (no goal: the serving path's share)")
-    if "vllm_c64" not in cases:
-        return
-    single = cases["ours_c64"].requests_per_s / cases["vllm_c64"].requests_per_s
-    added = statistics.median(cases["ours_c1"].latencies_ms) - statistics.median(
-        cases["vllm_c1"].latencies_ms
-    )
-    print(f"single_c64_vs_vllm_c64  {single:6.2f}x  goal >= 1.0x: {'met' if single >= 1.0 else 'NOT met'}")
-    print(
-        f"c1 p50 added over vLLM  {added:+6.1f} ms  goal <= {P50_BUDGET_MS:g} ms: {'met' if added <= P50_BUDGET_MS else 'NOT met'}"
-    )
+    for path in measured.cases:
+        print(f"pooled  {measured.pooled(path).line()}")
+    rounds = measured.cases
+    goals = [
+        (
+            "batch_vs_engine", "x", GOALS["batch_vs_engine"], True,
+            measured.paired(lambda r: rounds["ours_batch"][r].items_per_s / rounds["engine"][r].items_per_s),
+        ),
+    ]  # fmt: skip
+    if "vllm_c64" in rounds:
+        goals += [
+            (
+                "single_c64_vs_vllm_c64", "x", GOALS["single_c64_vs_vllm_c64"], True,
+                measured.paired(lambda r: rounds["ours_c64"][r].requests_per_s / rounds["vllm_c64"][r].requests_per_s),
+            ),
+            (
+                "c1 p50 added over vLLM", " ms", P50_BUDGET_MS, False,
+                measured.paired(
+                    lambda r: statistics.median(rounds["ours_c1"][r].latencies_ms)
+                    - statistics.median(rounds["vllm_c1"][r].latencies_ms)
+                ),
+            ),
+        ]  # fmt: skip
+    print()
+    for name, unit, goal, at_least, values in goals:
+        middle = statistics.median(values)
+        meets = [value >= goal if at_least else value <= goal for value in values]
+        verdict = "met" if (middle >= goal if at_least else middle <= goal) else "NOT met"
+        print(
+            f"{name:24s} median {middle:+7.2f}{unit} (rounds {min(values):+.2f} to {max(values):+.2f}, "
+            f"{sum(meets)} of {len(values)} meet it)  goal {'>=' if at_least else '<='} {goal:g}{unit}: {verdict}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests per case (a smoke run)")
-    parser.add_argument("--vllm-first", action="store_true", help="run vLLM's server before ours")
+    parser.add_argument("--quick", action="store_true", help="two short rounds (a smoke run)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 6, --quick 2)")
     parser.add_argument(
         "--ours-only", action="store_true", help="engine alone and our paths, no vLLM server (A/B runs)"
     )
@@ -404,11 +601,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.ray_serve_same_loop:
         os.environ.update(RAY_SERVE_SAME_LOOP)
+    sizes = QUICK if args.quick else FULL
+    rounds = args.rounds or ROUNDS["quick" if args.quick else "full"]
     print(f"load average at start: {_load()}", flush=True)
 
     from services.common.db.migrate import upgrade
     from services.common.tiny_model import build_tiny_model
+    from services.inference import serve_app
     from tests.support.adapters import publish_lora
+    from tests.support.net import free_port
 
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         root = Path(tmp)
@@ -416,22 +617,69 @@ def main() -> None:
         database_url = f"sqlite:///{root / 'registry.db'}"
         upgrade(database_url)
         adapter_dir = publish_lora(model_dir, root / "adapters", "bench", seed=1, database_url=database_url)
-        cases: dict[str, Case] = {}
-        cases["engine"] = asyncio.run(
-            engine_alone(model_dir, adapter_dir, root / "scratch", 512 if args.quick else 1536)
-        )
-        servers = [
-            lambda: run_ours(
-                root, model_dir, database_url, args.quick, args.direct_ingress, args.httpx_client
-            ),
-            lambda: run_vllm(model_dir, adapter_dir, args.quick, args.httpx_client),
-        ]
-        if args.ours_only:
-            servers = servers[:1]
-        for run in reversed(servers) if args.vllm_first else servers:
-            cases.update(run())
-        report(cases)
+        servers: dict[str, Frozen] = {}
+        vllm: subprocess.Popen[bytes] | None = None
+        try:
+            vllm_url = ""
+            if not args.ours_only:
+                print("starting vLLM's own OpenAI server (same venv, model and adapter)...", flush=True)
+                vllm_url = f"http://127.0.0.1:{free_port()}"
+                vllm = start_vllm_server(model_dir, adapter_dir, int(vllm_url.rsplit(":", 1)[1]))
+                servers["vllm"] = Frozen("vllm", {vllm.pid})
+            before = _children_of_this_process()
+            our_url = start_ours(root, model_dir, database_url, args.direct_ingress)
+            servers["ours"] = Frozen("ours", _children_of_this_process() - before)
+            if vllm is not None:
+                wait_ready(vllm_url, vllm)
+            measured = asyncio.run(
+                _measure_all(servers, root, model_dir, adapter_dir, our_url, vllm_url, args, sizes, rounds)
+            )
+        finally:
+            for server in servers.values():
+                server.thaw()  # a stopped process would not act on the SIGTERMs below
+            serve_app.stop()
+            if vllm is not None:
+                vllm.terminate()
+                vllm.wait(timeout=60)
+        report(measured)
     print(f"load average at end: {_load()}", flush=True)
+
+
+async def _measure_all(
+    servers: dict[str, Frozen], root: Path, model_dir: Path, adapter_dir: Path,
+    our_url: str, vllm_url: str, args: argparse.Namespace, sizes: Sizes, rounds: int,
+) -> Rounds:  # fmt: skip
+    """Start the engine alone (it needs this event loop), then the rounds."""
+    before = _children_of_this_process()
+    engine = EngineAlone(model_dir, adapter_dir, root / "scratch")
+    servers["engine"] = Frozen("engine", _children_of_this_process() - before)
+    try:
+        await engine.load_adapter()
+        ours = OurPaths(our_url, args.httpx_client)
+        runs: dict[str, Callable[[Sizes], Awaitable[dict[str, Case]]]] = {
+            "engine": lambda size: _engine_round(engine, size),
+            "ours": ours.round,
+        }
+        clients = [ours.client]
+        if vllm_url:
+            theirs = VllmPaths(vllm_url, args.httpx_client)
+            runs["vllm"] = theirs.round
+            clients.append(theirs.client)
+        settle(servers)
+        for name, server in servers.items():
+            print(f"{name}: {len(server.pids())} processes, frozen between its turns", flush=True)
+            server.freeze()
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
+            return await alternate(servers, runs, sizes, rounds)
+    finally:
+        servers["engine"].thaw()
+        engine.engine.shutdown()
+
+
+async def _engine_round(engine: EngineAlone, sizes: Sizes) -> dict[str, Case]:
+    return {"engine": await engine.case(sizes.c64)}
 
 
 def _load() -> str:
