@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import math
 import os
 import signal
 import statistics
@@ -539,8 +540,11 @@ async def alternate(
 
 
 def report(measured: Rounds) -> None:
-    """Pooled figures per path, then each goal as the median of its per-round paired ratios,
-    with their range and the rounds that meet it."""
+    """Pooled figures per path, then each goal from its per-round paired figures: their
+    median, range and the rounds that meet it, and a 95% interval (Student's t over the
+    rounds: on the log of a ratio, so the centre is a geometric mean; on a difference as
+    it is). The verdict needs the whole interval on the goal's side: a centre past the goal
+    with an interval across it is reported as not shown."""
     print()
     for path in measured.cases:
         print(f"pooled  {measured.pooled(path).line()}")
@@ -567,13 +571,39 @@ def report(measured: Rounds) -> None:
         ]  # fmt: skip
     print()
     for name, unit, goal, at_least, values in goals:
-        middle = statistics.median(values)
+        centre, low, high = _interval(values, ratio=unit == "x")
         meets = [value >= goal if at_least else value <= goal for value in values]
-        verdict = "met" if (middle >= goal if at_least else middle <= goal) else "NOT met"
         print(
-            f"{name:24s} median {middle:+7.2f}{unit} (rounds {min(values):+.2f} to {max(values):+.2f}, "
-            f"{sum(meets)} of {len(values)} meet it)  goal {'>=' if at_least else '<='} {goal:g}{unit}: {verdict}"
+            f"{name:24s} {centre:6.2f}{unit} [95%: {low:.2f} to {high:.2f}]  median {statistics.median(values):.2f}, "
+            f"rounds {min(values):.2f} to {max(values):.2f}, {sum(meets)} of {len(values)} meet it  "
+            f"goal {'>=' if at_least else '<='} {goal:g}{unit}: {_verdict(low, high, centre, goal, at_least)}"
         )
+
+
+def _interval(values: list[float], ratio: bool) -> tuple[float, float, float]:
+    """Centre and 95% bounds over the rounds (one round: no interval, its value thrice)."""
+    from scipy import stats
+
+    points = [math.log(value) for value in values] if ratio else list(values)
+    centre = statistics.fmean(points)
+    spread = (
+        stats.t.ppf(0.975, len(points) - 1) * statistics.stdev(points) / math.sqrt(len(points))
+        if len(points) > 1
+        else 0.0
+    )
+    bounds = (centre, centre - spread, centre + spread)
+    return tuple(math.exp(b) for b in bounds) if ratio else bounds  # type: ignore[return-value]
+
+
+def _verdict(low: float, high: float, centre: float, goal: float, at_least: bool) -> str:
+    def meets(value: float) -> bool:
+        return value >= goal if at_least else value <= goal
+
+    if meets(low) and meets(high):
+        return "met"
+    if meets(centre):
+        return "not shown (the interval crosses the goal)"
+    return "NOT met"
 
 
 def main() -> None:
