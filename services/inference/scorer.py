@@ -20,10 +20,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from services.common.errors import InvalidInput
-from services.common.prompts import BTC_TREND, bos_id_of, label_token_ids, labels_for, prompt_for
+from services.common.prompts import (
+    BTC_TREND,
+    bos_id_of,
+    btc_trend_prompt,
+    label_token_ids,
+    labels_for,
+    prompt_for,
+)
 from services.common.schemas import BASE_MODEL_NAME, Prediction, PredictItem, PredictRequest, PredictResponse
 from services.common.scoring import best_label, normalise, p_increase
 from services.inference.engine import LoraRef, VllmEngine
@@ -68,25 +76,32 @@ class PromptEncoder:
 
     A transformers fast tokenizer is called through its Rust backend directly: ``__call__``
     does the same ``encode_batch`` and then builds a ``BatchEncoding`` item by item (offsets,
-    masks), which took about half of a single prompt's tokenising time (150 against 310 µs in
-    a microbench) and showed in the replica's profile at concurrency 64. The backend is this
-    encoder's own copy, set as ``__call__`` sets the shared one (no truncation, no padding, the
-    tokenizer's ``split_special_tokens``), so nothing another caller sets on the shared one
-    changes these ids. Any other tokenizer is called as before.
+    masks), which took about half of a single prompt's tokenising time
+    (``bench/bench_prompt_encoder.py``). The backend is this encoder's own copy, without
+    truncation or padding, so nothing another caller sets on the shared one changes these ids.
+    transformers does more around the backend for some settings (``split_special_tokens``
+    gives different ids from the backend's ``encode_special_tokens``), so the copy is used only
+    if it gives ``encode``'s ids on probe texts (the special tokens written out, spaces,
+    unicode); any other tokenizer is called as before.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._backend = _own_backend(tokenizer)
+        self._encode_batch = _backend_encoder(tokenizer)
+
+    @property
+    def uses_backend(self) -> bool:
+        return self._encode_batch is not None
 
     def __call__(self, prompts: Sequence[str]) -> list[list[int]]:
-        if self._backend is None:
+        if self._encode_batch is None:
             return list(self._tokenizer(list(prompts), add_special_tokens=False)["input_ids"])
-        encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
-        return [encoding.ids for encoding in encode(list(prompts), add_special_tokens=False)]
+        return [encoding.ids for encoding in self._encode_batch(list(prompts), add_special_tokens=False)]
 
 
-def _own_backend(tokenizer: Any) -> Any | None:
+def _backend_encoder(tokenizer: Any) -> Any | None:
+    """The ``encode_batch`` of a copy of the tokenizer's backend, or None where the copy cannot
+    be made or would give other ids than ``encode``."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -94,13 +109,32 @@ def _own_backend(tokenizer: Any) -> Any | None:
 
     try:
         own = Tokenizer.from_str(backend.to_str())
-    except Exception:  # a backend with parts that cannot be serialised: use the tokenizer itself
+    except Exception:  # a backend with parts that cannot be serialised
         log.info("tokenizer backend could not be copied; prompts go through the tokenizer's own call")
         return None
     own.no_truncation()
     own.no_padding()
-    own.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    return own
+    encode_batch = getattr(own, "encode_batch_fast", own.encode_batch)
+    probes = _probe_texts(tokenizer)
+    expected = [tokenizer.encode(text, add_special_tokens=False) for text in probes]
+    if [encoding.ids for encoding in encode_batch(probes, add_special_tokens=False)] != expected:
+        log.info(
+            "tokenizer backend gives other ids than encode(); prompts go through the tokenizer's own call"
+        )
+        return None
+    return encode_batch
+
+
+def _probe_texts(tokenizer: Any) -> list[str]:
+    specials = " ".join(getattr(tokenizer, "all_special_tokens", None) or [])
+    return [
+        "",
+        " leading and trailing  ",
+        "tabs\tand\nnewlines",
+        f"special tokens as text: {specials}",
+        "Ünïcödé “quotes” 🚀 ₿ 比特币",
+        btc_trend_prompt("Bitcoin ETF inflows pile up", datetime(2021, 5, 3, 9, 0, tzinfo=UTC)),
+    ]
 
 
 class Scorer:

@@ -31,9 +31,30 @@ def tokenizer(tiny_model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def _prompts() -> list[str]:
+def _sentencepiece_style(split_special_tokens: bool) -> Any:
+    """A layout the tiny model does not have: SentencePiece-style BPE (Metaspace, as Llama-2's),
+    trained here on the bundled headlines."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    trained = SentencePieceBPETokenizer()
+    trained.train_from_iterator(_headlines(), vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=trained,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        split_special_tokens=split_special_tokens,
+    )
+
+
+def _headlines() -> list[str]:
     with (REPO_ROOT / "data" / "cnbc_headlines" / "cnbc_headlines.csv").open(encoding="utf-8") as handle:
-        headlines = [row["Headlines"] for row in csv.DictReader(handle) if row.get("Headlines")]
+        return [row["Headlines"] for row in csv.DictReader(handle) if row.get("Headlines")]
+
+
+def _prompts() -> list[str]:
+    headlines = _headlines()
     start = datetime(2020, 3, 1, 14, 30, tzinfo=UTC)
     trend = [
         btc_trend_prompt(text, start + timedelta(minutes=i)) for i, text in enumerate(headlines + AWKWARD)
@@ -41,12 +62,17 @@ def _prompts() -> list[str]:
     return trend + [implicit_hate_prompt(text) for text in AWKWARD] + AWKWARD
 
 
-def test_the_encoder_gives_the_ids_encode_gives(tokenizer: Any) -> None:
+@pytest.mark.parametrize("layout", ["tiny model", "sentencepiece", "sentencepiece, split_special_tokens"])
+def test_the_encoder_gives_the_ids_encode_gives(layout: str, tokenizer: Any) -> None:
+    if layout != "tiny model":
+        tokenizer = _sentencepiece_style(split_special_tokens=layout.endswith("split_special_tokens"))
     prompts = _prompts()
     assert len(prompts) > 2000
     expected = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-    assert PromptEncoder(tokenizer)(prompts) == expected
-    assert PromptEncoder(tokenizer)(prompts[:1]) == expected[:1]
+    encoder = PromptEncoder(tokenizer)
+    assert encoder.uses_backend  # the fast path, not the fallback, gave these
+    assert encoder(prompts) == expected
+    assert encoder(prompts[:1]) == expected[:1]
 
 
 def test_settings_made_on_the_shared_tokenizer_do_not_change_its_ids(tokenizer: Any) -> None:
@@ -80,3 +106,27 @@ def test_a_tokenizer_without_a_backend_is_called_as_before(tokenizer: Any) -> No
         tokenizer.encode(p, add_special_tokens=False) for p in prompts
     ]
     assert stand_in.calls == 1  # the whole batch in one call
+
+
+class LowercasingTokenizer:
+    """Test double: a fast tokenizer whose ``encode`` does more than its backend (lower-cases
+    the text first), as transformers does around the backend for some settings."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.backend_tokenizer = real.backend_tokenizer
+        self.all_special_tokens = real.all_special_tokens
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.real.encode(text.lower(), add_special_tokens=add_special_tokens)
+
+    def __call__(self, prompts: list[str], add_special_tokens: bool) -> dict[str, list[list[int]]]:
+        return {"input_ids": [self.encode(p, add_special_tokens) for p in prompts]}
+
+
+def test_a_backend_that_disagrees_with_encode_is_not_used(tokenizer: Any) -> None:
+    stand_in = LowercasingTokenizer(tokenizer)
+    encoder = PromptEncoder(stand_in)
+    prompts = _prompts()[:20]
+    assert not encoder.uses_backend
+    assert encoder(prompts) == [stand_in.encode(p, add_special_tokens=False) for p in prompts]
