@@ -265,17 +265,8 @@ class LoadClient:
             return answer.status, (await answer.read()).decode()
 
 
-async def _post(
-    client: LoadClient | httpx.AsyncClient, path: str, body: dict[str, object]
-) -> tuple[int, str]:
-    if isinstance(client, httpx.AsyncClient):  # gpu_inference.py passes its own
-        response = await client.post(path, json=body)
-        return response.status_code, response.text
-    return await client.post(path, body)
-
-
 async def predict_case(
-    client: LoadClient | httpx.AsyncClient,
+    client: LoadClient,
     adapter: str,
     items: int,
     concurrency: int,
@@ -288,7 +279,7 @@ async def predict_case(
 
     async def predict() -> None:
         body = {"items": [_item(stream) for _ in range(items)], "adapter": adapter}
-        status, text = await _post(client, "/v1/predict", body)
+        status, text = await client.post("/v1/predict", body)
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {text[:200]}")
 
@@ -361,8 +352,7 @@ class Frozen:
     their descendants at the time of each freeze (Ray's raylet starts workers lazily).
     """
 
-    def __init__(self, name: str, roots: set[int]) -> None:
-        self.name = name
+    def __init__(self, roots: set[int]) -> None:
         self.roots = roots
 
     def pids(self) -> set[int]:
@@ -389,18 +379,17 @@ class Frozen:
                 os.kill(pid, number)
 
 
-def settle(servers: dict[str, Frozen], seconds: float = SETTLE_SECONDS) -> None:
+async def settle(servers: dict[str, Frozen], seconds: float = SETTLE_SECONDS) -> None:
     """Wait until the started servers are idle together (under ``IDLE_CORES`` of CPU over a
     2 s window), so none carries start-up work into its turns: frozen while still starting, a
-    server would finish it inside its own timed cases (Ray starts worker processes in the
-    background; a first full run of this bench had our stack 30% slower in its first three
-    rounds than in its last three, the other two flat)."""
+    server would finish it inside its own timed cases. (In the runs so far they were idle
+    within 4 s, and our stack's slower first rounds stayed: docs/benchmarks.md.)"""
     deadline = time.monotonic() + seconds
     started = time.monotonic()
     while True:
         pids = set().union(*(server.pids() for server in servers.values()))
         before = _cpu_seconds(pids)
-        time.sleep(2.0)
+        await asyncio.sleep(2.0)
         used = (_cpu_seconds(pids) - before) / 2.0
         if used < IDLE_CORES or time.monotonic() > deadline:
             print(
@@ -411,26 +400,23 @@ def settle(servers: dict[str, Frozen], seconds: float = SETTLE_SECONDS) -> None:
 
 
 def _cpu_seconds(pids: set[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += int(fields[11]) + int(fields[12])
+    ticks = sum(int(fields[11]) + int(fields[12]) for pid in pids if (fields := _stat(pid)))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _parents() -> dict[int, int]:
     """pid -> parent pid of every process (Linux /proc)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            out[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    return out
+    stats = {int(entry): _stat(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
+    return {pid: int(fields[1]) for pid, fields in stats.items() if fields}
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...); empty if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def _children_of_this_process() -> set[int]:
@@ -656,10 +642,10 @@ def main() -> None:
                 print("starting vLLM's own OpenAI server (same venv, model and adapter)...", flush=True)
                 vllm_url = f"http://127.0.0.1:{free_port()}"
                 vllm = start_vllm_server(model_dir, adapter_dir, int(vllm_url.rsplit(":", 1)[1]))
-                servers["vllm"] = Frozen("vllm", {vllm.pid})
+                servers["vllm"] = Frozen({vllm.pid})
             before = _children_of_this_process()
             our_url = start_ours(root, model_dir, database_url, args.direct_ingress)
-            servers["ours"] = Frozen("ours", _children_of_this_process() - before)
+            servers["ours"] = Frozen(_children_of_this_process() - before)
             if vllm is not None:
                 wait_ready(vllm_url, vllm)
             measured = asyncio.run(
@@ -683,7 +669,7 @@ async def _measure_all(
     """Start the engine alone (it needs this event loop), then the rounds."""
     before = _children_of_this_process()
     engine = EngineAlone(model_dir, adapter_dir, root / "scratch")
-    servers["engine"] = Frozen("engine", _children_of_this_process() - before)
+    servers["engine"] = Frozen(_children_of_this_process() - before)
     try:
         await engine.load_adapter()
         ours = OurPaths(our_url, args.httpx_client)
@@ -696,7 +682,7 @@ async def _measure_all(
             theirs = VllmPaths(vllm_url, args.httpx_client)
             runs["vllm"] = theirs.round
             clients.append(theirs.client)
-        settle(servers)
+        await settle(servers)
         for name, server in servers.items():
             print(f"{name}: {len(server.pids())} processes, frozen between its turns", flush=True)
             server.freeze()
